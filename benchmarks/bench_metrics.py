@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import ellipse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from dessam import metrics
 
-import metrics_reference as ref  # noqa: E402
-
-from dessam import metrics  # noqa: E402
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # holds metrics_reference.py
 
 TIMED = ("aji", "pq", "pixel_f1", "object_dice", "object_iou")
 
@@ -102,7 +100,10 @@ def run(size: int = 1024, spacing: int = 32, seed: int = 0, reference: bool = Tr
         evaluate_pair_s=evaluate_s,
     )
     if reference:
-        reference_s, slow = _timed(score, ref, gt, pred)
+        sys.path.insert(0, str(TESTS))
+        import metrics_reference
+
+        reference_s, slow = _timed(score, metrics_reference, gt, pred)
         worst = max(abs(fast[key] - slow[key]) for key in TIMED)
         if worst > 1e-9:
             raise AssertionError(f"fast and reference metrics differ by {worst:.3g}: {fast} vs {slow}")
