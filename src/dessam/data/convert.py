@@ -163,6 +163,8 @@ def _labels(src: Path, images_dir: Path, index: dict, out: _Collected, summary: 
             **_):
     files = _source_files(src, (".png", ".tif", ".tiff"))
 
+    label_suffix = label_suffix or ""
+
     def stem_of(p: Path) -> str:
         return p.stem[: -len(label_suffix)] if label_suffix and p.stem.endswith(label_suffix) else p.stem
 
@@ -172,6 +174,8 @@ def _labels(src: Path, images_dir: Path, index: dict, out: _Collected, summary: 
 def _mat(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, mat_key: str = "inst_map",
          **_):
     from scipy import io as sio
+
+    mat_key = mat_key or "inst_map"
 
     def read(path: Path) -> np.ndarray:
         try:
