@@ -58,7 +58,7 @@ VIT_SPECS = {
     "vit_h": VitSpec(1280, 32, 16, (7, 15, 23, 31)),
     # Tests only: two encoder blocks, 32-wide prompts, random weights from a fixed seed.
     "tiny": VitSpec(
-        embed_dim=48, depth=2, num_heads=2, global_attn_indexes=(1,), prompt_dim=32, image_size=256,
+        embed_dim=48, depth=2, num_heads=2, global_attn_indexes=(1,), prompt_dim=32, image_size=256, patch_size=8,
         window_size=4, mlp_dim=64, decoder_heads=2, iou_hidden=32, mask_in_chans=8,
     ),
 }
@@ -151,16 +151,25 @@ def safe_torch_load(path: str | Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = _load_failure_detail(exc)
+        if "GLOBAL" not in detail.upper():  # not a forbidden object: a damaged or non-checkpoint file
+            raise DessamError(f"{path}: not a readable PyTorch checkpoint ({detail}); re-download or re-create it") from None
         raise DessamError(
             f"{path}: refused to load: the file holds Python objects other than tensors "
-            f"(only weights-only checkpoints are accepted; a file that runs code on load is never opened): "
-            f"{str(exc).splitlines()[0][:160]}"
+            f"(only weights-only checkpoints are accepted; a file that runs code on load is never opened): {detail}"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise DessamError(
-            f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]}); "
-            f"re-download or re-create it"
+            f"{path}: not a readable PyTorch checkpoint ({_load_failure_detail(exc)}); re-download or re-create it"
         ) from None
+
+
+def _load_failure_detail(exc: BaseException) -> str:
+    """The specific reason inside torch's error, without its generic advice (such as turning off weights_only)."""
+    generic = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(generic)]
+    return (specific or lines or [type(exc).__name__])[0][:160]
 
 
 def read_sam_state_dict(path: str | Path) -> dict:
@@ -225,7 +234,12 @@ def check_state_dict(sam: Sam, state: dict, name: str, path: str | Path) -> None
     if wrong_shape:
         parts.append(f"{len(wrong_shape)} keys of another shape ({first(wrong_shape)})")
     looks = guess_variant(state)
-    hint = f"it looks like {looks}: use --sam {looks}" if looks else "it does not look like any SAM variant"
+    if looks == name:
+        hint = f"it looks like an incomplete or modified {looks} checkpoint: re-download or re-create it"
+    elif looks:
+        hint = f"it looks like {looks}: use --sam {looks}"
+    else:
+        hint = "it does not look like any SAM variant"
     raise DessamError(f"{path}: checkpoint does not match SAM '{name}': {'; '.join(parts)}; {hint}")
 
 

@@ -1,0 +1,7 @@
+"""`python -m dessam ...` (also what `torchrun -m dessam train ...` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,291 @@
+"""The `dessam` command: argument parsing only; each sub-command calls one function.
+
+A user mistake (`DessamError`) is printed as one line, without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import DessamError
+
+
+# ----- sub-commands --------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .config import Config, load_config
+    from .engine.train import train
+
+    config = load_config(args.config) if args.config else Config()
+    if args.sam:
+        config.model.sam = args.sam
+    if args.sam_checkpoint:
+        config.model.sam_checkpoint = args.sam_checkpoint
+    for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
+                      ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
+                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            config.set(key, value)
+    if args.no_edge_loss:
+        config.loss.edge_aware = False
+    if args.no_prompt_token:
+        config.model.prompt_token = False
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DessamError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set train.lr=0.01")
+        import yaml
+
+        config.set(key, yaml.safe_load(value))
+    if not args.skip_validation:
+        from .data.validate import raise_on_errors, validate_coco
+
+        raise_on_errors(validate_coco(args.train, args.images, decode=False))
+    result = train(config, args.train, args.images, args.out, val_json=args.val, resume=args.resume,
+                   progress=not args.quiet)
+    print(f"model written to {result.model_path} ({result.iterations} iterations, {result.epochs_done} epochs; "
+          f"{result.clipped_boxes} boxes clipped, {result.dropped_boxes} zero-size boxes dropped, "
+          f"{result.skipped_nonfinite} non-finite steps skipped)")
+    return 0
+
+
+def _load(args):
+    from .engine.predict import load_model
+
+    return load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                      image_size=getattr(args, "image_size", None))
+
+
+def cmd_predict(args) -> int:
+    from .engine.predict_files import FORMATS, predict_files
+
+    formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
+    model = _load(args)
+    if args.score_threshold is not None:
+        model.config.model.score_threshold = args.score_threshold
+    if args.max_detections is not None:
+        model.model.detector.roi_heads.detections_per_img = args.max_detections
+    tile = None if args.tile == "auto" else args.tile == "on"
+    run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
+                        pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet)
+    print(f"{len(run.written)} images predicted into {args.out}"
+          + (f", {len(run.skipped)} kept existing outputs (use --overwrite)" if run.skipped else ""))
+    if run.failed:
+        print(f"{len(run.failed)} images failed:", file=sys.stderr)
+        for path, message in run.failed:
+            print(f"  {path}: {message}", file=sys.stderr)
+    return run.exit_status
+
+
+def cmd_fetch_sam(args) -> int:
+    from .models.fetch import fetch_sam
+
+    path = fetch_sam(args.variant, args.dir, progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .data.synth import make_dataset
+
+    out = make_dataset(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, scene=args.scene,
+                       shift=args.shift, seed=args.seed, size=args.size)
+    print(f"synthetic cytology written to {out} (preview: {Path(out) / 'preview.png'})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .data.convert import convert
+
+    print(convert(args.format, args.src, args.images, args.out, mat_key=args.mat_key, label_suffix=args.label_suffix))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .data.validate import raise_on_errors, validate_coco
+
+    report = validate_coco(args.file, args.images, decode=not args.headers_only)
+    print(report.text())
+    raise_on_errors(report)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine.evaluate import evaluate
+
+    model = _load(args)
+    result = evaluate(model, args.data, args.images, args.out, baselines=args.baselines,
+                      score_threshold=args.score_threshold, remove_small=not args.no_small_removal,
+                      min_size=args.min_size, progress=not args.quiet)
+    print((Path(args.out) / "metrics.md").read_text())
+    return 0 if result is not None else 1
+
+
+def cmd_compare(args) -> int:
+    from .engine.compare import compare_reports
+
+    print(compare_reports(args.reports, out_path=args.out))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .engine.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    return 0
+
+
+def cmd_pretrain_teacher(args) -> int:
+    from .engine.pretrain_teacher import pretrain_teacher
+
+    result = pretrain_teacher(args.out, steps=args.steps, seed=args.seed, device=args.device)
+    print(result)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .engine.bench import run_bench
+
+    print(run_bench(device=args.device, quick=args.quick))
+    return 0
+
+
+# ----- parser --------------------------------------------------------------------------------
+def _model_options(parser):
+    parser.add_argument("--model", required=True, help="a trained model (RUN/model.pt)")
+    parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
+    parser.add_argument("--version", action="version", version=f"dessam {__import__('dessam').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train DES-SAM from box annotations (COCO)")
+    p.add_argument("--train", required=True, help="COCO JSON with boxes (segmentations not needed)")
+    p.add_argument("--images", required=True, help="folder of the images named in the JSON")
+    p.add_argument("--sam", help="vit_b | vit_l | vit_h | default | tiny, or an official checkpoint path")
+    p.add_argument("--sam-checkpoint", help="path of the SAM checkpoint (.pth) for --sam vit_*")
+    p.add_argument("--out", required=True, help="run folder (model.pt, log.csv, checkpoints/)")
+    p.add_argument("--val", help="COCO JSON of validation images (losses written to RUN/val.csv)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-iters", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate at 8 images per step (scaled to the real batch)")
+    p.add_argument("--image-size", type=int, help="input size S (default: the SAM's own)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
+    p.add_argument("--config", help="YAML file with model/loss/train settings")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+    p.add_argument("--no-edge-loss", action="store_true", help="ablation: train without the edge-aware loss")
+    p.add_argument("--no-prompt-token", action="store_true", help="ablation: no learnable prompt token")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--skip-validation", action="store_true", help="do not check the dataset before training")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment nuclei in images, folders or globs")
+    _model_options(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--formats", help=f"comma-separated outputs (default all: labels,overlay,geojson,csv)")
+    p.add_argument("--tile", choices=("auto", "on", "off"), default="auto",
+                   help="cut large fields into tiles at the training scale (default: auto)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--pixel-size", type=float, help="pixel size in microns, for measurements in um")
+    p.add_argument("--score-threshold", type=float, help="detection score threshold (default: the model's, 0.55)")
+    p.add_argument("--max-detections", type=int, help="most nuclei per image or tile (default: the model's, 120)")
+    p.add_argument("--image-size", type=int, help="run at another input size than trained")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="score a model on a masked test set (AJI, PQ, Dice, Hausdorff, AP, ...)")
+    _model_options(p)
+    p.add_argument("--data", required=True, help="COCO JSON with masks")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--baselines", action="store_true",
+                   help="also box-as-mask, training-free SAM and the teacher with ground-truth boxes")
+    p.add_argument("--score-threshold", type=float, help="default: the model's (0.55)")
+    p.add_argument("--no-small-removal", action="store_true", help="keep holes and islands under --min-size")
+    p.add_argument("--min-size", type=int, help="default: the model's (70 px)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="merge several eval reports into one Markdown table")
+    p.add_argument("reports", nargs="+", metavar="REPORT")
+    p.add_argument("--out", help="write the table to this Markdown file too")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("synth", help="write a synthetic cervical cytology dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=100)
+    p.add_argument("--n-val", type=int, default=10)
+    p.add_argument("--n-test", type=int, default=20)
+    p.add_argument("--scene", choices=("patch", "cluster", "mixed"), default="mixed")
+    p.add_argument("--shift", action="store_true", help="another stain palette, scale, blur and noise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="field size in pixels")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("convert", help="convert annotations to COCO JSON")
+    p.add_argument("--from", dest="format", required=True, choices=("labels", "labelme", "mat", "voc", "yolo", "coco"))
+    p.add_argument("src", help="annotation file or folder")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True, help="COCO JSON to write")
+    p.add_argument("--mat-key", help="variable name in .mat files (default inst_map)")
+    p.add_argument("--label-suffix", help="suffix of label images after the image stem")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("validate", help="check a COCO file and its images before training")
+    p.add_argument("file")
+    p.add_argument("--images", required=True)
+    p.add_argument("--headers-only", action="store_true", help="read image headers only (faster)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fetch-sam", help="download an official SAM checkpoint")
+    p.add_argument("variant", choices=("vit_b", "vit_l", "vit_h"))
+    p.add_argument("--dir", help="target folder (default ~/.cache/dessam or $DESSAM_HOME)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fetch_sam)
+
+    p = sub.add_parser("demo", help="synthetic data -> training from boxes -> evaluation with baselines")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for checks)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain-teacher", help="train the small default SAM teacher on generic shapes")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_pretrain_teacher)
+
+    p = sub.add_parser("bench", help="speed of the fast and the reference paths, measured in one run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DessamError as exc:
+        print(f"dessam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dessam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

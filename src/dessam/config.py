@@ -1,0 +1,173 @@
+"""Every number a user may want to change, with the official DES-SAM default.
+
+A run's configuration is one `Config` made of three sections (`model`, `loss`, `train`). It is
+read from YAML (`--config FILE.yaml`, any subset of keys), then overridden by command-line flags,
+and saved with the run so a model always knows how it was built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import DessamError
+
+
+@dataclass
+class ModelConfig:
+    sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default
+    sam_checkpoint: Optional[str] = None
+    image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
+    neck_channels: int = 256
+    anchor_scale: float = 8.0          # anchor side = anchor_scale x level stride
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)
+    rpn_convs: int = 2
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_train: int = 2000
+    rpn_post_nms_train: int = 1000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000
+    rpn_nms: float = 0.7
+    roi_size: int = 7
+    box_head_convs: int = 4
+    box_head_fc: int = 1024
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    roi_fg_iou: float = 0.5
+    score_threshold: float = 0.55      # official test threshold
+    detection_nms: float = 0.5
+    max_detections: int = 120          # official; dense clusters need more
+    prompt_token: bool = True          # False drops the learnable token (ablation)
+    decoder_chunk: int = 256           # box prompts per decoder call
+    min_object_size: int = 70          # post-processing: holes and islands under this are removed
+
+
+@dataclass
+class LossConfig:
+    rpn_cls: float = 1.0
+    rpn_box: float = 1.0
+    roi_cls: float = 1.0
+    roi_box: float = 0.1               # official: L1 on decoded boxes, weight 0.1
+    distill_bce: float = 0.5
+    distill_dice: float = 0.01
+    distill_max_prompts: int = 128     # positive proposals distilled per image (the RoI sampler keeps <= 128)
+    edge_aware: bool = True            # False turns the edge-aware loss off (ablation)
+    edge_local: float = 1.0
+    edge_global: float = 0.001
+    edge_crop: int = 72
+    edge_dilation: int = 2             # official pairwise dilation
+    edge_tau: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 1                # images per step per process
+    lr: float = 0.02                   # at lr_reference_batch images per step (official: 8 GPUs x 1)
+    lr_reference_batch: int = 8        # lr is scaled linearly to the real batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: tuple = (30, 36)         # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    max_iters: Optional[int] = None    # stop after this many iterations (all epochs together)
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    cache_dir: Optional[str] = None    # embedding cache; default RUN/cache
+    max_nonfinite: int = 10            # consecutive non-finite losses before training stops
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        config = cls()
+        config.update(data or {}, source)
+        return config
+
+    def update(self, data: dict, source: str = "config") -> "Config":
+        """Set values from a nested dict such as {'train': {'lr': 0.01}}; unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise DessamError(f"{source}: expected a mapping with sections model, loss, train")
+        for section_name, values in data.items():
+            section = getattr(self, section_name, None)
+            if section is None or not dataclasses.is_dataclass(section):
+                raise DessamError(f"{source}: unknown section '{section_name}' (use model, loss or train)")
+            if not isinstance(values, dict):
+                raise DessamError(f"{source}: section '{section_name}' must be a mapping")
+            known = {f.name: f for f in dataclasses.fields(section)}
+            for key, value in values.items():
+                if key not in known:
+                    raise DessamError(
+                        f"{source}: unknown setting '{section_name}.{key}'; known: {', '.join(sorted(known))}"
+                    )
+                default = getattr(section, key)
+                setattr(section, key, _coerce(value, default, f"{source}: {section_name}.{key}"))
+        return self
+
+    def set(self, dotted: str, value: Any, source: str = "command line") -> None:
+        section, _, key = dotted.partition(".")
+        self.update({section: {key: value}}, source)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise DessamError(f"{where}: expected a list")
+        return tuple(value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise DessamError(f"{where}: expected true or false, got {value!r}")
+        return value
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise DessamError(f"{where}: expected a {type(default).__name__}, got {value!r}") from None
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise DessamError(f"{path}: config file not found; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DessamError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    return Config.from_dict(data or {}, str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,142 @@
+"""`dessam predict`: a trained model over files, folders and globs, with outputs for Fiji/QuPath/napari.
+
+Per image (NAME = the image's file stem):
+- `NAME_labels.tif`   instance label image (uint16, uint32 past 65535 nuclei) at the image's own size
+- `NAME_overlay.png`  contours on the image
+- `NAME.geojson`      QuPath detections (one polygon per nucleus, measurements as properties)
+- `NAME_nuclei.csv`   per-nucleus measurements (scikit-image regionprops)
+For the run: `coco_results.json` (COCO results: RLE masks, boxes, scores) and `summary.csv`.
+An image that fails is reported and skipped; the others go on. Existing outputs are kept unless
+`overwrite`.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from tqdm.auto import tqdm
+
+from ..data.images import read_image_raw, to_rgb, to_uint8
+from ..errors import DessamError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+FORMATS = ("labels", "overlay", "geojson", "csv")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list:
+    """Image paths from files, folders (their images, sorted) and glob patterns, without repeats."""
+    found, seen = [], set()
+
+    def add(path: Path):
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES and not child.name.startswith("."):
+                    add(child)
+        elif path.is_file():
+            add(path)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise DessamError(f"{item}: the pattern matches no image; check the pattern")
+            for match in images:
+                add(match)
+        else:
+            raise DessamError(f"{item}: no such file or folder; check the path")
+    if not found:
+        raise DessamError(f"{' '.join(map(str, inputs))}: no images found (PNG, JPEG, TIFF)")
+    return found
+
+
+def output_paths(out_dir: Path, image_path: Path) -> dict:
+    stem = image_path.stem
+    return {
+        "labels": out_dir / f"{stem}_labels.tif",
+        "overlay": out_dir / f"{stem}_overlay.png",
+        "geojson": out_dir / f"{stem}.geojson",
+        "csv": out_dir / f"{stem}_nuclei.csv",
+    }
+
+
+@dataclass
+class PredictRun:
+    written: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)   # existing outputs kept
+    failed: list = field(default_factory=list)    # (path, message)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed else 0
+
+
+def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
+                  pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
+                  progress: bool = True) -> PredictRun:
+    from ..export import (masks_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
+                          write_measurements_csv, write_overlay_png, write_summary_csv)
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise DessamError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
+    paths = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".dessam_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DessamError(f"{out_dir}: cannot write the output folder ({exc.strerror}); choose another --out") from None
+    stems = {}
+    for path in paths:
+        if path.stem in stems:
+            raise DessamError(f"{path}: has the same name as {stems[path.stem]}; outputs would collide, "
+                              f"predict them into separate --out folders")
+        stems[path.stem] = path
+
+    run = PredictRun()
+    results, summary = [], []
+    for image_id, path in enumerate(tqdm(paths, desc="Predicting", unit="img", disable=not progress), start=1):
+        targets = output_paths(out_dir, path)
+        wanted = {name: targets[name] for name in formats}
+        if not overwrite and all(p.exists() for p in wanted.values()):
+            run.skipped.append(path)
+            summary.append({"image": path.name, "status": "kept existing outputs"})
+            continue
+        try:
+            raw = read_image_raw(path)
+            image = to_rgb(to_uint8(raw), path)
+            prediction = model.predict(image, tile=tile, overlap=overlap)
+            rows = prediction.measurements(pixel_size_um, image=raw)
+            if "labels" in wanted:
+                write_label_tiff(wanted["labels"], prediction.labels)
+            if "overlay" in wanted:
+                write_overlay_png(wanted["overlay"], image, prediction.labels)
+            if "geojson" in wanted:
+                write_geojson(wanted["geojson"], prediction.labels, rows)
+            if "csv" in wanted:
+                write_measurements_csv(wanted["csv"], rows)
+        except DessamError as exc:
+            run.failed.append((path, str(exc)))
+            summary.append({"image": path.name, "status": f"failed: {exc}"})
+            continue
+        for result in masks_to_coco_results(image_id, prediction.masks, prediction.scores, prediction.boxes):
+            result["file_name"] = path.name
+            results.append(result)
+        row = summary_row(path.name, rows)
+        row["status"] = "ok"
+        summary.append(row)
+        run.written.append(path)
+    write_json(out_dir / "coco_results.json", results)
+    write_summary_csv(out_dir / "summary.csv", summary)
+    return run

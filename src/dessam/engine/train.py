@@ -1,0 +1,360 @@
+"""Box-supervised DES-SAM training.
+
+One call of `train()`:
+1. reads the COCO file (boxes only are enough) and checks it;
+2. builds SAM and the DES-SAM model; computes each training image's SAM embedding once and caches
+   it (float16, keyed by image content and encoder weights), so no epoch runs the encoder;
+3. runs the official schedule (SGD, linear warm-up, step decay), logging every iteration to
+   `RUN/log.csv`, and writes `RUN/model.pt` plus resumable checkpoints atomically.
+
+Resuming (`resume=True`) continues from `RUN/checkpoints/last.pt` and, on a CPU, reproduces an
+uninterrupted run exactly: the data order depends only on (seed, epoch) and the checkpoint holds
+the random-number state.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_path, write_text_atomic
+from ..config import Config, save_config
+from ..data.coco import ImageRecord, load_coco
+from ..data.images import read_image
+from ..errors import DessamError
+from ..models.dessam import DESSAM
+from ..models.sam import build_sam, file_sha256, safe_torch_load, weights_sha256
+from . import distributed
+from .cache import EmbeddingCache
+from .inputs import prepare_image
+
+LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
+LOG_COLUMNS = ("epoch", "iteration", "lr", "total") + LOSS_NAMES + ("skipped_nonfinite",)
+MODEL_FORMAT = "dessam-model"
+CHECKPOINT_FORMAT = "dessam-checkpoint"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DessamError("--device cuda: no CUDA device is available here; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise DessamError(f"--device {name}: use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def sam_identity(name: str, checkpoint: Optional[str], sam) -> dict:
+    """Name and SHA-256 of the SAM weights a model was trained on (stored in model.pt)."""
+    if checkpoint:
+        return {"name": name, "checkpoint": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
+    if name == "default":
+        from ..models.default_teacher import DEFAULT_TEACHER_PATH
+
+        return {"name": name, "checkpoint": DEFAULT_TEACHER_PATH.name, "sha256": file_sha256(DEFAULT_TEACHER_PATH)}
+    return {"name": name, "checkpoint": None, "sha256": weights_sha256(sam)}
+
+
+def build_model(config: Config, device: torch.device):
+    """The DES-SAM model for `config` (trainable parts freshly initialised) and its SAM identity."""
+    model_config = config.model
+    sam_name, checkpoint = model_config.sam, model_config.sam_checkpoint
+    sam = build_sam(sam_name, checkpoint, model_config.image_size)
+    if checkpoint is None and Path(str(sam_name)).suffix in (".pth", ".pt"):
+        from ..models.sam import recognise_variant
+
+        sam_name, checkpoint = recognise_variant(sam_name), sam_name
+        model_config.sam, model_config.sam_checkpoint = sam_name, str(checkpoint)
+    model_config.image_size = int(sam.image_encoder.img_size)
+    identity = sam_identity(sam_name, checkpoint, sam)
+    torch.manual_seed(config.train.seed)
+    model = DESSAM(sam, config).to(device)
+    return model, identity
+
+
+@dataclass
+class TrainingImage:
+    record: ImageRecord
+    cache_key: str
+    boxes: torch.Tensor       # (N, 4) input frame
+    resized_hw: tuple
+
+
+def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True) -> list:
+    """Cache every image's embedding (running the encoder only for images not cached yet)."""
+    grid = model.sam.prompt_encoder.image_embedding_size
+    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
+    items = []
+    for record in tqdm(records, desc="Embedding images", disable=not progress, unit="img"):
+        image = read_image(record.path)
+        if image.shape[:2] != (record.height, record.width):
+            raise DessamError(
+                f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but the annotation file says "
+                f"{record.width}x{record.height}; fix width/height in the JSON"
+            )
+        inputs = prepare_image(image, model.image_size)
+        key = cache.key(inputs.resized)
+        cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
+        boxes = torch.from_numpy(record.boxes * inputs.scale).float()
+        items.append(TrainingImage(record, key, boxes, inputs.resized_hw))
+    return items
+
+
+def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1) -> float:
+    """Official schedule: linear warm-up, then x gamma at each step epoch; lr scaled to the batch."""
+    train = config.train
+    base = train.lr * train.batch_size * world_size / train.lr_reference_batch
+    factor = train.lr_gamma ** sum(epoch >= step for step in train.lr_steps)
+    if iteration < train.warmup_iters:
+        alpha = iteration / max(train.warmup_iters, 1)
+        factor *= train.warmup_ratio * (1 - alpha) + alpha
+    return base * factor
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
+    grid = model.sam.prompt_encoder.image_embedding_size
+    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
+    embeddings, rgb, normalised = [], [], []
+    for item in items:
+        embedding = cache.load(item.cache_key, shape)
+        if embedding is None:  # damaged or removed since: recompute, never trust it
+            image = read_image(item.record.path)
+            inputs = prepare_image(image, model.image_size)
+            embedding = cache.get_or_compute(
+                item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape
+            )
+        else:
+            inputs = prepare_image(read_image(item.record.path), model.image_size)
+        embeddings.append(embedding.float())
+        rgb.append(inputs.rgb)
+        normalised.append(inputs.normalised)
+    return (
+        torch.stack(embeddings).to(device),
+        torch.stack(rgb).to(device),
+        torch.stack(normalised).to(device),
+        [item.boxes.to(device) for item in items],
+        [item.resized_hw for item in items],
+    )
+
+
+def save_model_file(path: Path, model: DESSAM, config: Config, identity: dict, epoch: int, iteration: int,
+                    input_scale: float) -> None:
+    payload = {
+        "input_scale": input_scale,  # training images were resized by this factor (median)
+        "format": MODEL_FORMAT,
+        "version": 1,
+        "config": config.to_dict(),
+        "sam": identity,
+        "state_dict": model.trainable_state_dict(),
+        "epoch": epoch,
+        "iteration": iteration,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def save_checkpoint(path: Path, model, optimizer, config, identity, epoch, batch, iteration, nonfinite_run) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "sam": identity,
+        "state_dict": model.trainable_state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,           # the epoch to continue
+        "batch": batch,           # the batch index inside that epoch to continue from
+        "iteration": iteration,   # iterations done
+        "nonfinite_run": nonfinite_run,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class LossLog:
+    """`RUN/log.csv`: one row per iteration. On resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_until: Optional[int] = None):
+        self.path = path
+        rows = []
+        if keep_until is not None and path.is_file():
+            with open(path, newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= keep_until]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, LOG_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        self.handle = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.handle, LOG_COLUMNS)
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    iterations: int
+    epochs_done: int
+    skipped_nonfinite: int
+    clipped_boxes: int
+    dropped_boxes: int
+    encoder_runs: int
+
+
+def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    out_dir = Path(out_dir)
+    dist = distributed.current()
+    device = resolve_device(config.train.device) if not dist.enabled else dist.device
+    dataset = load_coco(train_json, images_dir)
+    annotated = [record for record in dataset.images if len(record.boxes)]  # as the official filter_empty_gt
+    if not annotated:
+        raise DessamError(f"{train_json}: the dataset has no images with boxes; add annotations")
+    if dist.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DessamError(f"{out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
+        if not os.access(out_dir, os.W_OK):
+            raise DessamError(f"{out_dir}: the run folder is not writable; choose another --out")
+    checkpoint_dir = out_dir / "checkpoints"
+    last_path = checkpoint_dir / "last.pt"
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise DessamError(f"{last_path}: nothing to resume from; run without --resume")
+        state = safe_torch_load(last_path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise DessamError(f"{last_path}: not a dessam training checkpoint; run without --resume")
+
+    model, identity = build_model(config, device)
+    if state is not None and state["sam"]["sha256"] != identity["sha256"]:
+        raise DessamError(f"{last_path}: this run was trained on other SAM weights ({state['sam']['name']}); "
+                          f"resume with the same --sam and --sam-checkpoint")
+    encoder_runs = _count_calls(model.sam.image_encoder)
+    cache_dir = Path(config.train.cache_dir) if config.train.cache_dir else out_dir / "cache"
+    cache = EmbeddingCache(cache_dir, encoder_key=f"{identity['sha256']}:{model.image_size}")
+    records = distributed.shard(annotated, dist)
+    items = encode_training_set(model, records, cache, device, progress and dist.is_main)
+
+    input_scale = float(np.median([item.resized_hw[0] / item.record.height for item in items]))
+    parameters = model.trainable_parameters()
+    optimizer = torch.optim.SGD(parameters, lr=learning_rate(config, 0, 0, dist.world_size),
+                                momentum=config.train.momentum, weight_decay=config.train.weight_decay)
+    trainer = distributed.wrap(model, dist)
+    epoch, start_batch, iteration, nonfinite_run = 0, 0, 0, 0
+    if state is not None:
+        model.load_trainable_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, start_batch, iteration = state["epoch"], state["batch"], state["iteration"]
+        nonfinite_run = state["nonfinite_run"]
+        torch.set_rng_state(state["torch_rng"])
+    if dist.is_main:
+        save_config(config, out_dir / "config.yaml")
+    log = LossLog(out_dir / "log.csv", keep_until=iteration if state is not None else None) if dist.is_main else None
+
+    batch_size = config.train.batch_size
+    batches_per_epoch = math.ceil(len(items) / batch_size)
+    total = config.train.epochs * batches_per_epoch
+    if config.train.max_iters is not None:
+        total = min(total, config.train.max_iters)
+    skipped_total = 0
+    recent = []
+    bar = tqdm(total=total, initial=iteration, desc="Training", unit="it", disable=not (progress and dist.is_main))
+    model.train()
+    try:
+        while epoch < config.train.epochs and iteration < total:
+            order = epoch_order(config.train.seed, epoch, len(items))
+            for batch in range(start_batch, batches_per_epoch):
+                if iteration >= total:
+                    break
+                chosen = [items[i] for i in order[batch * batch_size:(batch + 1) * batch_size]]
+                lr = learning_rate(config, iteration, epoch, dist.world_size)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                embeddings, rgb, normalised, boxes, sizes = _batch_tensors(model, chosen, cache, device)
+                losses = trainer(embeddings, rgb, normalised, boxes, sizes)
+                total_loss = model.weighted_total(losses)
+                finite = bool(torch.isfinite(total_loss)) and distributed.all_finite(dist, total_loss)
+                optimizer.zero_grad(set_to_none=True)
+                if finite:
+                    total_loss.backward()
+                    if config.train.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(parameters, config.train.grad_clip)
+                    optimizer.step()
+                    nonfinite_run = 0
+                else:
+                    nonfinite_run += 1
+                    skipped_total += 1
+                iteration += 1
+                row = {"epoch": epoch, "iteration": iteration, "lr": f"{lr:.6g}", "total": f"{total_loss.item():.6g}",
+                       "skipped_nonfinite": int(not finite)}
+                row.update({name: f"{losses[name].item():.6g}" for name in LOSS_NAMES})
+                if log is not None:
+                    log.write(row)
+                if finite:
+                    recent = (recent + [total_loss.item()])[-20:]
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(recent):.4f}" if recent else "nan", lr=f"{lr:.2g}")
+                if nonfinite_run >= config.train.max_nonfinite:
+                    raise DessamError(
+                        f"training stopped: {nonfinite_run} non-finite losses in a row at iteration {iteration}; "
+                        f"the last good checkpoint {last_path} is intact; lower train.lr or set train.grad_clip"
+                    )
+                if iteration >= total and batch + 1 < batches_per_epoch:
+                    start_batch = batch + 1
+                    break
+            else:
+                epoch, start_batch = epoch + 1, 0
+                if dist.is_main:
+                    save_checkpoint(checkpoint_dir / f"epoch_{epoch:03d}.pt", model, optimizer, config, identity,
+                                    epoch, 0, iteration, nonfinite_run)
+                    save_checkpoint(last_path, model, optimizer, config, identity, epoch, 0, iteration, nonfinite_run)
+                    save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)
+                continue
+            break
+        if dist.is_main:
+            save_checkpoint(last_path, model, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
+            save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)
+            write_text_atomic(out_dir / "data_report.txt",
+                              f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
+                              f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
+                              f"skipped non-finite iterations: {skipped_total}\n")
+        if val_json is not None and dist.is_main:
+            from .validation_loss import write_validation_losses
+
+            write_validation_losses(model, config, val_json, images_dir, cache, device, out_dir / "val.csv", progress)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return TrainResult(out_dir / "model.pt", iteration, epoch, skipped_total, dataset.clipped_boxes,
+                       dataset.dropped_boxes, encoder_runs())
+
+
+def _count_calls(module: torch.nn.Module):
+    """Count forward calls of `module`; returns a function giving the count so far."""
+    count = [0]
+
+    def hook(*_):
+        count[0] += 1
+
+    module.register_forward_hook(hook)
+    return lambda: count[0]

@@ -1,0 +1,119 @@
+"""The DES-SAM model: frozen SAM + trained detector + self-distilled prompt token.
+
+Trainable: the feature-pyramid neck, the RPN, the RoI box head and the one prompt token.
+Everything of SAM stays frozen. Training works on image embeddings (which can be cached),
+never on pixels, except for the edge-aware loss which needs the image colours.
+"""
+
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from ..config import Config
+from ..losses import distillation_losses, edge_aware_losses
+from .detector import BoxDetector
+from .neck import SimpleFeaturePyramid
+from .prompted_decoder import PromptedMaskDecoder
+
+TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.")
+
+
+class DESSAM(nn.Module):
+    def __init__(self, sam: Sam, config: Config):
+        super().__init__()
+        self.config = config
+        self.sam = sam
+        for parameter in sam.parameters():
+            parameter.requires_grad_(False)
+        sam.eval()
+        self.image_size = int(sam.image_encoder.img_size)
+        grid = int(sam.prompt_encoder.image_embedding_size[0])
+        self.embedding_stride = self.image_size // grid
+        channels = int(sam.prompt_encoder.embed_dim)
+        model = config.model
+        self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride)
+        self.detector = BoxDetector(model, model.neck_channels, self.neck.strides)
+        self.decoder = PromptedMaskDecoder(sam, model.prompt_token)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.sam.eval()  # SAM is frozen: never in training mode
+        return self
+
+    # ----- what training changes -------------------------------------------------------------
+    def trainable_state_dict(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        expected = set(self.trainable_state_dict())
+        missing = expected - set(state)
+        unexpected = set(state) - expected
+        if missing or unexpected:
+            raise KeyError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        self.load_state_dict(state, strict=False)
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
+
+    # ----- SAM pieces ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images_normalised: torch.Tensor) -> torch.Tensor:
+        """SAM's image embedding of padded, normalised images (B, 3, S, S)."""
+        return self.sam.image_encoder(images_normalised)
+
+    # ----- training --------------------------------------------------------------------------
+    def forward(self, embeddings, images_rgb, images_normalised, gt_boxes, image_sizes):
+        """All DES-SAM losses for one batch (a dict of scalar tensors, unweighted)."""
+        loss_config = self.config.loss
+        features = self.neck(embeddings)
+        losses, rois = self.detector.forward_train(features, image_sizes, self.image_size, gt_boxes)
+
+        proposals, matched, image_index = [], [], []
+        for i, (props, labels, gts) in enumerate(zip(rois.proposals, rois.labels, rois.matched_gt_boxes)):
+            positive = torch.where(labels > 0)[0][: loss_config.distill_max_prompts]
+            proposals.append(props[positive])
+            matched.append(gts[positive])
+            image_index.append(torch.full((len(positive),), i, dtype=torch.long, device=props.device))
+        proposals = torch.cat(proposals).detach()
+        matched = torch.cat(matched)
+        image_index = torch.cat(image_index)
+
+        zero = embeddings.sum() * 0
+        if len(proposals) == 0:
+            losses.update(distill_bce=zero, distill_dice=zero, edge_local=zero, edge_global=zero)
+            return losses
+        with torch.no_grad():
+            teacher, _ = self.decoder(embeddings, matched, image_index, use_token=False)
+        student, _ = self.decoder(embeddings, proposals, image_index, use_token=True)
+        losses["distill_bce"], losses["distill_dice"] = distillation_losses(student, teacher)
+        if loss_config.edge_aware:
+            losses["edge_local"], losses["edge_global"] = edge_aware_losses(
+                student, matched, image_index, images_rgb, images_normalised,
+                crop=loss_config.edge_crop, dilation=loss_config.edge_dilation, tau=loss_config.edge_tau,
+            )
+        else:
+            losses["edge_local"] = losses["edge_global"] = zero
+        return losses
+
+    def weighted_total(self, losses: dict) -> torch.Tensor:
+        weights = self.config.loss
+        return sum(getattr(weights, name) * value for name, value in losses.items())
+
+    # ----- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def detect(self, embeddings: torch.Tensor, image_sizes: list):
+        """Detector boxes (input frame) and scores per image."""
+        return self.detector.detect(self.neck(embeddings), image_sizes, self.image_size)
+
+    @torch.no_grad()
+    def segment(self, embeddings: torch.Tensor, boxes: torch.Tensor, image_index=None, use_token: bool = True):
+        """Low-res mask logits for boxes (input frame), in chunks of `decoder_chunk` prompts."""
+        chunk = max(1, self.config.model.decoder_chunk)
+        pieces = []
+        for start in range(0, max(len(boxes), 1), chunk):
+            index = None if image_index is None else image_index[start:start + chunk]
+            logits, _ = self.decoder(embeddings, boxes[start:start + chunk], index, use_token=use_token)
+            pieces.append(logits)
+        return torch.cat(pieces)

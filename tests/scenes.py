@@ -1,0 +1,77 @@
+"""Small box-annotated scenes for the model tests: dark round nuclei on a pale, noisy field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_nuclei_scene(rng: np.random.Generator, size: int = 128, count: int = 6):
+    """An RGB image and its instance label map with `count` non-overlapping nuclei."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.empty((size, size, 3), dtype=np.float32)
+    image[:] = (225, 215, 220)
+    image += rng.normal(0, 6, image.shape)
+    labels = np.zeros((size, size), dtype=np.uint16)
+    placed = 0
+    for _ in range(200):
+        if placed == count:
+            break
+        ry, rx = rng.uniform(6, 12, 2)
+        cy, cx = rng.uniform(14, size - 14, 2)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        grown = ((yy - cy) / (ry + 3)) ** 2 + ((xx - cx) / (rx + 3)) ** 2 <= 1
+        if labels[grown].any():
+            continue
+        placed += 1
+        labels[inside] = placed
+        image[inside] = np.array((90, 60, 140)) + rng.normal(0, 8, (inside.sum(), 3))
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def write_box_dataset(folder: Path, n_images: int = 4, size: int = 128, seed: int = 0, with_masks=False):
+    """Write images/ and a COCO file; boxes only unless `with_masks`. Returns (json path, images dir)."""
+    from dessam.data.coco import label_map_to_annotations, write_coco
+
+    rng = np.random.default_rng(seed)
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(n_images):
+        image, labels = make_nuclei_scene(rng, size)
+        name = f"scene_{index:03d}.png"
+        Image.fromarray(image).save(images_dir / name)
+        images.append({"id": index + 1, "file_name": name, "height": size, "width": size})
+        anns = label_map_to_annotations(labels, index + 1, first_ann_id=len(annotations) + 1, with_masks=with_masks)
+        annotations.extend(anns)
+    json_path = folder / ("full.json" if with_masks else "boxes.json")
+    write_coco(json_path, images, annotations)
+    return json_path, images_dir
+
+
+def tiny_config(**train):
+    from dessam.config import Config
+
+    config = Config()
+    config.model.sam = "tiny"
+    config.model.image_size = 128
+    config.model.neck_channels = 32
+    config.model.box_head_fc = 64
+    config.model.anchor_scale = 4.0
+    config.model.rpn_batch_per_image = 64
+    config.model.roi_batch_per_image = 64
+    config.model.rpn_pre_nms_train = 300
+    config.model.rpn_post_nms_train = 100
+    config.model.rpn_pre_nms_test = 300
+    config.model.rpn_post_nms_test = 100
+    config.model.score_threshold = 0.3
+    config.train.device = "cpu"
+    config.train.warmup_iters = 20
+    config.train.lr = 0.02
+    config.train.lr_reference_batch = 1
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
