@@ -158,18 +158,21 @@ def safe_torch_load(path: str | Path):
             f"{path}: refused to load: the file holds Python objects other than tensors "
             f"(only weights-only checkpoints are accepted; a file that runs code on load is never opened): {detail}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # damaged bytes make the unpickler fail in many ways (KeyError, IndexError, ...)
         raise DessamError(
             f"{path}: not a readable PyTorch checkpoint ({_load_failure_detail(exc)}); re-download or re-create it"
         ) from None
 
 
 def _load_failure_detail(exc: BaseException) -> str:
-    """The specific reason inside torch's error, without its generic advice (such as turning off weights_only)."""
-    generic = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    specific = [line for line in lines if not line.startswith(generic)]
-    return (specific or lines or [type(exc).__name__])[0][:160]
+    """The sentence of torch's error that says what is wrong, without its advice to turn off weights_only."""
+    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    for marker in ("GLOBAL", "Unsupported"):
+        for line in lines:
+            if marker in line:
+                return line.split(". ")[0][:160]
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def read_sam_state_dict(path: str | Path) -> dict:
