@@ -1,0 +1,369 @@
+"""`dessam eval`: a trained model scored against ground-truth masks.
+
+`evaluate(model, TEST.json, IMAGES, REPORT)` writes
+
+- `REPORT/metrics.json`  per method: every per-image metric averaged over images, COCO mask
+  AP / AP50 / AP75, instance counts summed over images, and the settings used;
+- `REPORT/metrics.md`    the same as a table (one row per method, one column per metric);
+- `REPORT/per_image.csv` one row per image x method;
+- `REPORT/overlays/worst_K_NAME.png` prediction (yellow) vs ground-truth (green) contours of the
+  five images where the DES-SAM student has the lowest AJI.
+
+Methods (`baselines=True` adds the first, second and fourth), all from one encoding per image:
+
+- `box-as-mask`       every detected box filled: what the detector alone gives;
+- `sam`               training-free SAM prompted with the detected boxes (no learned token);
+- `des-sam`           the student: the detected boxes plus the learned token;
+- `teacher-gt-boxes`  the frozen teacher prompted with the ground-truth boxes (scores 1): the
+                      pseudo-label ceiling.
+
+Every method gets the same post-processing as `dessam predict` (the official one): detections
+under the score threshold are dropped (not for the teacher, whose boxes are not detections),
+holes and islands under `min_size` pixels are removed, and one label map is painted with
+overlaps going to the higher score. Per-image metrics are computed on that label map; COCO AP
+on the post-processed (possibly overlapping) instance masks with their scores.
+
+Each image is fed whole at the model's input size, as in the paper's evaluation; images larger
+than the training scale (which `dessam predict` would tile) are counted in the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_path, write_text_atomic
+from ..data.coco import dataset_has_masks, load_coco, record_label_map
+from ..data.images import read_image
+from ..errors import DessamError
+from ..export import write_json, write_overlay_png
+from ..metrics import coco_mask_ap, evaluate_pair, summarize
+from ..postprocess import clean_masks, masks_to_labels
+
+STUDENT = "des-sam"
+METHODS = ("box-as-mask", "sam", STUDENT, "teacher-gt-boxes")
+COUNT_KEYS = ("n_gt", "n_pred", "tp", "fp", "fn")
+N_OVERLAYS = 5
+
+# (key in metrics.json, column title, decimals); counts live under "counts" and are totals.
+METRIC_COLUMNS = (
+    ("aji", "AJI", 4),
+    ("pq", "PQ", 4),
+    ("dq", "DQ", 4),
+    ("sq", "SQ", 4),
+    ("pixel_f1", "Pixel F1", 4),
+    ("object_dice", "Obj. Dice", 4),
+    ("object_iou", "Obj. IoU", 4),
+    ("object_hausdorff", "Obj. Hausdorff (px)", 2),
+    ("adice", "ADice", 4),
+    ("ap", "AP", 4),
+    ("ap50", "AP50", 4),
+    ("ap75", "AP75", 4),
+    ("precision", "Det. P", 4),
+    ("recall", "Det. R", 4),
+    ("f1", "Det. F1", 4),
+)
+COUNT_COLUMNS = (("n_gt", "GT"), ("n_pred", "Pred."), ("tp", "TP"), ("fp", "FP"), ("fn", "FN"))
+
+
+# ---------------------------------------------------------------- the methods' instances
+
+
+def boxes_to_masks(boxes: np.ndarray, shape: tuple) -> np.ndarray:
+    """Filled boxes (x1, y1, x2, y2 pixels) as bool masks (N, H, W).
+
+    Pixel (r, c) covers [c, c+1] x [r, r+1]; a box fills the pixels whose centre lies inside it.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    height, width = shape
+    masks = np.zeros((len(boxes), height, width), dtype=bool)
+    first = np.ceil(boxes[:, :2] - 0.5).astype(np.int64)
+    last = np.floor(boxes[:, 2:] - 0.5).astype(np.int64) + 1
+    for mask, (x0, y0), (x1, y1) in zip(masks, first, last):
+        mask[max(y0, 0):max(min(y1, height), 0), max(x0, 0):max(min(x1, width), 0)] = True
+    return masks
+
+
+@contextlib.contextmanager
+def detection_threshold(model, threshold: float):
+    """Run the detector with `threshold` as its score cut-off (the config's value is restored)."""
+    roi_heads = model.model.detector.roi_heads
+    saved = roi_heads.score_thresh
+    roi_heads.score_thresh = threshold
+    try:
+        yield
+    finally:
+        roi_heads.score_thresh = saved
+
+
+def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str]) -> dict:
+    """Raw (masks, scores) of each method for one image, from one encoding and one detection."""
+    encoded = model.encode(image)
+    boxes, scores = model.detect(encoded)
+    out = {}
+    for method in methods:
+        if method == "box-as-mask":
+            out[method] = boxes_to_masks(boxes, image.shape[:2]), scores
+        elif method == "sam":
+            out[method] = model.segment(encoded, boxes, use_token=False), scores
+        elif method == STUDENT:
+            out[method] = model.segment(encoded, boxes, use_token=True), scores
+        elif method == "teacher-gt-boxes":
+            out[method] = model.segment(encoded, gt_boxes, use_token=False), np.ones(len(gt_boxes), np.float32)
+        else:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return out
+
+
+# ---------------------------------------------------------------- report building
+
+
+class _Lazy(Sequence):
+    """A read-only sequence whose items are computed on access (keeps memory to one image)."""
+
+    def __init__(self, count: int, item: Callable[[int], object]):
+        self.count, self.item = count, item
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.item(index)
+
+
+def _encode_masks(masks: np.ndarray) -> list:
+    return mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8))) if len(masks) else []
+
+
+def _decode_masks(rles: list, shape: tuple) -> np.ndarray:
+    if not rles:
+        return np.zeros((0,) + tuple(shape), dtype=bool)
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
+
+
+def _method_summary(rows: list, ap: dict) -> dict:
+    """Means over images of the per-image metrics, AP, and the instance counts summed."""
+    means = summarize(rows)
+    summary = {key: value for key, value in means.items() if key not in COUNT_KEYS}
+    summary.update(ap)
+    summary["counts"] = {key: int(sum(row[key] for row in rows)) for key in COUNT_KEYS}
+    return summary
+
+
+def _cell(value, decimals: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{decimals}f}"
+
+
+def markdown_table(rows: Sequence[tuple]) -> str:
+    """A Markdown table of `(row name, method summary)` pairs: one column per metric and count."""
+    titles = ["Method"] + [title for _, title, _ in METRIC_COLUMNS] + [title for _, title in COUNT_COLUMNS]
+    lines = ["| " + " | ".join(titles) + " |", "|---|" + "---:|" * (len(titles) - 1)]
+    for name, summary in rows:
+        counts = summary.get("counts") or {}
+        cells = [name] + [_cell(summary.get(key), decimals) for key, _, decimals in METRIC_COLUMNS]
+        cells += [_cell(counts.get(key), 0) for key, _ in COUNT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _settings_lines(settings: dict) -> list:
+    """Human-readable lines for the settings block of a report."""
+    threshold = settings["score_threshold"]
+    cleaning = f"holes and islands under {settings['min_size']} px removed" if settings["remove_small"] else "off"
+    return [
+        f"- model: `{settings.get('model') or 'in memory'}` (SAM {settings['sam'].get('name')}, "
+        f"sha256 {str(settings['sam'].get('sha256'))[:12]})",
+        f"- data: `{settings['data']}` ({settings['n_images']} images)",
+        f"- score threshold: {threshold if threshold > 0 else 'off'}; small-object removal: {cleaning}; "
+        f"at most {settings['max_detections']} detections per image",
+    ]
+
+
+def _markdown_report(report: dict) -> str:
+    lines = ["# Evaluation", ""] + _settings_lines(report["settings"]) + [""]
+    rows = [(method, summary) for method, summary in report["methods"].items()]
+    lines.append(markdown_table(rows))
+    lines.append("Means over images, except AP (COCO mask AP over all images) and the counts (totals). "
+                 "Obj. = GlaS object-level; Det. = detection at IoU > 0.5.")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _safe_stem(file_name: str) -> str:
+    stem = Path(file_name).with_suffix("").as_posix().replace("/", "_")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+
+
+def _write_overlays(folder: Path, worst: list) -> None:
+    """Replace the previous worst-image overlays with the new ones."""
+    if folder.is_dir():
+        for old in folder.glob("worst_*.png"):
+            old.unlink()
+    for rank, (_, _, name, image, labels, gt_labels) in enumerate(worst, start=1):
+        write_overlay_png(folder / f"worst_{rank}_{_safe_stem(name)}.png", image, labels, gt_labels)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _postprocess(masks: np.ndarray, scores: np.ndarray, threshold: Optional[float], min_size: int,
+                 remove_small: bool) -> tuple:
+    """`clean_masks` that also accepts an image left with no instance."""
+    if threshold is not None:
+        keep = np.asarray(scores) >= threshold
+        masks, scores = masks[keep], scores[keep]
+    if not len(masks):
+        return masks, np.asarray(scores, dtype=np.float64)
+    masks, scores, _ = clean_masks(masks, scores, score_threshold=None, min_size=min_size,
+                                   remove_holes=remove_small, remove_islands=remove_small)
+    return masks, scores
+
+
+def _load_test_set(data_json, images_dir):
+    dataset = load_coco(data_json, images_dir)
+    if not dataset.images:
+        raise DessamError(f"{data_json}: the test set has no images; add images to evaluate on")
+    if not dataset_has_masks(dataset):
+        raise DessamError(
+            f"{data_json}: evaluation needs masks; every annotation must carry a segmentation "
+            "(polygons or RLE); convert the ground truth with `dessam convert` or use a file with masks"
+        )
+    return dataset
+
+
+def _read_test_image(record) -> np.ndarray:
+    image = read_image(record.path)
+    if image.shape[:2] != (record.height, record.width):
+        raise DessamError(
+            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but the annotation file says "
+            f"{record.width}x{record.height}; fix width/height in the JSON"
+        )
+    return image
+
+
+def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, score_threshold: Optional[float] = None,
+             remove_small: bool = True, min_size: Optional[int] = None, progress: bool = True,
+             model_path=None) -> dict:
+    """Score `model` (a `DessamModel`) on a COCO test set with masks and write the report to `out_dir`.
+
+    score_threshold: None = the model's own (official 0.55); 0 keeps every detection.
+    remove_small / min_size: hole and island removal (min_size None = the model's, official 70 px).
+    model_path: recorded in the report (defaults to the model's `path` attribute, if any).
+    Returns the content of metrics.json.
+    """
+    out_dir = Path(out_dir)
+    dataset = _load_test_set(data_json, images_dir)
+    model_config = model.config.model
+    threshold = float(model_config.score_threshold if score_threshold is None else score_threshold)
+    if not 0 <= threshold <= 1:
+        raise DessamError(f"--score-threshold {threshold}: use a value between 0 and 1 (0 keeps every detection)")
+    min_size = int(model_config.min_object_size if min_size is None else min_size)
+    if min_size < 0:
+        raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
+    methods = METHODS if baselines else (STUDENT,)
+    records = dataset.images
+
+    per_image = {method: [] for method in methods}
+    predictions = {method: [] for method in methods}  # per image: (RLEs, scores)
+    csv_rows, worst, oversized = [], [], 0
+    with detection_threshold(model, threshold):
+        for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
+            image = _read_test_image(record)
+            oversized += bool(model.needs_tiling(image))
+            gt_labels = record_label_map(record)
+            raw = method_instances(model, image, record.boxes, methods)
+            for method in methods:
+                masks, scores = raw[method]
+                cut = threshold if threshold > 0 and method != "teacher-gt-boxes" else None
+                masks, scores = _postprocess(masks, scores, cut, min_size, remove_small)
+                labels = masks_to_labels(masks, scores)
+                result = evaluate_pair(gt_labels, labels)
+                per_image[method].append(result)
+                predictions[method].append((_encode_masks(masks), scores))
+                csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method, **result})
+                if method == STUDENT:
+                    worst.append((result["aji"], index, record.file_name, image, labels, gt_labels))
+                    worst = sorted(worst, key=lambda item: item[:2])[:N_OVERLAYS]
+
+    gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
+    shapes = [(r.height, r.width) for r in records]
+    summaries = {}
+    for method in methods:
+        instances = _Lazy(len(records), lambda i, m=method: (_decode_masks(predictions[m][i][0], shapes[i]),
+                                                            predictions[m][i][1]))
+        summaries[method] = _method_summary(per_image[method], coco_mask_ap(gt_maps, instances))
+
+    model_path = model_path if model_path is not None else getattr(model, "path", None)
+    report = {
+        "settings": {
+            "model": str(model_path) if model_path is not None else None,
+            "sam": dict(model.sam_identity),
+            "data": str(data_json),
+            "images": str(images_dir),
+            "n_images": len(records),
+            "methods": list(methods),
+            "score_threshold": threshold,
+            "remove_small": bool(remove_small),
+            "min_size": min_size,
+            "max_detections": int(model_config.max_detections),
+            "image_size": int(model.image_size),
+            "images_larger_than_training_scale": int(oversized),
+            "match_iou": 0.5,
+        },
+        "methods": summaries,
+    }
+    _write_overlays(out_dir / "overlays", worst)
+    _write_csv(out_dir / "per_image.csv", csv_rows)
+    write_text_atomic(out_dir / "metrics.md", _markdown_report(report))
+    write_json(out_dir / "metrics.json", report)
+    return report
+
+
+def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
+                        **options) -> dict:
+    """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`."""
+    from .predict import load_model
+
+    model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint)
+    return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, **options)
+
+
+def evaluate_label_maps(gt_maps: Sequence[np.ndarray], pred_maps: Sequence[np.ndarray]) -> dict:
+    """Metrics of predicted label maps against ground-truth label maps (same order, same sizes).
+
+    Returns `{"summary": means over images with counts summed, "per_image": [one dict per image]}`.
+    Without scores there is no COCO AP.
+    """
+    if len(gt_maps) != len(pred_maps):
+        raise DessamError(f"{len(gt_maps)} ground-truth label maps but {len(pred_maps)} predictions; "
+                          "pass one prediction per image, in the same order")
+    if not len(gt_maps):
+        raise DessamError("no label maps to evaluate; pass at least one ground-truth / prediction pair")
+    rows = []
+    for index, (gt, pred) in enumerate(zip(gt_maps, pred_maps)):
+        try:
+            rows.append(evaluate_pair(gt, pred))
+        except ValueError as exc:
+            raise DessamError(f"label map pair {index}: {exc}") from None
+    return {"summary": _method_summary(rows, {}), "per_image": rows}
