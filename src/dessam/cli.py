@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
     if not args.skip_validation:
         from .data.validate import raise_on_errors, validate_coco
 
-        raise_on_errors(validate_coco(args.train, args.images, decode=False))
+        raise_on_errors(validate_coco(args.train, args.images, decode=False, progress=not args.quiet))
     result = train(config, args.train, args.images, args.out, val_json=args.val, resume=args.resume,
                    progress=not args.quiet)
     print(f"model written to {result.model_path} ({result.iterations} iterations, {result.epochs_done} epochs; "
@@ -113,20 +113,19 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import evaluate_model_file
 
-    model = _load(args)
-    result = evaluate(model, args.data, args.images, args.out, baselines=args.baselines,
-                      score_threshold=args.score_threshold, remove_small=not args.no_small_removal,
-                      min_size=args.min_size, progress=not args.quiet)
+    evaluate_model_file(args.model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+                        device=args.device, baselines=args.baselines, score_threshold=args.score_threshold,
+                        remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
     print((Path(args.out) / "metrics.md").read_text())
-    return 0 if result is not None else 1
+    return 0
 
 
 def cmd_compare(args) -> int:
     from .engine.compare import compare_reports
 
-    print(compare_reports(args.reports, out_path=args.out))
+    print(compare_reports(args.reports, out_path=args.out, names=args.names))
     return 0
 
 
@@ -220,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="merge several eval reports into one Markdown table")
     p.add_argument("reports", nargs="+", metavar="REPORT")
     p.add_argument("--out", help="write the table to this Markdown file too")
+    p.add_argument("--names", nargs="+", help="a name per report (default: the folder names)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("synth", help="write a synthetic cervical cytology dataset")

@@ -87,7 +87,7 @@ def clean_masks(
     cleaned = np.zeros((keep.size,) + masks.shape[1:], dtype=bool)
     for row, index in enumerate(keep):
         cleaned[row] = _clean_one(masks[index], min_size, remove_holes, remove_islands)
-    nonempty = cleaned.reshape(keep.size, -1).any(axis=1)
+    nonempty = cleaned.any(axis=(1, 2))
     keep = keep[nonempty]
     return cleaned[nonempty], scores[keep], keep
 

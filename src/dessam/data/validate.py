@@ -138,7 +138,8 @@ def _check_annotation(report: ValidationReport, ann: dict, sizes: dict, categori
         report.warnings[WARN_CLIPPED] += 1
 
 
-def validate_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike, decode: bool = True) -> ValidationReport:
+def validate_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike, decode: bool = True,
+                  progress: bool = True) -> ValidationReport:
     """Check everything and return a report (never raises for problems in the data).
 
     With `decode=True` every image is fully decoded, which also catches truncated files;
@@ -169,7 +170,7 @@ def validate_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike, d
 
     categories = {c.get("id") for c in data.get("categories") or [] if isinstance(c, dict)}
     sizes = {}
-    for img in tqdm([i for i in images if "file_name" in i], desc="checking images", unit="img"):
+    for img in tqdm([i for i in images if "file_name" in i], desc="checking images", unit="img", disable=not progress):
         sizes[img.get("id")] = _check_image(report, img, decode)
     for ann in annotations:
         _check_annotation(report, ann, sizes, categories)

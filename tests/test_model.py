@@ -1,0 +1,134 @@
+"""DES-SAM model: what trains, the token, the teacher, the losses."""
+
+import numpy as np
+import pytest
+import torch
+from scenes import make_nuclei_scene, tiny_config
+
+from dessam.engine.inputs import prepare_image
+from dessam.losses import edge_aware_losses, global_level_set_loss, local_pairwise_loss, rgb_to_lab
+from dessam.models.dessam import DESSAM
+from dessam.models.sam import build_sam
+
+
+def _model(prompt_token=True):
+    config = tiny_config()
+    config.model.prompt_token = prompt_token
+    torch.manual_seed(0)
+    return DESSAM(build_sam("tiny", image_size=config.model.image_size), config)
+
+
+def _batch(model, seed=0):
+    image, labels = make_nuclei_scene(np.random.default_rng(seed), 128)
+    inputs = prepare_image(image, model.image_size)
+    embedding = model.encode(inputs.normalised[None])
+    ids = [i for i in np.unique(labels) if i]
+    boxes = []
+    for i in ids:
+        ys, xs = np.nonzero(labels == i)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    boxes = torch.tensor(boxes, dtype=torch.float32) * torch.from_numpy(inputs.scale)
+    return embedding, inputs.rgb[None], inputs.normalised[None], [boxes], [inputs.resized_hw]
+
+
+def test_only_neck_rpn_roi_head_and_token_are_trainable():
+    model = _model()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "something must train"
+    assert all(n.startswith(("neck.", "detector.rpn.", "detector.roi_heads.", "decoder.prompt_token.")) for n in trainable)
+    for prefix in ("neck.", "detector.rpn.", "detector.roi_heads.", "decoder.prompt_token."):
+        assert any(n.startswith(prefix) for n in trainable), prefix
+    assert not any(p.requires_grad for p in model.sam.parameters())
+    # the trainable state dict is exactly those parameters (plus no SAM weights)
+    assert set(model.trainable_state_dict()) >= trainable
+    assert not any(k.startswith("sam.") for k in model.trainable_state_dict())
+
+
+def test_without_token_the_student_is_exactly_the_teacher():
+    model = _model(prompt_token=False)
+    embedding, *_ , boxes, _ = _batch(model)
+    boxes = boxes[0]
+    student, _ = model.decoder(embedding, boxes, use_token=True)
+    teacher, _ = model.decoder(embedding, boxes, use_token=False)
+    assert torch.equal(student, teacher)
+    # and the teacher is SAM's own single-mask output
+    sam = model.sam
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    official, _ = sam.mask_decoder(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False)
+    assert torch.allclose(student, official, atol=1e-5)
+
+
+def test_with_token_the_student_differs_from_the_teacher():
+    model = _model(prompt_token=True)
+    embedding, *_, boxes, _ = _batch(model)
+    student, _ = model.decoder(embedding, boxes[0], use_token=True)
+    teacher, _ = model.decoder(embedding, boxes[0], use_token=False)
+    assert student.shape == teacher.shape == (len(boxes[0]), 1, 64, 64)
+    assert not torch.equal(student, teacher)
+
+
+def test_all_losses_are_finite_and_only_trainable_parts_get_gradients():
+    model = _model().train()
+    losses = model(*_batch(model))
+    assert set(losses) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice",
+                           "edge_local", "edge_global"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.weighted_total(losses).backward()
+    assert model.decoder.prompt_token.weight.grad is not None
+    assert model.decoder.prompt_token.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.sam.parameters())
+
+
+def test_edge_loss_switch_turns_it_off():
+    model = _model()
+    model.config.loss.edge_aware = False
+    losses = model.train()(*_batch(model))
+    assert losses["edge_local"].item() == 0 and losses["edge_global"].item() == 0
+
+
+def test_rgb_to_lab_matches_scikit_image():
+    from skimage.color import rgb2lab
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    ours = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
+    assert np.allclose(ours, rgb2lab(rgb), atol=0.05)
+
+
+def test_local_pairwise_loss_definition():
+    lab = torch.zeros(1, 3, 6, 6)
+    flat = torch.full((1, 1, 6, 6), 0.3)
+    assert local_pairwise_loss(flat, lab).item() == pytest.approx(0.0)
+    # two halves of one colour with different probabilities: every similar pair across the seam disagrees by 1
+    half = torch.zeros(1, 1, 6, 6)
+    half[..., 3:] = 1
+    loss = local_pairwise_loss(half, lab, dilation=1, tau=0.3)
+    # pairs: each pixel with its in-image neighbours (s = 1 everywhere); disagreeing pairs straddle the seam
+    pairs = disagreeing = 0
+    for y in range(6):
+        for x in range(6):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    if (dy or dx) and 0 <= y + dy < 6 and 0 <= x + dx < 6:
+                        pairs += 1
+                        disagreeing += (x < 3) != (x + dx < 3)
+    assert loss.item() == pytest.approx(disagreeing / pairs)
+    # a colour edge exactly where the probability changes: dissimilar pairs are ignored
+    lab[:, 0, :, 3:] = 100
+    assert local_pairwise_loss(half, lab, dilation=1, tau=0.3).item() == pytest.approx(0.0)
+
+
+def test_global_level_set_loss_is_zero_for_a_perfect_partition():
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 2:6, 2:6] = 1.0
+    perfect = (image[:, :1] > 0).float()
+    assert global_level_set_loss(perfect, image).item() == pytest.approx(0.0, abs=1e-6)
+    assert global_level_set_loss(torch.full_like(perfect, 0.5), image).item() > 0.05
+
+
+def test_edge_aware_losses_shapes():
+    logits = torch.randn(3, 1, 32, 32, requires_grad=True)
+    boxes = torch.tensor([[10.0, 10, 40, 40], [50, 60, 90, 100], [0, 0, 127, 127]])
+    rgb = torch.rand(2, 3, 128, 128) * 255
+    local, glob = edge_aware_losses(logits, boxes, torch.tensor([0, 1, 1]), rgb, rgb / 255)
+    (local + glob).backward()
+    assert torch.isfinite(local) and torch.isfinite(glob) and logits.grad.abs().sum() > 0

@@ -1,0 +1,123 @@
+"""Training from boxes: loss goes down, the encoder runs once per image, resume is exact, bad data."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scenes import tiny_config, write_box_dataset
+
+from dessam.cli import main
+from dessam.engine.train import LOG_COLUMNS, train
+
+
+def _totals(log_path):
+    with open(log_path, newline="") as handle:
+        return [float(row["total"]) for row in csv.DictReader(handle)]
+
+
+def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
+    """200 iterations of the tiny SAM on generated scenes: last 20 iterations <= 60 % of the first 20."""
+    boxes_json, _, images = box_dataset
+    data = json.loads(boxes_json.read_text())
+    assert not any("segmentation" in a for a in data["annotations"]), "the training file has boxes only"
+    config = tiny_config(epochs=1000, max_iters=200, lr=0.04)
+    train(config, boxes_json, images, tmp_path / "run", progress=False)
+    totals = _totals(tmp_path / "run" / "log.csv")
+    assert len(totals) == 200
+    first, last = np.mean(totals[:20]), np.mean(totals[-20:])
+    print(f"mean total loss: first 20 = {first:.4f}, last 20 = {last:.4f}, ratio = {last / first:.3f}")
+    assert last <= 0.6 * first
+
+
+def test_log_has_every_loss_term_and_the_learning_rate(trained_tiny):
+    with open(trained_tiny.parent / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == LOG_COLUMNS
+    assert len(rows) == 5 * 6  # 5 epochs x 6 images, batch 1
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 31))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[-1]  # linear warm-up
+    for r in rows:
+        assert all(np.isfinite(float(r[k])) for k in LOG_COLUMNS if k not in ("epoch", "iteration"))
+    assert (trained_tiny.parent / "checkpoints" / "epoch_005.pt").is_file()
+
+
+def test_encoder_runs_once_per_image_across_epochs(box_dataset, tmp_path):
+    boxes_json, _, images = box_dataset
+    result = train(tiny_config(epochs=2), boxes_json, images, tmp_path / "run", progress=False)
+    assert result.iterations == 12
+    assert result.encoder_runs == 6  # two epochs over 6 images, one encoder pass each
+    # a second run sharing the cache never runs the encoder
+    config = tiny_config(epochs=1)
+    config.train.cache_dir = str(tmp_path / "run" / "cache")
+    again = train(config, boxes_json, images, tmp_path / "run2", progress=False)
+    assert again.encoder_runs == 0
+
+
+def test_damaged_cache_entry_is_recomputed(box_dataset, tmp_path):
+    boxes_json, _, images = box_dataset
+    train(tiny_config(epochs=1), boxes_json, images, tmp_path / "run", progress=False)
+    entry = next((tmp_path / "run" / "cache").rglob("*.npy"))
+    data = bytearray(entry.read_bytes())
+    data[-10] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    config = tiny_config(epochs=1)
+    config.train.cache_dir = str(tmp_path / "run" / "cache")
+    result = train(config, boxes_json, images, tmp_path / "run2", progress=False)
+    assert result.encoder_runs == 1  # only the damaged entry
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(box_dataset, tmp_path):
+    boxes_json, _, images = box_dataset
+    full = train(tiny_config(epochs=3), boxes_json, images, tmp_path / "full", progress=False)
+    part = tiny_config(epochs=3, max_iters=8)  # stops inside epoch 2
+    train(part, boxes_json, images, tmp_path / "part", progress=False)
+    resumed = train(tiny_config(epochs=3), boxes_json, images, tmp_path / "part", resume=True, progress=False)
+    assert resumed.iterations == full.iterations == 18
+    a = torch.load(full.model_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(_totals(tmp_path / "part" / "log.csv")) == 18
+
+
+def test_boxes_outside_and_zero_size_are_clipped_and_dropped(tmp_path):
+    boxes_json, images = write_box_dataset(tmp_path, n_images=2)
+    data = json.loads(boxes_json.read_text())
+    data["annotations"][0]["bbox"] = [-5.0, -5.0, 30.0, 30.0]
+    data["annotations"][1]["bbox"] = [10.0, 10.0, 0.0, 5.0]
+    boxes_json.write_text(json.dumps(data))
+    result = train(tiny_config(epochs=1), boxes_json, images, tmp_path / "run", progress=False)
+    assert result.clipped_boxes == 1 and result.dropped_boxes == 1
+    report = (tmp_path / "run" / "data_report.txt").read_text()
+    assert "clipped boxes: 1" in report and "dropped zero-size boxes: 1" in report
+
+
+def test_cli_train_refuses_a_missing_image_in_one_line(tmp_path, capsys):
+    boxes_json, images = write_box_dataset(tmp_path, n_images=2)
+    (images / "scene_001.png").unlink()
+    code = main(["train", "--train", str(boxes_json), "--images", str(images), "--sam", "tiny",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "scene_001.png" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_cli_train_and_predict_with_a_config_file(box_dataset, tmp_path):
+    import yaml
+
+    boxes_json, _, images = box_dataset
+    config = tiny_config(epochs=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    code = main(["train", "--train", str(boxes_json), "--images", str(images), "--out", str(tmp_path / "run"),
+                 "--config", str(tmp_path / "config.yaml"), "--no-edge-loss", "--no-prompt-token", "--quiet"])
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["loss"]["edge_aware"] is False and saved["model"]["prompt_token"] is False
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        assert all(float(r["edge_local"]) == 0 for r in csv.DictReader(handle))
