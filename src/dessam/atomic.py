@@ -46,3 +46,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) a killed process left in `folders`.
+
+    Only call this where no other process is writing (e.g. when resuming a run).
+    """
+    removed = []
+    for folder in folders:
+        for path in Path(folder).glob(".*.tmp"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed

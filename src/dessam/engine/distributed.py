@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
+
+DIGEST_ENV = "DESSAM_RANK_DIGEST_DIR"
 
 
 @dataclass
@@ -61,9 +64,27 @@ def wrap(model: torch.nn.Module, context: DistContext) -> torch.nn.Module:
 
 
 def all_finite(context: DistContext, loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank (all ranks skip a step together)."""
+    """True when the loss is finite on every rank (all ranks skip a step together).
+
+    Every rank must call this every step, finite or not, or the ranks fall out of step.
+    """
+    finite = bool(torch.isfinite(loss).all())
     if not context.enabled:
-        return True
-    flag = torch.tensor([1.0 if bool(torch.isfinite(loss)) else 0.0], device=loss.device)
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=loss.device)
     torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
+
+
+def write_rank_digest(state: dict, context: DistContext) -> None:
+    """With $DESSAM_RANK_DIGEST_DIR set, write this rank's SHA-256 of `state` to rank{R}.sha256.
+
+    A check that data-parallel ranks end with identical weights (each rank writes its own file).
+    """
+    folder = os.environ.get(DIGEST_ENV)
+    if not folder:
+        return
+    from ..atomic import write_text_atomic
+    from ..models.sam import state_sha256
+
+    write_text_atomic(Path(folder) / f"rank{context.rank}.sha256", state_sha256(state) + "\n")

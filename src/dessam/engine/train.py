@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from ..config import Config, save_config
 from ..data.coco import ImageRecord, load_coco
 from ..data.images import read_image
@@ -190,7 +190,7 @@ class LossLog:
         rows = []
         if keep_until is not None and path.is_file():
             with open(path, newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= keep_until]
+                rows = [row for row in csv.DictReader(handle) if _complete(row) and int(row["iteration"]) <= keep_until]
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, LOG_COLUMNS)
@@ -205,6 +205,11 @@ class LossLog:
 
     def close(self) -> None:
         self.handle.close()
+
+
+def _complete(row: dict) -> bool:
+    """False for a row cut short by a killed run (its last column, a 0/1 flag, is missing)."""
+    return row.get("skipped_nonfinite") in ("0", "1") and str(row.get("iteration")).isdigit()
 
 
 @dataclass
@@ -238,6 +243,8 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
     last_path = checkpoint_dir / "last.pt"
     state = None
     if resume:
+        if dist.is_main:
+            remove_stale_temporaries(out_dir, checkpoint_dir)
         if not last_path.is_file():
             raise DessamError(f"{last_path}: nothing to resume from; run without --resume")
         state = safe_torch_load(last_path)
@@ -292,7 +299,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                 embeddings, rgb, normalised, boxes, sizes = _batch_tensors(model, chosen, cache, device)
                 losses = trainer(embeddings, rgb, normalised, boxes, sizes)
                 total_loss = model.weighted_total(losses)
-                finite = bool(torch.isfinite(total_loss)) and distributed.all_finite(dist, total_loss)
+                finite = distributed.all_finite(dist, total_loss)  # every rank takes part, every step
                 optimizer.zero_grad(set_to_none=True)
                 if finite:
                     total_loss.backward()
@@ -314,9 +321,11 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}" if recent else "nan", lr=f"{lr:.2g}")
                 if nonfinite_run >= config.train.max_nonfinite:
+                    kept = (f"the last good checkpoint {last_path} is intact" if last_path.is_file()
+                            else "no checkpoint was written yet")
                     raise DessamError(
                         f"training stopped: {nonfinite_run} non-finite losses in a row at iteration {iteration}; "
-                        f"the last good checkpoint {last_path} is intact; lower train.lr or set train.grad_clip"
+                        f"{kept}; lower train.lr or set train.grad_clip"
                     )
                 if iteration >= total and batch + 1 < batches_per_epoch:
                     start_batch = batch + 1
@@ -330,6 +339,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                     save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)
                 continue
             break
+        distributed.write_rank_digest(model.trainable_state_dict(), dist)
         if dist.is_main:
             save_checkpoint(last_path, model, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
             save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)

@@ -17,8 +17,8 @@ global-attention relative-position tables are interpolated in the state dict bef
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -133,12 +133,14 @@ def build_sam(name: str, checkpoint: Optional[str | Path] = None, image_size: Op
 
         sam = load_default_teacher(image_size)
     else:
-        sam = build_sam_architecture(name, image_size)
-        if checkpoint is not None:
+        state = None
+        if checkpoint is not None:  # refuse a wrong file before allocating the model (ViT-H: 2.5 GB)
             state = read_sam_state_dict(checkpoint)
-            check_state_dict(sam, state, name, checkpoint)
-            state = adapt_to_image_size(state, sam)
-            sam.load_state_dict(state)
+            with torch.device("meta"):
+                check_state_dict(build_sam_architecture(name, image_size), state, name, checkpoint)
+        sam = build_sam_architecture(name, image_size)
+        if state is not None:
+            sam.load_state_dict(adapt_to_image_size(state, sam))
     sam.eval()
     return sam
 
@@ -149,7 +151,9 @@ def safe_torch_load(path: str | Path):
     if not path.is_file():
         raise DessamError(f"{path}: file not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notice about other pickle protocols is not for users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _load_failure_detail(exc)
         if "GLOBAL" not in detail.upper():  # not a forbidden object: a damaged or non-checkpoint file
@@ -275,10 +279,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def weights_sha256(module: torch.nn.Module) -> str:
     """A digest of a module's weights (used where there is no checkpoint file, e.g. ``tiny``)."""
+    return state_sha256(module.state_dict())
+
+
+def state_sha256(state: dict) -> str:
+    """A digest of a state dict: names and raw bytes of its tensors, in name order."""
     digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
+    for key, value in sorted(state.items()):
         digest.update(key.encode())
-        buffer = io.BytesIO()
-        buffer.write(value.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(buffer.getvalue())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
