@@ -3,13 +3,15 @@
 The encoder is frozen and training applies no photometric augmentation, so each training
 image's embedding never changes: it is computed once and stored as float16, keyed by the resized
 image's content and the encoder's weights. Every entry carries a SHA-256 of its bytes and is
-verified before use; a damaged entry is recomputed, never trusted.
+verified before use (digest, then a finite float16 array of the expected shape, read without
+unpickling); a damaged entry is recomputed, never trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,15 +45,11 @@ class EmbeddingCache:
         if not (data_path.is_file() and digest_path.is_file()):
             return None
         data = data_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest_path.read_text().strip():
+        if hashlib.sha256(data).hexdigest() != digest_path.read_text(errors="replace").strip():
             self.rejected += 1
             return None
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError:
-            self.rejected += 1
-            return None
-        if array.dtype != np.float16 or (expected_shape is not None and tuple(array.shape) != tuple(expected_shape)):
+        array = _float16_array(data, expected_shape)
+        if array is None:
             self.rejected += 1
             return None
         return torch.from_numpy(array)
@@ -74,3 +72,23 @@ class EmbeddingCache:
         embedding = compute().to(torch.float16).cpu()
         self.store(key, embedding)
         return embedding
+
+
+def _float16_array(data: bytes, expected_shape: Optional[tuple]) -> Optional[np.ndarray]:
+    """The finite float16 array stored in `data` (.npy bytes), or None for anything else.
+
+    The header is checked before any array is allocated, so a forged shape cannot exhaust memory.
+    """
+    buffer = io.BytesIO(data)
+    try:
+        if np.lib.format.read_magic(buffer) != (1, 0):
+            return None
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(buffer)
+    except ValueError:
+        return None
+    if dtype != np.float16 or fortran_order or (expected_shape is not None and shape != tuple(expected_shape)):
+        return None
+    values = np.frombuffer(data, dtype=np.float16, offset=buffer.tell())
+    if values.size != math.prod(shape) or not np.isfinite(values).all():
+        return None
+    return values.reshape(shape).copy()
