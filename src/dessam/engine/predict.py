@@ -214,9 +214,10 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     if sam_name in ("vit_b", "vit_l", "vit_h") or (identity.get("checkpoint") and sam_name != "default"):
         checkpoint = find_sam_weights(identity, path, sam_checkpoint)
         if checkpoint is None or not checkpoint.is_file():
+            fetch = f" or run `dessam fetch-sam {sam_name}`" if sam_name in ("vit_b", "vit_l", "vit_h") else ""
             raise DessamError(
                 f"{path}: needs the SAM checkpoint {identity.get('checkpoint')} (sha256 {identity['sha256'][:12]}...); "
-                f"pass --sam-checkpoint PATH or run `dessam fetch-sam {sam_name}`"
+                f"pass --sam-checkpoint PATH{fetch}"
             )
         digest = file_sha256(checkpoint)
     elif sam_checkpoint:
