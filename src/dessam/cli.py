@@ -45,6 +45,10 @@ def cmd_train(args) -> int:
         raise_on_errors(validate_coco(args.train, args.images, decode=False, progress=not args.quiet))
     result = train(config, args.train, args.images, args.out, val_json=args.val, resume=args.resume,
                    progress=not args.quiet)
+    from .engine.distributed import current
+
+    if not current().is_main:  # under torchrun only rank 0 reports (it alone writes)
+        return 0
     print(f"model written to {result.model_path} ({result.iterations} iterations, {result.epochs_done} epochs; "
           f"{result.clipped_boxes} boxes clipped, {result.dropped_boxes} zero-size boxes dropped, "
           f"{result.skipped_nonfinite} non-finite steps skipped)")

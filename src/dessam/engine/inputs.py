@@ -29,7 +29,7 @@ def prepare_image(image: np.ndarray, size: int) -> ModelInput:
     resized = resize_longest(image, size)
     h, w = resized.shape[:2]
     rgb = torch.zeros((3, size, size), dtype=torch.float32)
-    rgb[:, :h, :w] = torch.from_numpy(resized).permute(2, 0, 1).float()
+    rgb[:, :h, :w] = torch.tensor(resized).permute(2, 0, 1).float()
     normalised = torch.zeros_like(rgb)
     mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
     std = torch.tensor(PIXEL_STD).view(3, 1, 1)
