@@ -141,13 +141,17 @@ class DessamModel:
         True / False to force. Post-processing follows the model's config (score threshold,
         `min_object_size`).
         """
+        from .evaluate import detection_threshold
+
         image = _as_rgb(image)
         if tile is None:
             tile = self.needs_tiling(image)
-        if tile:
-            boxes, scores, masks = self._predict_tiled(image, overlap, progress)
-        else:
-            boxes, scores, masks = self.predict_instances(image)
+        # The detector keeps the threshold it was built with; a changed config value applies too.
+        with detection_threshold(self, self.config.model.score_threshold):
+            if tile:
+                boxes, scores, masks = self._predict_tiled(image, overlap, progress)
+            else:
+                boxes, scores, masks = self.predict_instances(image)
         if postprocess:
             model_config = self.config.model
             masks, scores, keep = clean_masks(

@@ -7,12 +7,15 @@ Per image (NAME = the image's file stem):
 - `NAME_nuclei.csv`   per-nucleus measurements (scikit-image regionprops)
 For the run: `coco_results.json` (COCO results: RLE masks, boxes, scores) and `summary.csv`.
 An image that fails is reported and skipped; the others go on. Existing outputs are kept unless
-`overwrite`.
+`overwrite`; an image whose outputs are kept keeps its lines of the earlier run's
+`coco_results.json` and `summary.csv`.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -68,6 +71,32 @@ def output_paths(out_dir: Path, image_path: Path) -> dict:
     }
 
 
+def previous_run(out_dir: Path) -> tuple[dict, dict]:
+    """An earlier run's COCO results and summary rows in `out_dir`, by image file name, so that
+    images whose outputs are kept keep their part of the run-wide files (unreadable: nothing)."""
+    results, rows = {}, {}
+    try:
+        for result in json.loads((out_dir / "coco_results.json").read_text()):
+            results.setdefault(result["file_name"], []).append(result)
+    except (OSError, ValueError, TypeError, KeyError):
+        results = {}
+    try:
+        with open(out_dir / "summary.csv", newline="", encoding="utf-8") as handle:
+            rows = {row["image"]: row for row in csv.DictReader(handle)}
+    except (OSError, csv.Error, KeyError):
+        rows = {}
+    return results, rows
+
+
+def without_alpha(raw):
+    """The stored pixels without an alpha channel (gray + alpha, RGBA), as `to_rgb` reads them."""
+    if raw.ndim == 3 and raw.shape[2] == 2:
+        return raw[:, :, 0]
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        return raw[:, :, :3]
+    return raw
+
+
 @dataclass
 class PredictRun:
     written: list = field(default_factory=list)
@@ -106,18 +135,20 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
 
     run = PredictRun()
     results, summary = [], []
+    previous_results, previous_rows = previous_run(out_dir) if not overwrite else ({}, {})
     for image_id, path in enumerate(tqdm(paths, desc="Predicting", unit="img", disable=not progress), start=1):
         targets = output_paths(out_dir, path)
         wanted = {name: targets[name] for name in formats}
         if not overwrite and all(p.exists() for p in wanted.values()):
             run.skipped.append(path)
-            summary.append({"image": path.name, "status": "kept existing outputs"})
+            results += [dict(result, image_id=image_id) for result in previous_results.get(path.name, [])]
+            summary.append({**previous_rows.get(path.name, {"image": path.name}), "status": "kept existing outputs"})
             continue
         try:
             raw = read_image_raw(path)
             image = to_rgb(to_uint8(raw), path)
             prediction = model.predict(image, tile=tile, overlap=overlap)
-            rows = prediction.measurements(pixel_size_um, image=raw)
+            rows = prediction.measurements(pixel_size_um, image=without_alpha(raw))
             if "labels" in wanted:
                 write_label_tiff(wanted["labels"], prediction.labels)
             if "overlay" in wanted:
