@@ -1,0 +1,54 @@
+"""`dessam bench`: the report has every row; the measuring helpers count and format correctly.
+
+Nothing here asserts on how fast anything is.
+"""
+
+import re
+
+import numpy as np
+
+from dessam.engine.bench import PeakMemory, Row, Timing, format_table, measure, run_bench
+
+ROWS = ("Encoder", "Decoder, 100 boxes on one image", "End-to-end predict", "Training epoch", "Metrics")
+
+
+def test_quick_bench_reports_every_row(tmp_path):
+    out = tmp_path / "bench.md"
+    text = run_bench("cpu", quick=True, out=out, progress=False)
+    assert out.read_text() == text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "Measurement" not in line]
+    assert [next(name for name in ROWS if line.startswith(f"| {name}")) for line in table] == list(ROWS)
+    for line in table:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        reference, fast, speedup = (float(re.match(r"[\d.e+-]+", cell).group()) for cell in cells[1:4])
+        assert reference > 0 and fast > 0
+        assert cells[3].endswith("x") and speedup > 0
+    assert re.search(r"mean IoU (\d\.\d+)", text)
+    assert float(re.search(r"mean IoU (\d\.\d+)", text).group(1)) >= 0.99
+    assert "Reference path: fp32, 1 image(s) per encoder call, 50 prompts per decoder call" in text
+
+
+def test_measure_warms_up_then_repeats():
+    calls = []
+    timing = measure(lambda: calls.append(1), "cpu", repeats=3)
+    assert len(calls) == 4
+    assert timing.seconds >= 0 and timing.warmup_s >= 0 and timing.peak_bytes >= 0
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, every page written
+        block.sum()
+    assert memory.peak >= 48 * 2**20
+
+
+def test_table_speedups_and_targets():
+    timing = Timing(1.0, 2**20, 1.0)
+    rows = [
+        Row("Throughput (img/s)", 10.0, 60.0, "img/s", timing, timing, ">= 5x", True),
+        Row("Time (s)", 8.0, 2.0, "s", target=">= 5x", met=False),
+    ]
+    assert rows[0].speedup == 6.0 and rows[1].speedup == 4.0
+    table = format_table(rows).splitlines()
+    assert "6.00x" in table[2] and ">= 5x: met" in table[2] and "1 MB / 1 MB" in table[2]
+    assert "4.00x" in table[3] and ">= 5x: NOT met" in table[3]
