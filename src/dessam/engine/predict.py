@@ -153,13 +153,26 @@ class DessamModel:
             else:
                 boxes, scores, masks = self.predict_instances(image)
         if postprocess:
-            model_config = self.config.model
-            masks, scores, keep = clean_masks(
-                masks, scores, score_threshold=model_config.score_threshold, min_size=model_config.min_object_size
-            )
-            boxes = boxes[keep]
+            boxes, scores, masks = self._clean(boxes, scores, masks)
         labels = masks_to_labels(masks, scores)
         return Prediction(boxes, scores, masks, labels, image)
+
+    def _clean(self, boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, chunk: int = 64):
+        """The official post-processing, a few masks at a time and in place: a large field holds
+        N x H x W mask bytes once, not three times."""
+        model_config = self.config.model
+        masks = masks if masks.flags.writeable else masks.copy()
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        kept = []
+        for start in range(0, len(masks), chunk):
+            cleaned, _, keep = clean_masks(masks[start:start + chunk], scores[start:start + chunk],
+                                           score_threshold=model_config.score_threshold,
+                                           min_size=model_config.min_object_size)
+            for mask, index in zip(cleaned, keep + start):
+                masks[len(kept)] = mask  # len(kept) <= index: nothing still needed is overwritten
+                kept.append(index)
+        kept = np.array(kept, dtype=np.int64)
+        return boxes[kept], scores[kept], masks[: len(kept)]
 
     def _predict_tiled(self, image: np.ndarray, overlap: int, progress: bool):
         from ..data.transforms import resize_longest
@@ -172,11 +185,10 @@ class DessamModel:
         if working.shape[:2] != image.shape[:2]:
             factor = np.array([width / working.shape[1], height / working.shape[0]] * 2, dtype=np.float32)
             boxes = boxes * factor
-            if len(masks):
-                resized = F.interpolate(torch.from_numpy(masks).float()[:, None], (height, width), mode="nearest")
-                masks = resized[:, 0].numpy() > 0.5
-            else:
-                masks = np.zeros((0, height, width), dtype=bool)
+            small, masks = masks, np.zeros((len(masks), height, width), dtype=bool)
+            for start in range(0, len(small), 64):
+                part = torch.from_numpy(small[start:start + 64]).float()[:, None]
+                masks[start:start + 64] = F.interpolate(part, (height, width), mode="nearest")[:, 0].numpy() > 0.5
         return boxes, scores, masks
 
 
