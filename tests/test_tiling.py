@@ -149,3 +149,32 @@ def test_tile_starts_cover_the_axis_with_the_last_flush():
 def test_bad_settings_are_user_errors(tile, overlap):
     with pytest.raises(DessamError):
         predict_tiled(np.zeros((10, 10, 3), np.uint8), _blob_predictor(), tile=tile, overlap=overlap)
+
+
+def test_an_instance_hidden_under_two_same_window_neighbours_is_not_kept_twice():
+    """Each window returns three stacked masks; the middle one overlaps both others by about half.
+
+    Its copy from the second window must be recognised as a duplicate by its overlap with the
+    kept copy's own mask, even though the other instances claimed most of its pixels first.
+    """
+    from dessam.engine.tiling import predict_tiled
+
+    def stacked(window):
+        h, w = window.shape[:2]
+        columns = window[0, :, 0] > 0  # the image marks columns 70-99
+        masks = np.zeros((3, h, w), dtype=bool)
+        for k, (r0, r1) in enumerate(((0, 35), (20, 51), (36, 71))):
+            masks[k, r0:r1] = columns
+        boxes = np.array([[m.nonzero()[1].min(), m.nonzero()[0].min(), m.nonzero()[1].max() + 1, m.nonzero()[0].max() + 1]
+                          for m in masks], dtype=float)
+        return boxes, np.array([0.9, 0.5, 0.8]), masks
+
+    image = np.zeros((128, 192, 3), dtype=np.uint8)
+    image[:, 70:100] = 255
+    boxes, scores, masks = predict_tiled(image, stacked, tile=128, overlap=64, progress=False)
+    flat = masks.reshape(len(masks), -1)
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            shared = (flat[i] & flat[j]).sum()
+            assert shared <= 0.5 * min(flat[i].sum(), flat[j].sum()), (i, j)
+    assert len(masks) == 3

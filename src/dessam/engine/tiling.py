@@ -105,24 +105,39 @@ def _window_instances(predict_fn: PredictFn, window_image: np.ndarray, window: i
     return instances
 
 
-def _duplicates_kept(candidate: _Instance, kept_map: np.ndarray, kept: list[_Instance]) -> bool:
+def _extent(inst: _Instance) -> tuple:
+    h, w = inst.mask.shape
+    return inst.y0, inst.x0, inst.y0 + h, inst.x0 + w
+
+
+def _shared_pixels(a: _Instance, b: _Instance) -> int:
+    """Pixels the two instances' own masks have in common."""
+    ay0, ax0, ay1, ax1 = _extent(a)
+    by0, bx0, by1, bx1 = _extent(b)
+    y0, x0, y1, x1 = max(ay0, by0), max(ax0, bx0), min(ay1, by1), min(ax1, bx1)
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int((a.mask[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0] & b.mask[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]).sum())
+
+
+def _duplicates_kept(candidate: _Instance, kept: list[_Instance], extents: np.ndarray) -> bool:
     """Whether `candidate` shares over half of its (or the other's) pixels with an instance
-    already kept from another window. `kept_map` holds index + 1 of the kept instance that
-    first claimed each pixel."""
-    h, w = candidate.mask.shape
-    under = kept_map[candidate.y0 : candidate.y0 + h, candidate.x0 : candidate.x0 + w][candidate.mask]
-    owners, shared = np.unique(under[under > 0], return_counts=True)
+    already kept from another window. `extents` holds the kept instances' (y0, x0, y1, x1);
+    each overlap is measured against the kept instance's own mask."""
+    y0, x0, y1, x1 = _extent(candidate)
+    near = np.nonzero(
+        (extents[:, 0] < y1) & (extents[:, 2] > y0) & (extents[:, 1] < x1) & (extents[:, 3] > x0)
+    )[0]
     area = candidate.mask.sum()
-    for owner, count in zip(owners, shared):
-        other = kept[owner - 1]
-        if other.window != candidate.window and count > 0.5 * min(area, other.mask.sum()):
+    for index in near:
+        other = kept[index]
+        if other.window != candidate.window and _shared_pixels(candidate, other) > 0.5 * min(area, other.mask.sum()):
             return True
     return False
 
 
 def _merge_tiled(image: np.ndarray, predict_fn: PredictFn, tile: int, overlap: int, progress: bool):
-    """Predict every window and merge; returns the kept instances (highest score first) and
-    the H x W uint32 scratch map, for the callers to reuse."""
+    """Predict every window and merge; returns the kept instances, highest score first."""
     _check_settings(tile, overlap)
     image = np.asarray(image)
     height, width = image.shape[:2]
@@ -134,17 +149,14 @@ def _merge_tiled(image: np.ndarray, predict_fn: PredictFn, tile: int, overlap: i
         inner = (y > 0, y1 < height, x > 0, x1 < width)
         instances += _window_instances(predict_fn, image[y:y1, x:x1], index, y, x, inner)
 
-    kept_map = np.zeros((height, width), dtype=np.uint32)
     kept: list[_Instance] = []
+    extents = np.zeros((len(instances), 4), dtype=np.int64)
     for candidate in sorted(instances, key=lambda inst: (-inst.margin, -inst.score)):
-        if _duplicates_kept(candidate, kept_map, kept):
+        if _duplicates_kept(candidate, kept, extents[: len(kept)]):
             continue
+        extents[len(kept)] = _extent(candidate)
         kept.append(candidate)
-        h, w = candidate.mask.shape
-        region = kept_map[candidate.y0 : candidate.y0 + h, candidate.x0 : candidate.x0 + w]
-        region[candidate.mask & (region == 0)] = len(kept)
-    kept = [kept[i] for i in score_order([inst.score for inst in kept])]
-    return kept, kept_map
+    return [kept[i] for i in score_order([inst.score for inst in kept])]
 
 
 def _boxes_scores(kept: list[_Instance]) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +174,7 @@ def predict_tiled(
     image coordinates, highest score first. The full-size masks take N * H * W bytes; use
     `predict_tiled_labels` for large fields.
     """
-    kept, _ = _merge_tiled(image, predict_fn, tile, overlap, progress)
+    kept = _merge_tiled(image, predict_fn, tile, overlap, progress)
     height, width = np.asarray(image).shape[:2]
     masks = np.zeros((len(kept), height, width), dtype=bool)
     for mask, inst in zip(masks, kept):
@@ -181,8 +193,8 @@ def predict_tiled_labels(
     `dessam.postprocess.masks_to_labels` would paint the masks of `predict_tiled`. Memory stays
     at one H x W map plus the instance crops.
     """
-    kept, labels = _merge_tiled(image, predict_fn, tile, overlap, progress)
-    labels.fill(0)
+    kept = _merge_tiled(image, predict_fn, tile, overlap, progress)
+    labels = np.zeros(np.asarray(image).shape[:2], dtype=np.uint32)
     # Paint from the lowest score up so the highest-scoring instance ends on top.
     for rank in range(len(kept), 0, -1):
         inst = kept[rank - 1]
