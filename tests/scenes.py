@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 
-def make_nuclei_scene(rng: np.random.Generator, size: int = 128, count: int = 6):
+def make_nuclei_scene(rng: np.random.Generator, size: int = 128, count: int = 10):
     """An RGB image and its instance label map with `count` non-overlapping nuclei."""
     yy, xx = np.mgrid[:size, :size]
     image = np.empty((size, size, 3), dtype=np.float32)
@@ -72,6 +72,7 @@ def tiny_config(**train):
     config.train.warmup_iters = 20
     config.train.lr = 0.02
     config.train.lr_reference_batch = 1
+    config.train.grad_clip = 5.0  # keeps the small random model's RoI head from diverging early
     for key, value in train.items():
         setattr(config.train, key, value)
     return config

@@ -23,7 +23,7 @@ def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
     boxes_json, _, images = box_dataset
     data = json.loads(boxes_json.read_text())
     assert not any("segmentation" in a for a in data["annotations"]), "the training file has boxes only"
-    config = tiny_config(epochs=1000, max_iters=200, lr=0.04)
+    config = tiny_config(epochs=1000, max_iters=200)
     train(config, boxes_json, images, tmp_path / "run", progress=False)
     totals = _totals(tmp_path / "run" / "log.csv")
     assert len(totals) == 200
