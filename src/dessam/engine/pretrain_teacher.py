@@ -146,7 +146,7 @@ def held_out_anything_scenes(count: int, seed: int = 0, size: int = DEFAULT_IMAG
 def pretrain_teacher(
     out_path: str | Path,
     minutes: Optional[float] = None,
-    steps: int = 3000,
+    steps: int = 2000,
     seed: int = 0,
     device: str = "cpu",
     image_size: int = DEFAULT_IMAGE_SIZE,
