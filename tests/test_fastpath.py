@@ -13,6 +13,7 @@ from dessam.engine.fastpath import (InferenceSettings, autocast_for, encode_batc
 from dessam.engine.predict import DessamModel
 from dessam.engine.train import build_model
 from dessam.errors import DessamError
+from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 
 
 def _model(sam="tiny", image_size=128, device="cpu") -> DessamModel:
@@ -38,6 +39,27 @@ def images():
     return square + [make_nuclei_scene(rng, 96)[0][:70]]  # a smaller, non-square one too
 
 
+@pytest.fixture(scope="module")
+def nuclei():
+    """Scenes and the boxes of their nuclei (what the decoder is prompted with in use)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    scenes = [make_nuclei_scene(rng, 128) for _ in range(3)]
+    boxes = [np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labels)],
+                      np.float32) for _, labels in scenes]
+    return [image for image, _ in scenes], boxes
+
+
+def _agreement(model, images, boxes, settings) -> float:
+    reference = predict_images(model, images, reference_settings(), boxes=boxes)
+    return mean_mask_iou(reference, predict_images(model, images, settings, boxes=boxes))
+
+
+needs_teacher = pytest.mark.skipif(not DEFAULT_TEACHER_PATH.is_file(), reason=(
+    "needs trained weights (the default teacher): random weights give logits near 0, whose sign any rounding flips"))
+
+
 @pytest.fixture(autouse=True)
 def fresh_warning(monkeypatch):
     monkeypatch.setattr(fastpath, "_warned", [False])
@@ -45,7 +67,9 @@ def fresh_warning(monkeypatch):
 
 def test_settings_are_checked():
     with pytest.raises(DessamError, match="precision"):
-        InferenceSettings(precision="fp16")
+        InferenceSettings(precision="fp8")
+    with pytest.raises(DessamError, match="precision"):
+        InferenceSettings(decoder_precision="half")
     with pytest.raises(DessamError, match="compile"):
         InferenceSettings(compile="sometimes")
     with pytest.raises(DessamError):
@@ -56,9 +80,15 @@ def test_reference_and_fast_settings():
     reference = reference_settings()
     assert (reference.batch_size, reference.decoder_chunk, reference.compile) == (1, 50, False)
     assert reference.autocast_dtype("cuda") is None and reference.autocast_dtype("cpu") is None
+    assert reference.autocast_dtype("cuda", "decoder") is None
     assert fast_settings("cuda").autocast_dtype("cuda") == torch.bfloat16
+    assert fast_settings("cuda").autocast_dtype("cuda", "decoder") == torch.float16
     assert fast_settings("cpu").autocast_dtype("cpu") is None
+    assert fast_settings("cpu").autocast_dtype("cpu", "decoder") is None
     assert InferenceSettings(precision="bf16").autocast_dtype("cpu") == torch.bfloat16
+    assert InferenceSettings(precision="fp32").autocast_dtype("cuda", "decoder") is None
+    assert InferenceSettings(precision="bf16", decoder_precision="bf16").autocast_dtype("cpu", "decoder") == torch.bfloat16
+    assert "bf16 encoder, fp16 decoder" in fast_settings("cuda").describe("cuda")
     auto = InferenceSettings(compile="auto")
     assert not auto.compiles("cpu", 10**6)
     assert not auto.compiles("cuda", 10)
@@ -72,6 +102,8 @@ def test_autocast_for_switches_matmul_precision():
         assert (a @ a).dtype == torch.float32
     with autocast_for(InferenceSettings(precision="bf16"), "cpu"):
         assert (a @ a).dtype == torch.bfloat16
+    with autocast_for(InferenceSettings(precision="bf16"), "cpu", "decoder"):
+        assert (a @ a).dtype == torch.float16
 
 
 def test_maybe_compile_off_returns_the_module():
@@ -170,28 +202,25 @@ def test_mask_iou():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_bf16_fast_path_agrees_with_fp32_reference_on_cuda(images):
-    from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
-
-    if not DEFAULT_TEACHER_PATH.is_file():
-        pytest.skip("needs trained weights (the default teacher): random weights give logits near 0, "
-                    "whose sign any rounding flips")
-    model = _model("default", 256, "cuda")
-    reference = predict_images(model, images, reference_settings())
-    boxes = [b for b, _, _ in reference]
-    fast = predict_images(model, images, InferenceSettings(precision="auto", compile=False), boxes=boxes)
-    assert mean_mask_iou(reference, fast) >= 0.99
+@needs_teacher
+def test_reduced_precision_agrees_with_fp32(nuclei):
+    """CUDA's default precisions (bf16 encoder, fp16 decoder), emulated by CPU autocast."""
+    settings = InferenceSettings(precision="bf16", decoder_precision="auto", batch_size=2)
+    assert _agreement(_model("default", 256), *nuclei, settings) >= 0.99
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_compiled_fast_path_agrees_with_eager_on_cuda(images):
-    model = _model("tiny", 128, "cuda")
-    reference = predict_images(model, images, reference_settings())
-    boxes = [b for b, _, _ in reference]
+@needs_teacher
+def test_fast_path_agrees_with_fp32_reference_on_cuda(nuclei):
+    assert _agreement(_model("default", 256, "cuda"), *nuclei, fast_settings("cuda")) >= 0.99
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compiled_fast_path_agrees_with_eager_on_cuda(nuclei):
+    model = _model("default" if DEFAULT_TEACHER_PATH.is_file() else "tiny", 256, "cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a torch.compile failure fails the test
-        compiled = predict_images(model, images, InferenceSettings(precision="fp32", compile=True), boxes=boxes)
-    assert mean_mask_iou(reference, compiled) >= 0.99
+        agreement = _agreement(model, *nuclei, InferenceSettings(precision="fp32", compile=True))
+    assert agreement >= 0.99
