@@ -143,8 +143,11 @@ def cmd_demo(args) -> int:
 def cmd_pretrain_teacher(args) -> int:
     from .engine.pretrain_teacher import pretrain_teacher
 
-    result = pretrain_teacher(args.out, steps=args.steps, seed=args.seed, device=args.device)
-    print(result)
+    options = {"steps": args.steps} if args.steps else {}
+    result = pretrain_teacher(args.out, seed=args.seed, device=args.device, threads=args.threads,
+                              minutes=args.minutes, progress=not args.quiet, **options)
+    for key, value in result.items():
+        print(f"{key}: {value}")
     return 0
 
 
@@ -266,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain-teacher", help="train the small default SAM teacher on generic shapes")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="training steps (the step count, not the clock, decides the result)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
+    p.add_argument("--minutes", type=float, help="stop early after this many minutes (not reproducible)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_teacher)
 
     p = sub.add_parser("bench", help="speed of the fast and the reference paths, measured in one run")
