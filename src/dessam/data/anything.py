@@ -3,7 +3,9 @@
 Each scene is a random background (flat, gradient, smooth or grainy texture) with a few to a few
 dozen random objects painted on top: ellipses, star-shaped blobs, polygons and curvy shapes, with
 random colours, textures, shading, rims and translucency, sometimes nested (a small object inside a
-larger one). Later objects occlude earlier ones, and every object is labelled by its *visible* part;
+larger one). Some scenes add crowds: groups of objects of one look (similar colour, size, texture
+and shape family) packed so that they touch or overlap, with weak boundaries between neighbours,
+and sometimes sitting inside a larger translucent object. Later objects occlude earlier ones, and every object is labelled by its *visible* part;
 a visible part that the occluders cut into pieces becomes one object per piece. The whole image is
 then blurred and noised a little.
 
@@ -19,6 +21,7 @@ from scipy import ndimage
 MIN_DIAMETER = 6.0
 MAX_DIAMETER = 80.0
 MIN_VISIBLE_AREA = 12  # visible pieces smaller than this become background
+CROWD_CHANCE = 0.5  # of a scene holding crowds of similar touching objects
 
 
 def make_anything_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +32,8 @@ def make_anything_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.n
     image = _background(rng, size)
     labels = np.zeros((size, size), np.int32)
     next_id = 1
-    for _ in range(int(rng.integers(4, 61))):
+    crowded = rng.random() < CROWD_CHANCE
+    for _ in range(int(rng.integers(4, 61) if not crowded else rng.integers(0, 25))):
         diameter = float(np.exp(rng.uniform(np.log(MIN_DIAMETER), np.log(MAX_DIAMETER))))
         mask = _shape(rng, diameter)
         top = int(rng.integers(-mask.shape[0] // 3, size - mask.shape[0] // 2))
@@ -42,6 +46,9 @@ def make_anything_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.n
             dx = left + (mask.shape[1] - inner.shape[1]) // 2 + int(rng.integers(-2, 3))
             _paint(rng, image, labels, inner, dy, dx, next_id)
             next_id += 1
+    if crowded:
+        for _ in range(int(rng.integers(1, 4))):
+            next_id = _crowd(rng, image, labels, next_id)
     image = _finish(rng, image)
     return image, _visible_pieces(labels)
 
@@ -141,8 +148,21 @@ def _polygon(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray) -> np
     return inside
 
 
-def _paint(rng, image, labels, mask, top, left, label) -> None:
-    """Paint `mask` (placed at top/left, clipped to the image) with a random appearance."""
+def _random_style(rng: np.random.Generator) -> dict:
+    """How an object looks: colour, texture, shading towards the border, rim, opacity."""
+    return {
+        "colour": _random_colour(rng).astype(np.float32),
+        "texture": rng.uniform(0.05, 0.4) if rng.random() < 0.6 else 0.0,
+        "texture_scale": rng.uniform(3, 15),
+        "shading": rng.uniform(-0.4, 0.4) if rng.random() < 0.4 else 0.0,
+        "rim": (_random_colour(rng), int(rng.integers(1, 3))) if rng.random() < 0.25 else None,
+        "alpha": 1.0 if rng.random() < 0.7 else rng.uniform(0.45, 0.9),
+    }
+
+
+def _paint(rng, image, labels, mask, top, left, label, style=None) -> None:
+    """Paint `mask` (placed at top/left, clipped to the image) with `style` (default: a random one)."""
+    style = style or _random_style(rng)
     size_y, size_x = labels.shape
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + mask.shape[0], size_y), min(left + mask.shape[1], size_x)
@@ -152,22 +172,60 @@ def _paint(rng, image, labels, mask, top, left, label) -> None:
     if not mask.any():
         return
     shape = mask.shape
-    colour = _random_colour(rng).astype(np.float32)
-    fill = np.broadcast_to(colour, shape + (3,)).copy()
-    if rng.random() < 0.6:  # texture
-        cells = max(2, int(max(shape) / rng.uniform(3, 15)))
-        fill *= (1.0 + rng.uniform(0.05, 0.4) * _smooth_noise(rng, shape, cells))[..., None]
-    if rng.random() < 0.4:  # shading: darker or lighter towards the border
+    fill = np.broadcast_to(np.clip(style["colour"], 0.0, 1.0), shape + (3,)).astype(np.float32).copy()
+    if style["texture"]:
+        cells = max(2, int(max(shape) / style["texture_scale"]))
+        fill *= (1.0 + style["texture"] * _smooth_noise(rng, shape, cells))[..., None]
+    if style["shading"]:
         depth = ndimage.distance_transform_edt(mask)
         depth = depth / max(depth.max(), 1.0)
-        fill *= (1.0 + rng.uniform(-0.4, 0.4) * (1.0 - depth))[..., None]
-    if rng.random() < 0.25:  # a rim of another colour
-        rim = mask & ~ndimage.binary_erosion(mask, iterations=int(rng.integers(1, 3)))
-        fill[rim] = _random_colour(rng)
-    alpha = 1.0 if rng.random() < 0.7 else rng.uniform(0.45, 0.9)
+        fill *= (1.0 + style["shading"] * (1.0 - depth))[..., None]
+    if style["rim"] is not None:
+        rim_colour, width = style["rim"]
+        fill[mask & ~ndimage.binary_erosion(mask, iterations=width)] = rim_colour
+    alpha = style["alpha"]
     window = image[y0:y1, x0:x1]
     window[mask] = alpha * fill[mask] + (1.0 - alpha) * window[mask]
     labels[y0:y1, x0:x1][mask] = label
+
+
+def _crowd(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, next_id: int) -> int:
+    """Paint a group of look-alike objects that touch or overlap; returns the next free label.
+
+    Members share one style (colour jittered a little, so boundaries between neighbours are weak)
+    and a size; each is placed next to an earlier member at a distance below their diameter.
+    Sometimes the group first gets a larger translucent object around it (labelled too).
+    """
+    size = labels.shape[0]
+    diameter = float(np.exp(rng.uniform(np.log(8.0), np.log(36.0))))
+    count = int(rng.integers(3, 26))
+    centre = rng.uniform(0.15 * size, 0.85 * size, 2)
+    if rng.random() < 0.35:  # a translucent host around the group
+        host = _shape(rng, diameter * np.sqrt(count) * rng.uniform(1.2, 1.8))
+        style = _random_style(rng)
+        style["alpha"] = rng.uniform(0.2, 0.6)
+        _paint(rng, image, labels, host, int(centre[0]) - host.shape[0] // 2, int(centre[1]) - host.shape[1] // 2,
+               next_id, style)
+        next_id += 1
+    style = _random_style(rng)
+    spread = rng.uniform(0.0, 0.08)  # colour difference between members
+    closeness = rng.uniform(0.55, 0.95)  # centre distance over diameter
+    points = [centre]
+    for _ in range(count - 1):
+        for _attempt in range(8):
+            anchor = points[int(rng.integers(len(points)))]
+            angle = rng.uniform(0, 2 * np.pi)
+            candidate = anchor + diameter * closeness * rng.uniform(0.9, 1.15) * np.array([np.sin(angle), np.cos(angle)])
+            if min(np.hypot(*(candidate - p)) for p in points) >= 0.5 * diameter * closeness:
+                points.append(candidate)
+                break
+    for point in points:
+        member = dict(style, colour=style["colour"] + rng.normal(0, spread, 3).astype(np.float32))
+        mask = _shape(rng, diameter * rng.uniform(0.8, 1.2))
+        _paint(rng, image, labels, mask, int(point[0]) - mask.shape[0] // 2, int(point[1]) - mask.shape[1] // 2,
+               next_id, member)
+        next_id += 1
+    return next_id
 
 
 def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
