@@ -106,3 +106,29 @@ def test_box_regions_and_jitter():
     assert (jittered[:, 2:] > jittered[:, :2]).all()
     small = jittered[50:]
     assert np.abs(small - boxes[1]).max() <= BOX_NOISE_MAX and np.abs(small - boxes[1]).std() > 0
+
+
+def test_cytology_test_scenes_are_seeded_and_unseen():
+    from dessam.data.synth import make_scene
+    from dessam.engine.pretrain_teacher import cytology_test_scenes
+
+    first = cytology_test_scenes("cluster", n=2, seed=0, size=64)
+    again = cytology_test_scenes("cluster", n=2, seed=0, size=64)
+    other = cytology_test_scenes("cluster", n=1, seed=1, size=64)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not np.array_equal(first[0][0], other[0][0])
+    dataset_scene = make_scene(np.random.default_rng([0, 2, 0]), scene="cluster", size=(64, 64))  # a test split
+    assert not np.array_equal(first[0][0], dataset_scene[0])
+    with pytest.raises(ValueError):
+        cytology_test_scenes("nope", n=1)
+
+
+def test_evaluate_on_cytology_reports_each_scene_kind(monkeypatch):
+    from dessam.engine import pretrain_teacher as pt
+
+    seen = []
+    monkeypatch.setattr(pt, "evaluate_box_prompt_iou", lambda sam, scenes, progress=False: seen.append(scenes) or 0.5)
+    sam = build_default_architecture(64, SMALL).eval()
+    result = pt.evaluate_on_cytology(sam, n=2, seed=3)
+    assert result == {"mixed": 0.5, "cluster": 0.5, "patch": 0.5}
+    assert [len(s) for s in seen] == [2, 2, 2] and seen[0][0][0].shape == (64, 64, 3)
