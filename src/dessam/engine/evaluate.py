@@ -29,7 +29,6 @@ than the training scale (which `dessam predict` would tile) are counted in the s
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import warnings
@@ -92,16 +91,9 @@ def boxes_to_masks(boxes: np.ndarray, shape: tuple) -> np.ndarray:
     return masks
 
 
-@contextlib.contextmanager
 def detection_threshold(model, threshold: float):
-    """Run the detector with `threshold` as its score cut-off (the config's value is restored)."""
-    roi_heads = model.model.detector.roi_heads
-    saved = roi_heads.score_thresh
-    roi_heads.score_thresh = threshold
-    try:
-        yield
-    finally:
-        roi_heads.score_thresh = saved
+    """Run the detector with `threshold` as its score cut-off (see `DessamModel.detection_threshold`)."""
+    return model.detection_threshold(threshold)
 
 
 def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str]) -> dict:

@@ -11,7 +11,8 @@ on are cut into overlapping tiles at the training scale and merged.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -94,6 +95,17 @@ class DessamModel:
         return self.model.image_size
 
     # ----- pieces ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def detection_threshold(self, threshold: float):
+        """Run the detector with `threshold` as its score cut-off; the previous one is restored."""
+        roi_heads = self.model.detector.roi_heads
+        saved = roi_heads.score_thresh
+        roi_heads.score_thresh = threshold
+        try:
+            yield
+        finally:
+            roi_heads.score_thresh = saved
+
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> EncodedImage:
         inputs = prepare_image(image, self.image_size)
@@ -141,13 +153,11 @@ class DessamModel:
         True / False to force. Post-processing follows the model's config (score threshold,
         `min_object_size`).
         """
-        from .evaluate import detection_threshold
-
         image = _as_rgb(image)
         if tile is None:
             tile = self.needs_tiling(image)
         # The detector keeps the threshold it was built with; a changed config value applies too.
-        with detection_threshold(self, self.config.model.score_threshold):
+        with self.detection_threshold(self.config.model.score_threshold):
             if tile:
                 boxes, scores, masks = self._predict_tiled(image, overlap, progress)
             else:
