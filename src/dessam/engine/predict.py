@@ -12,7 +12,6 @@ on are cut into overlapping tiles at the training scale and merged.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
