@@ -39,6 +39,7 @@ from ..models.default_teacher import DEFAULT_TEACHER_PATH
 from .cache import EmbeddingCache
 from .fastpath import (InferenceSettings, encode_batch, fast_settings, mean_mask_iou, predict_images,
                        reference_settings, segment_logits)
+from .demo import demo_config
 from .inputs import prepare_image
 from .predict import DessamModel
 # _batch_tensors is how `dessam train` loads a cached batch: the cached epoch times that very code.
@@ -222,17 +223,14 @@ def benchmark_sam(device: torch.device, quick: bool = False) -> tuple:
 
 
 def bench_config(sam: str, size: int, device: torch.device) -> Config:
-    """Official detector settings on CUDA; on a CPU the narrower neck and box head of `dessam demo`.
+    """Official settings on CUDA; on a CPU the model `dessam demo` trains (narrower detector).
 
     The score threshold is 0 and at most 100 boxes are kept, so that untrained heads still give
     100 boxes per image to prompt the decoder with.
     """
-    config = Config()
+    config = Config() if device.type == "cuda" else demo_config()
     config.model.sam = sam
     config.model.image_size = size
-    if device.type != "cuda":
-        config.model.neck_channels = 64
-        config.model.box_head_fc = 256
     config.model.score_threshold = 0.0
     config.model.max_detections = DECODER_BOXES
     config.train.device = device.type
@@ -320,6 +318,8 @@ def time_training_epochs(sam: str, size: int, n_images: int, device, repeats: in
             optimizer.zero_grad(set_to_none=True)
             if torch.isfinite(total):
                 total.backward()
+                if config.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.train.grad_clip)
                 optimizer.step()
         model.eval()
 
@@ -425,7 +425,7 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
 
     stages.update(1)
     stages.close()
-    detector_note = "official detector settings" if cuda else "detector neck 64 and box head 256 wide (as `dessam demo`)"
+    detector_note = "official detector settings" if cuda else "the detector and loss settings of `dessam demo`"
     memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
                    "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
     lines = [
@@ -435,7 +435,7 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         f"- Model: {model_note}; {detector_note}; detector keeps up to {DECODER_BOXES} boxes (score threshold 0)",
         f"- Reference path: {reference.describe(device)} (as the authors' test code)",
         f"- Fast path: {fast.describe(device)}",
-        f"- Training epochs: {train_note}, batch 1",
+        f"- Training epochs: {train_note}, the same detector and loss settings, batch 1",
         f"- Each time is the median of the timed repeats after one warm-up call{' (quick: none for training)' if quick else ''}"
         f"; reference and fast calls alternate; peak memory is the {memory_note}, in the worst call",
         "",
