@@ -55,11 +55,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _settings(args):
+    """Inference settings from --precision / --compile on top of the device's fast path."""
+    from dataclasses import replace
+
+    from .engine.fastpath import fast_settings
+    from .engine.train import resolve_device
+
+    base = fast_settings(resolve_device(args.device))
+    return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
+
+
 def _load(args):
     from .engine.predict import load_model
 
     return load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                      image_size=getattr(args, "image_size", None))
+                      image_size=getattr(args, "image_size", None), settings=_settings(args))
 
 
 def cmd_predict(args) -> int:
@@ -120,7 +131,7 @@ def cmd_eval(args) -> int:
     from .engine.evaluate import evaluate_model_file
 
     evaluate_model_file(args.model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
-                        device=args.device, baselines=args.baselines, score_threshold=args.score_threshold,
+                        device=args.device, settings=_settings(args), baselines=args.baselines, score_threshold=args.score_threshold,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
     print((Path(args.out) / "metrics.md").read_text())
     return 0
@@ -154,7 +165,7 @@ def cmd_pretrain_teacher(args) -> int:
 def cmd_bench(args) -> int:
     from .engine.bench import run_bench
 
-    print(run_bench(device=args.device, quick=args.quick))
+    print(run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile))
     return 0
 
 
@@ -163,6 +174,10 @@ def _model_options(parser):
     parser.add_argument("--model", required=True, help="a trained model (RUN/model.pt)")
     parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the encoder and decoder (default: on for large CUDA jobs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed of the fast and the reference paths, measured in one run")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_bench)
     return parser
 

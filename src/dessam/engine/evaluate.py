@@ -333,11 +333,11 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
 
 
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
-                        **options) -> dict:
+                        settings=None, **options) -> dict:
     """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`."""
     from .predict import load_model
 
-    model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint)
+    model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
     return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, **options)
 
 

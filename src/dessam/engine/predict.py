@@ -25,6 +25,7 @@ from ..errors import DessamError
 from ..models.dessam import DESSAM
 from ..models.sam import build_sam, file_sha256, safe_torch_load, weights_sha256
 from ..postprocess import clean_masks, masks_to_labels, score_order
+from .fastpath import InferenceSettings, encode_batch, fast_settings, segment_logits
 from .inputs import ModelInput, prepare_image
 
 
@@ -82,8 +83,9 @@ class DessamModel:
     """A loaded DES-SAM model. `predict(image)` is the whole pipeline; the pieces are public too."""
 
     def __init__(self, model: DESSAM, config: Config, sam_identity: dict, device: torch.device,
-                 input_scale: Optional[float] = None):
+                 input_scale: Optional[float] = None, settings: Optional[InferenceSettings] = None):
         self.model = model.eval()
+        self.settings = settings or fast_settings(device)  # precision, prompt chunks, compile
         self.config = config
         self.sam_identity = sam_identity
         self.device = device
@@ -108,7 +110,7 @@ class DessamModel:
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> EncodedImage:
         inputs = prepare_image(image, self.image_size)
-        embedding = self.model.encode(inputs.normalised[None].to(self.device))
+        embedding = encode_batch(self.model, inputs.normalised[None].to(self.device), self.settings)
         return EncodedImage(inputs, embedding)
 
     @torch.no_grad()
@@ -128,7 +130,7 @@ class DessamModel:
         if len(boxes) == 0:
             return np.zeros((0,) + tuple(encoded.inputs.original_hw), dtype=bool)
         prompt = torch.from_numpy(boxes * encoded.inputs.scale).to(self.device)
-        logits = self.model.segment(encoded.embedding, prompt, use_token=use_token)
+        logits = segment_logits(self.model, encoded.embedding, prompt, None, self.settings, use_token)
         return logits_to_masks(logits, encoded.inputs)
 
     # ----- whole pipeline --------------------------------------------------------------------
@@ -219,11 +221,14 @@ def find_sam_weights(identity: dict, model_path: Path, sam_checkpoint=None) -> O
     return find_sam_checkpoint(name, extra_dirs=(model_path.parent, model_path.parent.parent))
 
 
-def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int] = None) -> DessamModel:
+def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int] = None,
+               settings: Optional[InferenceSettings] = None) -> DessamModel:
     """Load `RUN/model.pt`; the SAM weights it names are found and their SHA-256 checked.
 
     image_size: run the model at another input size than it was trained at (the default
     teacher is fully convolutional; ViT position tables are interpolated).
+    settings: inference precision / prompt chunking / compilation (default: the fast path for the
+    device, see `dessam.engine.fastpath`).
     """
     from .train import MODEL_FORMAT, resolve_device
 
@@ -273,4 +278,4 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     except (KeyError, RuntimeError) as exc:
         raise DessamError(f"{path}: the model's weights do not fit its own config ({str(exc)[:120]}); re-train") from None
     model.to(device)
-    return DessamModel(model, config, identity, device, payload.get("input_scale"))
+    return DessamModel(model, config, identity, device, payload.get("input_scale"), settings)
