@@ -70,6 +70,7 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 1                # images per step per process
+    optimizer: str = "sgd"             # sgd (official) | adamw (robust for short schedules)
     lr: float = 0.02                   # at lr_reference_batch images per step (official: 8 GPUs x 1)
     lr_reference_batch: int = 8        # lr is scaled linearly to the real batch
     momentum: float = 0.9

@@ -119,6 +119,15 @@ def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 
     return base * factor
 
 
+def make_optimizer(config: Config, parameters: list, lr: float) -> torch.optim.Optimizer:
+    train = config.train
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay)
+    raise DessamError(f"train.optimizer: unknown '{train.optimizer}'; use sgd or adamw")
+
+
 def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
 
@@ -263,8 +272,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
 
     input_scale = float(np.median([item.resized_hw[0] / item.record.height for item in items]))
     parameters = model.trainable_parameters()
-    optimizer = torch.optim.SGD(parameters, lr=learning_rate(config, 0, 0, dist.world_size),
-                                momentum=config.train.momentum, weight_decay=config.train.weight_decay)
+    optimizer = make_optimizer(config, parameters, learning_rate(config, 0, 0, dist.world_size))
     trainer = distributed.wrap(model, dist)
     epoch, start_batch, iteration, nonfinite_run = 0, 0, 0, 0
     if state is not None:
