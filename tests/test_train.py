@@ -121,3 +121,17 @@ def test_cli_train_and_predict_with_a_config_file(box_dataset, tmp_path):
     assert saved["loss"]["edge_aware"] is False and saved["model"]["prompt_token"] is False
     with open(tmp_path / "run" / "log.csv", newline="") as handle:
         assert all(float(r["edge_local"]) == 0 for r in csv.DictReader(handle))
+
+
+def test_optimizer_choice():
+    from dessam.engine.train import make_optimizer
+    from dessam.errors import DessamError
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    config = tiny_config()
+    assert isinstance(make_optimizer(config, params, 0.1), torch.optim.SGD)
+    config.train.optimizer = "adamw"
+    assert isinstance(make_optimizer(config, params, 0.1), torch.optim.AdamW)
+    config.train.optimizer = "lion"
+    with pytest.raises(DessamError, match="unknown 'lion'"):
+        make_optimizer(config, params, 0.1)
