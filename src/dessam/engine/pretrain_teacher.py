@@ -168,7 +168,7 @@ def evaluate_on_cytology(sam: Sam, n: int = 20, seed: int = 0, scenes: Iterable[
 def pretrain_teacher(
     out_path: str | Path,
     minutes: Optional[float] = None,
-    steps: int = 1600,
+    steps: int = 3000,
     seed: int = 0,
     device: str = "cpu",
     image_size: int = DEFAULT_IMAGE_SIZE,
