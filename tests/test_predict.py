@@ -59,7 +59,6 @@ def test_python_api_returns_boxes_scores_masks_and_labels(trained_tiny):
     assert prediction.masks.shape == (n, 110, 140) and prediction.masks.dtype == bool
     assert prediction.labels.shape == (110, 140)
     if n:
-        assert (np.diff(prediction.scores) <= 0).all() or True  # order is the label order below
         painted = set(np.unique(prediction.labels)) - {0}
         assert painted <= set(range(1, n + 1))
 
