@@ -301,3 +301,16 @@ def write_coco(
     """Write a COCO instance file atomically (default category: nucleus, id 1)."""
     doc = {"images": images, "annotations": annotations, "categories": categories or DEFAULT_CATEGORIES}
     return write_text_atomic(path, json.dumps(doc, default=_json_default, separators=(",", ":")))
+
+
+def read_record_image(record: ImageRecord) -> np.ndarray:
+    """The record's image (uint8 RGB), refused if its size differs from the annotation file's."""
+    from .images import read_image
+
+    image = read_image(record.path)
+    if image.shape[:2] != (record.height, record.width):
+        raise DessamError(
+            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but the annotation file says "
+            f"{record.width}x{record.height}; fix width/height in the JSON"
+        )
+    return image

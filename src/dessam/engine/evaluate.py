@@ -40,8 +40,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
-from ..data.coco import dataset_has_masks, load_coco, record_label_map
-from ..data.images import read_image
+from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_label_map
 from ..errors import DessamError
 from ..export import write_json, write_overlay_png
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
@@ -244,16 +243,6 @@ def _load_test_set(data_json, images_dir):
     return dataset
 
 
-def _read_test_image(record) -> np.ndarray:
-    image = read_image(record.path)
-    if image.shape[:2] != (record.height, record.width):
-        raise DessamError(
-            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but the annotation file says "
-            f"{record.width}x{record.height}; fix width/height in the JSON"
-        )
-    return image
-
-
 def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, score_threshold: Optional[float] = None,
              remove_small: bool = True, min_size: Optional[int] = None, progress: bool = True,
              model_path=None) -> dict:
@@ -281,7 +270,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     csv_rows, worst, oversized = [], [], 0
     with detection_threshold(model, threshold):
         for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
-            image = _read_test_image(record)
+            image = read_record_image(record)
             oversized += bool(model.needs_tiling(image))
             gt_labels = record_label_map(record)
             raw = method_instances(model, image, record.boxes, methods)

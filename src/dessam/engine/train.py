@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from ..config import Config, save_config
-from ..data.coco import ImageRecord, load_coco
+from ..data.coco import ImageRecord, load_coco, read_record_image
 from ..data.images import read_image
 from ..errors import DessamError
 from ..models.dessam import DESSAM
@@ -94,13 +94,7 @@ def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, dev
     shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
     items = []
     for record in tqdm(records, desc="Embedding images", disable=not progress, unit="img"):
-        image = read_image(record.path)
-        if image.shape[:2] != (record.height, record.width):
-            raise DessamError(
-                f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but the annotation file says "
-                f"{record.width}x{record.height}; fix width/height in the JSON"
-            )
-        inputs = prepare_image(image, model.image_size)
+        inputs = prepare_image(read_record_image(record), model.image_size)
         key = cache.key(inputs.resized)
         cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
         boxes = torch.from_numpy(record.boxes * inputs.scale).float()
