@@ -150,7 +150,7 @@ def as_label_map(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _from_label_maps(files, read: Callable[[Path], np.ndarray], stem_of, index, images_dir, out: _Collected):
-    for path in tqdm(files, desc="converting label maps", unit="file"):
+    for path in tqdm(files, desc="converting label maps", unit="file", disable=None):
         image_path = _match(path, stem_of(path), index, images_dir)
         labels = as_label_map(read(path), path)
         _check_size(path, image_path, labels.shape, image_shape(image_path))
@@ -217,7 +217,7 @@ def _circle(points: list) -> list[float]:
 
 
 def _labelme(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, classes=None, **_):
-    for path in tqdm(_source_files(src, (".json",)), desc="converting labelme", unit="file"):
+    for path in tqdm(_source_files(src, (".json",)), desc="converting labelme", unit="file", disable=None):
         doc = read_json(path)
         if not isinstance(doc, dict) or "shapes" not in doc:
             raise DessamError(f"{path}: not a labelme file (no 'shapes'); check --from")
@@ -244,7 +244,7 @@ def _labelme(src: Path, images_dir: Path, index: dict, out: _Collected, summary:
 
 
 def _voc(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, classes=None, **_):
-    for path in tqdm(_source_files(src, (".xml",)), desc="converting VOC", unit="file"):
+    for path in tqdm(_source_files(src, (".xml",)), desc="converting VOC", unit="file", disable=None):
         try:
             root = ET.parse(path).getroot()
         except ET.ParseError as exc:
@@ -269,7 +269,7 @@ def _voc(src: Path, images_dir: Path, index: dict, out: _Collected, summary: Con
 
 def _yolo(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, classes=None, **_):
     keep = None if classes is None else {int(c) for c in classes}
-    for path in tqdm(_source_files(src, (".txt",)), desc="converting YOLO", unit="file"):
+    for path in tqdm(_source_files(src, (".txt",)), desc="converting YOLO", unit="file", disable=None):
         if path.name == "classes.txt":
             continue
         image_path = _match(path, path.stem, index, images_dir)
@@ -308,7 +308,7 @@ def _coco(src: Path, images_dir: Path, index: Optional[dict], out: _Collected, s
         path = images_dir / img["file_name"]
         hw = image_shape(path) if not ("height" in img and "width" in img) else (int(img["height"]), int(img["width"]))
         ids[img["id"]] = (out.add_image(str(img["file_name"]), *hw), hw)
-    for ann in tqdm(doc["annotations"], desc="converting COCO", unit="nucleus"):
+    for ann in tqdm(doc["annotations"], desc="converting COCO", unit="nucleus", disable=None):
         seg = ann.get("segmentation")
         if ann.get("image_id") not in ids or not ("bbox" in ann or seg):
             raise DessamError(f"{src}: annotation {ann.get('id')} lacks a bbox or a known image_id; fix the file")

@@ -535,7 +535,8 @@ def make_dataset(
     splits = [("train", n_train), ("val", n_val), ("test", n_test)]
     docs = {name: ([], []) for name, _ in splits}
     tiles = []
-    with tqdm(total=sum(n for _, n in splits), desc="synthesising scenes", unit="img") as bar:
+    # disable=None: a progress bar on a terminal, none when the output is captured
+    with tqdm(total=sum(n for _, n in splits), desc="synthesising scenes", unit="img", disable=None) as bar:
         for split_index, (name, n) in enumerate(splits):
             images, annotations = docs[name]
             for i in range(n):
