@@ -131,15 +131,11 @@ def _batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
     shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
     embeddings, rgb, normalised = [], [], []
     for item in items:
-        embedding = cache.load(item.cache_key, shape)
-        if embedding is None:  # damaged or removed since: recompute, never trust it
-            image = read_image(item.record.path)
-            inputs = prepare_image(image, model.image_size)
-            embedding = cache.get_or_compute(
-                item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape
-            )
-        else:
-            inputs = prepare_image(read_image(item.record.path), model.image_size)
+        inputs = prepare_image(read_image(item.record.path), model.image_size)
+        # verified cached embedding; a damaged or removed entry is recomputed, never trusted
+        embedding = cache.get_or_compute(
+            item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape
+        )
         embeddings.append(embedding.float())
         rgb.append(inputs.rgb)
         normalised.append(inputs.normalised)
