@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,13 +202,19 @@ def test_hausdorff_of_shifted_square_and_nearest_objects():
     assert metrics.object_hausdorff(gt, pred) == pytest.approx(0.5 * (gt_side + pred_side))
 
 
-def test_aji_iou_ties_go_to_the_larger_pair_as_in_hovernet():
+def iou_tie_pair() -> tuple[np.ndarray, np.ndarray]:
+    """One gt nucleus and two predictions with exactly the same IoU, 1/5, with it."""
     gt = np.zeros((3, 12), np.uint8)
     gt[1, 0:10] = 1  # 10 px
     pred = np.zeros((3, 12), np.uint8)
     pred[1, 0:2] = 1  # inter 2, union 10: IoU 1/5
     pred[1, 7:10] = 2  # inter 3 ...
     pred[0, 7:12] = 2  # ... plus 5 px outside: union 15, IoU 1/5 too
+    return gt, pred
+
+
+def test_aji_iou_ties_go_to_the_larger_pair_as_in_hovernet():
+    gt, pred = iou_tie_pair()
     # inter / (union + 1e-6) prefers the larger pair (pred 2): AJI = 3 / (15 + 2 unpaired px)
     assert metrics.aji(gt, pred) == pytest.approx(3 / 17)
     assert ref.aji(gt, pred) == pytest.approx(3 / 17)
@@ -353,3 +361,72 @@ def test_aji_and_pq_match_cellseg_metrics(pair):
         assert pq[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-7), key
     assume(_max_intersection_pairing_agrees(gt, pred))
     assert metrics.aji(gt, pred) == pytest.approx(csm.aggregated_jaccard_index(gt, pred), rel=1e-6)
+
+
+# ---------------------------------------------------------------- HoVer-Net's own code
+HOVERNET_MISSING = "hover-net not installed (pip install --no-deps hover-net==0.0.10, as `make install` does)"
+
+
+@pytest.fixture(scope="module")
+def hovernet():
+    """HoVer-Net's metrics/stats_utils.py, loaded by path.
+
+    The hover_net package's __init__ imports cv2, imgaug and openslide, and its declared dependencies
+    pin old numpy and scikit-image, so it is installed with --no-deps and only this file (numpy and
+    scipy only) is executed.
+    """
+    spec = importlib.util.find_spec("hover_net")  # locates the package without running __init__
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(HOVERNET_MISSING)
+    path = Path(spec.submodule_search_locations[0]) / "metrics" / "stats_utils.py"
+    if not path.is_file():
+        pytest.skip(f"{HOVERNET_MISSING}: {path} missing")
+    file_spec = importlib.util.spec_from_file_location("hovernet_stats_utils", path)
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return module
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(label_map_pairs(), st.sampled_from([0.5, 0.6, 0.75, 0.9]))
+def test_aji_and_pq_match_hovernet(hovernet, pair, iou):
+    """AJI equals HoVer-Net's get_fast_aji and PQ/DQ/SQ/TP/FP/FN its get_fast_pq.
+
+    Calling their code: their fast functions need contiguous ids, so both maps go through their
+    remap_label first (it keeps the id order, hence the same tie-breaking to the lowest id); and
+    remap_label assumes the map holds background (it removes id 0 from its list), so both maps get a
+    one-pixel background border, which changes no metric. get_fast_aji fails on a map without
+    instances (argmax over an empty axis), so only pairs where both maps hold instances are compared;
+    the empty-map values are dessam's documented conventions, tested in test_empty_conventions.
+
+    One artefact of their code, applied here rather than absorbed by the tolerance: get_fast_pq
+    divides SQ by tp + 1e-6 (a guard for tp = 0), which is below the mean IoU of the matches by up
+    to 1e-6, far above 1e-9. dessam reports the mean IoU itself, so the expected SQ and PQ are
+    dessam's multiplied by tp / (tp + 1e-6). Their AJI also scores pairs with inter / (union + 1e-6);
+    dessam scores them the same way on purpose (largest-IoU ties go to the larger pair), so AJI is
+    compared as is.
+    """
+    gt, pred = pair
+    assume(gt.any() and pred.any())
+    their_gt = hovernet.remap_label(np.pad(gt, 1))
+    their_pred = hovernet.remap_label(np.pad(pred, 1))
+    tol = dict(rel=0, abs=1e-9)
+
+    assert metrics.aji(gt, pred) == pytest.approx(hovernet.get_fast_aji(their_gt, their_pred), **tol)
+
+    (dq, sq, pq), (paired_true, paired_pred, unpaired_true, unpaired_pred) = hovernet.get_fast_pq(
+        their_gt, their_pred, match_iou=iou
+    )
+    ours = metrics.panoptic_quality(gt, pred, iou)
+    assert len(paired_true) == len(paired_pred)
+    assert (ours["tp"], ours["fp"], ours["fn"]) == (len(paired_true), len(unpaired_pred), len(unpaired_true))
+    their_sq_offset = ours["tp"] / (ours["tp"] + 1e-6)
+    assert ours["dq"] == pytest.approx(dq, **tol)
+    assert ours["sq"] * their_sq_offset == pytest.approx(sq, **tol)
+    assert ours["pq"] * their_sq_offset == pytest.approx(pq, **tol)
+
+
+def test_aji_iou_tie_matches_hovernet(hovernet):
+    """Exact IoU ties are rare in random maps; this one is settled by HoVer-Net's 1e-6 as by dessam's."""
+    gt, pred = iou_tie_pair()
+    assert metrics.aji(gt, pred) == pytest.approx(hovernet.get_fast_aji(gt, pred), rel=0, abs=1e-12)
