@@ -132,3 +132,45 @@ def test_evaluate_on_cytology_reports_each_scene_kind(monkeypatch):
     result = pt.evaluate_on_cytology(sam, n=2, seed=3)
     assert result == {"mixed": 0.5, "cluster": 0.5, "patch": 0.5}
     assert [len(s) for s in seen] == [2, 2, 2] and seen[0][0][0].shape == (64, 64, 3)
+
+
+def test_point_prompts_fall_inside_their_objects_and_train_the_encoder():
+    from dessam.engine import pretrain_teacher as pt
+
+    rng = np.random.default_rng(0)
+    images, prompts = pt.sample_batch(rng, 2, 64, 6, point_fraction=0.5)
+    assert any(p.is_point.any() for p in prompts) and any((~p.is_point).any() for p in prompts)
+    for p in prompts:
+        for (x, y), mask in zip(p.points[p.is_point].numpy(), p.masks[p.is_point].numpy()):
+            assert mask[int(y), int(x)]  # a pixel centre of the object itself
+    none = pt.sample_batch(np.random.default_rng(0), 2, 64, 6, point_fraction=0.0)[1]
+    assert not any(p.is_point.any() for p in none)
+
+    sam = build_default_architecture(64, SMALL).train()
+    embedding = sam.image_encoder(sam.preprocess(images[:1]))
+    only_points = pt.Prompts(**{**vars(prompts[0]), "is_point": torch.ones_like(prompts[0].is_point)})
+    loss, box_ious = pt.prompt_losses(sam, embedding, only_points, 64)
+    loss.backward()
+    assert torch.isfinite(loss) and len(box_ious) == 0
+    assert sam.image_encoder.stages[0][0][0].weight.grad.abs().sum() > 0
+    heads = sam.mask_decoder.output_hypernetworks_mlps
+    assert any(heads[i].layers[-1].weight.grad.abs().sum() > 0 for i in (1, 2, 3))  # a best multimask output
+    assert not heads[0].layers[-1].weight.grad.any()  # the single-mask (box) output is not what points train
+
+
+def test_multimask_loss_counts_only_the_best_output():
+    from dessam.engine.pretrain_teacher import multimask_losses
+
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 4:12, 4:12] = True
+    good = torch.where(mask[:, None], 10.0, -10.0)
+    bad = -good
+    box = torch.tensor([[4.0, 4.0, 12.0, 12.0]])
+    iou_pred = torch.tensor([[1.0, 0.0]])
+    best_first, ious = multimask_losses(torch.cat([good, bad], 1), iou_pred, mask, box, 16)
+    alone, _ = multimask_losses(good, iou_pred[:, :1], mask, box, 16)
+    assert ious[0, 0] == 1.0 and ious[0, 1] == 0.0
+    # the bad output adds nothing to the mask loss; the IoU head is scored on both (exactly right here)
+    assert best_first.item() == pytest.approx(alone.item(), abs=1e-6)
+    swapped, _ = multimask_losses(torch.cat([bad, good], 1), iou_pred, mask, box, 16)
+    assert swapped.item() == pytest.approx(alone.item() + 1.0, abs=1e-6)  # IoU head now wrong on both

@@ -2,11 +2,14 @@
 
 The teacher learns what SAM learns from SA-1B, on a small scale: given an image and a box around
 an object, draw that object's mask. Every step draws fresh "anything" scenes
-(`dessam.data.anything`), prompts the model with a jittered box around each of (up to
-`max_prompts`) objects per scene -- box noise of 10 % of the box side, at most 20 px, as in SAM's
-training -- and trains the encoder, prompt encoder and mask decoder on the first mask token (the
-single-mask output that dessam uses for box prompts): BCE + Dice on the low-resolution logits
-against the area-downsampled ground truth, plus MSE of the IoU head against the IoU it achieved.
+(`dessam.data.anything`), prompts the model with each of (up to
+`max_prompts`) objects per scene, as SAM is trained: either a jittered box (noise of 10 % of the box
+side, at most 20 px), trained on the first mask token (the single-mask output that dessam uses for
+box prompts), or -- for a `point_fraction` of the prompts -- one foreground point drawn inside the
+object, trained on the best of the three multimask outputs (a point is ambiguous). Losses: BCE +
+Dice on the low-resolution logits against the area-downsampled ground truth, plus MSE of the IoU
+head against the IoU it achieved. Point prompts make the image encoder say where whole objects are,
+not only which pixels of a given box belong to one, which is what dessam's detector reads.
 The result depends on the seed and the number of steps only, never on wall-clock time (except when
 `minutes` cuts a run short).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -30,6 +34,7 @@ from ..data.anything import instance_boxes, make_anything_scene
 from ..models.default_teacher import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, build_default_architecture, teacher_file
 
 BOX_NOISE = 0.1  # of the box side
+POINT_FRACTION = 0.0  # of the prompts that are one foreground point instead of a box
 BOX_NOISE_MAX = 20.0  # pixels
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out scenes come from another random stream than training
 CYTOLOGY_EVAL_STREAM = 7_310_529  # cytology test scenes: a seed stream nothing else in dessam uses
@@ -45,8 +50,19 @@ def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, size: int) -> np.n
     return out.astype(np.float32)
 
 
-def sample_batch(rng: np.random.Generator, batch_size: int, size: int, max_prompts: int):
-    """Images (B, 3, S, S) float 0-255 and per image (jittered boxes (N, 4), masks (N, S, S) bool)."""
+def sample_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One point (x, y) at a pixel centre drawn uniformly inside each mask (N, H, W) -> (N, 2)."""
+    points = np.zeros((len(masks), 2), np.float32)
+    for index, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        pick = int(rng.integers(len(ys)))
+        points[index] = (xs[pick] + 0.5, ys[pick] + 0.5)
+    return points
+
+
+def sample_batch(rng: np.random.Generator, batch_size: int, size: int, max_prompts: int,
+                 point_fraction: float = 0.0):
+    """Images (B, 3, S, S) float 0-255 and per image a `Prompts` of its picked objects."""
     images, prompts = [], []
     while len(images) < batch_size:
         image, labels = make_anything_scene(rng, size)
@@ -55,20 +71,53 @@ def sample_batch(rng: np.random.Generator, batch_size: int, size: int, max_promp
             continue
         pick = rng.permutation(len(ids))[:max_prompts]
         masks = labels[None] == ids[pick, None, None]
+        is_point = rng.random(len(pick)) < point_fraction if point_fraction > 0 else np.zeros(len(pick), bool)
         images.append(torch.from_numpy(image).permute(2, 0, 1).float())
-        prompts.append((torch.from_numpy(jitter_boxes(boxes[pick], rng, size)), torch.from_numpy(masks)))
+        prompts.append(Prompts(
+            boxes=torch.from_numpy(jitter_boxes(boxes[pick], rng, size)),
+            exact_boxes=torch.from_numpy(boxes[pick].astype(np.float32)),
+            points=torch.from_numpy(sample_points(masks, rng) if is_point.any() else np.zeros((len(pick), 2), np.float32)),
+            is_point=torch.from_numpy(is_point),
+            masks=torch.from_numpy(masks),
+        ))
     return torch.stack(images), prompts
+
+
+@dataclass
+class Prompts:
+    """The prompts of one training image: per object a jittered box or (where `is_point`) one point."""
+
+    boxes: torch.Tensor        # (N, 4) jittered
+    exact_boxes: torch.Tensor  # (N, 4) the objects' own boxes (where the loss looks closely)
+    points: torch.Tensor       # (N, 2) x, y (used where is_point)
+    is_point: torch.Tensor     # (N,) bool
+    masks: torch.Tensor        # (N, S, S) bool
+
+    def to(self, device) -> "Prompts":
+        return Prompts(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def decode_boxes(sam: Sam, embedding: torch.Tensor, boxes: torch.Tensor):
     """Low-res logits (N, 1, 4h, 4w) and IoU predictions (N, 1) of the first mask token for one image."""
     sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    return _decode(sam, embedding, sparse, dense, multimask=False)
+
+
+def decode_points(sam: Sam, embedding: torch.Tensor, points: torch.Tensor):
+    """Low-res logits (N, 3, 4h, 4w) and IoU predictions (N, 3) of the three multimask tokens for
+    one foreground point (N, 2) per prompt."""
+    labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
+    sparse, dense = sam.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+    return _decode(sam, embedding, sparse, dense, multimask=True)
+
+
+def _decode(sam: Sam, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool):
     return sam.mask_decoder(
         image_embeddings=embedding,
         image_pe=sam.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
-        multimask_output=False,
+        multimask_output=multimask,
     )
 
 
@@ -84,24 +133,52 @@ def box_regions(boxes: torch.Tensor, shape: tuple, image_size: int, margin: floa
 
 def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                 image_size: int):
-    """(loss, achieved IoUs) of low-res logits (N, 1, h, w) against masks (N, H, W).
+    """(loss, achieved IoUs) of low-res logits (N, 1, h, w) against masks (N, H, W); see
+    `multimask_losses`, of which this is the one-output case."""
+    loss, iou = multimask_losses(logits, iou_pred, masks, boxes, image_size)
+    return loss.mean(), iou[:, 0]
 
-    BCE is averaged separately near the prompt box and away from it (the two halves weigh the same),
-    so that small objects are not drowned by the background; plus Dice, plus MSE of the IoU head.
+
+def multimask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                     image_size: int):
+    """Per prompt (loss (N,), achieved IoUs (N, K)) of low-res logits (N, K, h, w) against masks (N, H, W).
+
+    BCE is averaged separately near the object's box and away from it (the two halves weigh the same),
+    so that small objects are not drowned by the background; plus Dice. Of K outputs only the best
+    one's mask loss counts (SAM's rule for ambiguous prompts); the IoU head learns all K IoUs (MSE).
     """
     target = F.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
     near = box_regions(boxes, logits.shape, image_size).float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce_near = (bce * near).flatten(1).sum(1) / near.flatten(1).sum(1).clamp(min=1)
-    bce_far = (bce * (1 - near)).flatten(1).sum(1) / (1 - near).flatten(1).sum(1).clamp(min=1)
-    prob = logits.sigmoid().flatten(1)
-    flat = target.flatten(1)
-    dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
+    bce_near = (bce * near).flatten(2).sum(2) / near.flatten(2).sum(2).clamp(min=1)
+    bce_far = (bce * (1 - near)).flatten(2).sum(2) / (1 - near).flatten(2).sum(2).clamp(min=1)
+    prob = logits.sigmoid().flatten(2)
+    flat = target.flatten(2)
+    dice = 1 - (2 * (prob * flat).sum(2) + 1) / (prob.sum(2) + flat.sum(2) + 1)
     with torch.no_grad():
-        pred, truth = (logits > 0).flatten(1), (flat > 0.5)
-        iou = (pred & truth).sum(1) / (pred | truth).sum(1).clamp(min=1)
-    iou_loss = F.mse_loss(iou_pred[:, 0], iou.float())
-    return (bce_near + bce_far + dice).mean() + iou_loss, iou
+        pred, truth = (logits > 0).flatten(2), (flat > 0.5)
+        iou = (pred & truth).sum(2) / (pred | truth).sum(2).clamp(min=1)
+    mask_loss = (bce_near + bce_far + dice).min(dim=1).values
+    iou_loss = ((iou_pred - iou.float()) ** 2).mean(dim=1)
+    return mask_loss + iou_loss, iou
+
+
+def prompt_losses(sam: Sam, embedding: torch.Tensor, prompts: Prompts, image_size: int):
+    """Mean loss over one image's prompts, and the IoUs of the box prompts' masks."""
+    total = embedding.new_zeros(())
+    box = ~prompts.is_point
+    ious = embedding.new_zeros((0,))
+    if box.any():
+        logits, iou_pred = decode_boxes(sam, embedding, prompts.boxes[box])
+        loss, iou = multimask_losses(logits, iou_pred, prompts.masks[box], prompts.boxes[box], image_size)
+        total = total + loss.sum()
+        ious = iou[:, 0]
+    if prompts.is_point.any():
+        point = prompts.is_point
+        logits, iou_pred = decode_points(sam, embedding, prompts.points[point])
+        loss, _ = multimask_losses(logits, iou_pred, prompts.masks[point], prompts.exact_boxes[point], image_size)
+        total = total + loss.sum()
+    return total / len(prompts.masks), ious
 
 
 def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -174,6 +251,7 @@ def pretrain_teacher(
     image_size: int = DEFAULT_IMAGE_SIZE,
     batch_size: int = 2,
     max_prompts: int = 24,
+    point_fraction: float = POINT_FRACTION,
     lr: float = 2e-3,
     weight_decay: float = 0.01,
     warmup: int = 100,
@@ -205,19 +283,18 @@ def pretrain_teacher(
             break
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
-        images, prompts = sample_batch(rng, batch_size, image_size, max_prompts)
+        images, prompts = sample_batch(rng, batch_size, image_size, max_prompts, point_fraction)
         embeddings = sam.image_encoder(sam.preprocess(images.to(device)))
         loss, ious = 0.0, []
-        for index, (boxes, masks) in enumerate(prompts):
-            logits, iou_pred = decode_boxes(sam, embeddings[index : index + 1], boxes.to(device))
-            image_loss, image_ious = mask_losses(logits, iou_pred, masks.to(device), boxes.to(device), image_size)
+        for index, prompt in enumerate(prompts):
+            image_loss, image_ious = prompt_losses(sam, embeddings[index : index + 1], prompt.to(device), image_size)
             loss = loss + image_loss / len(prompts)
             ious.append(image_ious)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        value, iou = float(loss.detach()), float(torch.cat(ious).float().mean())
+        value, iou = float(loss.detach()), float(torch.cat(ious).float().mean()) if sum(map(len, ious)) else 0.0
         losses.append(value)
         running_loss = value if running_loss is None else 0.98 * running_loss + 0.02 * value
         running_iou = iou if running_iou is None else 0.98 * running_iou + 0.02 * iou
@@ -236,6 +313,7 @@ def pretrain_teacher(
         "seed": int(seed),
         "batch_size": int(batch_size),
         "max_prompts": int(max_prompts),
+        "point_fraction": float(point_fraction),
         "lr": float(lr),
         "train_seconds": round(wall, 1),
         "first_loss": float(np.mean(losses[:20])) if losses else None,
