@@ -132,3 +132,18 @@ def test_edge_aware_losses_shapes():
     local, glob = edge_aware_losses(logits, boxes, torch.tensor([0, 1, 1]), rgb, rgb / 255)
     (local + glob).backward()
     assert torch.isfinite(local) and torch.isfinite(glob) and logits.grad.abs().sum() > 0
+
+
+def test_octave_scales_add_anchor_sizes_per_level():
+    config = tiny_config()
+    config.model.anchor_octave_scales = (1.0, 1.5)
+    torch.manual_seed(0)
+    model = DESSAM(build_sam("tiny", image_size=config.model.image_size), config)
+    generator = model.detector.rpn.anchor_generator
+    ratios = len(config.model.anchor_ratios)
+    assert generator.num_anchors_per_location() == [2 * ratios] * len(model.neck.strides)
+    first, stride = generator.sizes[0], model.neck.strides[0]
+    assert first == (config.model.anchor_scale * stride, config.model.anchor_scale * stride * 1.5)
+    embedding, rgb, normalised, boxes, sizes = _batch(model)
+    losses = model(embedding, rgb, normalised, boxes, sizes)
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -24,6 +24,7 @@ class ModelConfig:
     image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
     neck_channels: int = 256
     anchor_scale: float = 8.0          # anchor side = anchor_scale x level stride
+    anchor_octave_scales: tuple = (1.0,)  # extra sizes per level, x anchor side (e.g. 1, 1.41: two per octave)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)
     rpn_convs: int = 2
     rpn_fg_iou: float = 0.7

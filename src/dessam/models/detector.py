@@ -74,7 +74,7 @@ class BoxDetector(nn.Module):
         super().__init__()
         levels = [str(i) for i in range(len(strides))]
         anchors = AnchorGenerator(
-            sizes=tuple((float(config.anchor_scale * s),) for s in strides),
+            sizes=tuple(tuple(float(config.anchor_scale * s * o) for o in config.anchor_octave_scales) for s in strides),
             aspect_ratios=(tuple(config.anchor_ratios),) * len(strides),
         )
         self.rpn = L1RegionProposalNetwork(
