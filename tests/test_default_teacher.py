@@ -174,3 +174,23 @@ def test_multimask_loss_counts_only_the_best_output():
     assert best_first.item() == pytest.approx(alone.item(), abs=1e-6)
     swapped, _ = multimask_losses(torch.cat([bad, good], 1), iou_pred, mask, box, 16)
     assert swapped.item() == pytest.approx(alone.item() + 1.0, abs=1e-6)  # IoU head now wrong on both
+
+
+def test_a_second_stage_starts_from_the_given_teacher(tmp_path):
+    from dessam.engine.pretrain_teacher import pretrain_teacher
+
+    arch = {**SMALL, "widths": [8, 16, 24]}
+    first = tmp_path / "first.pt"
+    pretrain_teacher(first, steps=2, image_size=64, batch_size=1, max_prompts=3, arch=arch, eval_scenes=0,
+                     warmup=1, progress=False)
+    same = tmp_path / "same.pt"
+    result = pretrain_teacher(same, steps=0, image_size=64, init=first, eval_scenes=0, progress=False)
+    assert result["init"] == "first.pt"
+    a, b = read_sam_state_dict(first), read_sam_state_dict(same)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # its weights and its widths
+    later = tmp_path / "later.pt"
+    pretrain_teacher(later, steps=2, image_size=64, batch_size=1, max_prompts=3, init=first, point_fraction=1.0,
+                     eval_scenes=0, warmup=1, progress=False)
+    c = read_sam_state_dict(later)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert load_default_teacher(None, later).image_encoder.stages[2][0][0].out_channels == 24

@@ -155,8 +155,9 @@ def cmd_pretrain_teacher(args) -> int:
     from .engine.pretrain_teacher import pretrain_teacher
 
     options = {"steps": args.steps} if args.steps else {}
-    if args.point_fraction is not None:
-        options["point_fraction"] = args.point_fraction
+    for key in ("point_fraction", "lr", "init"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
     result = pretrain_teacher(args.out, seed=args.seed, device=args.device, threads=args.threads,
                               minutes=args.minutes, progress=not args.quiet, **options)
     for key, value in result.items():
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="stop early after this many minutes (not reproducible)")
     p.add_argument("--point-fraction", type=float,
                    help="share of prompts that are one foreground point instead of a box (0 to 1)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule; default 2e-3)")
+    p.add_argument("--init", help="start from this default-teacher file instead of random weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_teacher)

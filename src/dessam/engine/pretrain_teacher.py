@@ -259,16 +259,26 @@ def pretrain_teacher(
     eval_scenes: int = 24,
     save_every: int = 250,
     threads: Optional[int] = None,
+    init: Optional[str | Path] = None,
     progress: bool = True,
 ) -> dict:
     """Train the default teacher for `steps` steps (or until `minutes` have passed, if sooner) and
-    write it to `out_path`. Returns the measured numbers (also stored in the file under "train")."""
+    write it to `out_path`. Returns the measured numbers (also stored in the file under "train").
+
+    `init`: a default-teacher file to start from (its architecture is kept) instead of random weights,
+    for a second stage with other prompts or a lower learning rate."""
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    arch = {**DEFAULT_ARCH, **(arch or {}), "image_size": int(image_size)}
-    sam = build_default_architecture(image_size, arch).to(device)
+    if init is not None:
+        from ..models.default_teacher import load_default_teacher, teacher_architecture
+
+        arch = {**teacher_architecture(init), "image_size": int(image_size)}
+        sam = load_default_teacher(image_size, init).to(device)
+    else:
+        arch = {**DEFAULT_ARCH, **(arch or {}), "image_size": int(image_size)}
+        sam = build_default_architecture(image_size, arch).to(device)
     sam.train()
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -314,6 +324,7 @@ def pretrain_teacher(
         "batch_size": int(batch_size),
         "max_prompts": int(max_prompts),
         "point_fraction": float(point_fraction),
+        "init": None if init is None else Path(init).name,
         "lr": float(lr),
         "train_seconds": round(wall, 1),
         "first_loss": float(np.mean(losses[:20])) if losses else None,

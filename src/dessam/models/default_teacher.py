@@ -76,6 +76,13 @@ def teacher_file(sam: Sam, arch: Optional[dict] = None, **extra) -> dict:
     return {"format": "dessam-sam", "arch": spec, "state_dict": state, **extra}
 
 
+def teacher_architecture(path: str | Path) -> dict:
+    """The architecture entries stored in a default-teacher file (`DEFAULT_ARCH` where absent)."""
+    obj = safe_torch_load(path)
+    arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) else {}
+    return {**DEFAULT_ARCH, **arch}
+
+
 def load_default_teacher(image_size: Optional[int] = None, path: Optional[str | Path] = None) -> Sam:
     """Build the default teacher at `image_size` (default: the file's) and load its weights, in eval mode."""
     path = Path(path) if path is not None else DEFAULT_TEACHER_PATH
