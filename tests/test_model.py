@@ -147,3 +147,11 @@ def test_octave_scales_add_anchor_sizes_per_level():
     embedding, rgb, normalised, boxes, sizes = _batch(model)
     losses = model(embedding, rgb, normalised, boxes, sizes)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_the_prompt_token_starts_as_sams_padding_token():
+    model = _model()
+    token = model.decoder.prompt_token.weight
+    assert torch.equal(token.detach(), model.sam.prompt_encoder.not_a_point_embed.weight.detach())
+    assert token.requires_grad and not model.sam.prompt_encoder.not_a_point_embed.weight.requires_grad
+    assert token.data_ptr() != model.sam.prompt_encoder.not_a_point_embed.weight.data_ptr()  # a copy

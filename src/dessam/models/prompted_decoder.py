@@ -2,7 +2,8 @@
 
 Teacher and student share the very same frozen `MaskDecoder` and `PromptEncoder` of Meta's SAM.
 The student adds one learnable 256-d token to the decoder's output-token sequence, after the IoU
-and mask tokens and before the sparse (box-corner) prompt tokens. Without that token the
+and mask tokens and before the sparse (box-corner) prompt tokens; it starts as SAM's "not a point"
+padding embedding, so that the student begins close to the teacher. Without that token the
 computation is exactly `MaskDecoder.predict_masks` (single-mask output, first mask token), which
 is what the teacher uses. This module re-sequences SAM's sub-modules; it does not copy them.
 """
@@ -23,6 +24,11 @@ class PromptedMaskDecoder(nn.Module):
         self._sam = [sam]
         dim = sam.mask_decoder.transformer_dim
         self.prompt_token = nn.Embedding(1, dim) if prompt_token else None
+        if self.prompt_token is not None:
+            # Start as SAM's own "not a point" padding token, which its decoder learned to pass over:
+            # the student then begins close to the teacher instead of disturbed by a random token.
+            with torch.no_grad():
+                self.prompt_token.weight.copy_(sam.prompt_encoder.not_a_point_embed.weight)
 
     @property
     def sam(self) -> Sam:
