@@ -34,7 +34,7 @@ from ..data.anything import instance_boxes, make_anything_scene
 from ..models.default_teacher import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, build_default_architecture, teacher_file
 
 BOX_NOISE = 0.1  # of the box side
-POINT_FRACTION = 0.0  # of the prompts that are one foreground point instead of a box
+POINT_FRACTION = 0.5  # of the prompts that are one foreground point instead of a box
 BOX_NOISE_MAX = 20.0  # pixels
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out scenes come from another random stream than training
 CYTOLOGY_EVAL_STREAM = 7_310_529  # cytology test scenes: a seed stream nothing else in dessam uses
@@ -245,7 +245,7 @@ def evaluate_on_cytology(sam: Sam, n: int = 20, seed: int = 0, scenes: Iterable[
 def pretrain_teacher(
     out_path: str | Path,
     minutes: Optional[float] = None,
-    steps: int = 3000,
+    steps: int = 4000,
     seed: int = 0,
     device: str = "cpu",
     image_size: int = DEFAULT_IMAGE_SIZE,
