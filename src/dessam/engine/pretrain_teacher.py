@@ -131,14 +131,6 @@ def box_regions(boxes: torch.Tensor, shape: tuple, image_size: int, margin: floa
     return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
-def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                image_size: int):
-    """(loss, achieved IoUs) of low-res logits (N, 1, h, w) against masks (N, H, W); see
-    `multimask_losses`, of which this is the one-output case."""
-    loss, iou = multimask_losses(logits, iou_pred, masks, boxes, image_size)
-    return loss.mean(), iou[:, 0]
-
-
 def multimask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                      image_size: int):
     """Per prompt (loss (N,), achieved IoUs (N, K)) of low-res logits (N, K, h, w) against masks (N, H, W).
