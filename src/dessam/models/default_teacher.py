@@ -91,9 +91,8 @@ def load_default_teacher(image_size: Optional[int] = None, path: Optional[str | 
             f"{path}: the default teacher's weights are missing; create them with "
             f"`dessam pretrain-teacher --out {path}`"
         )
-    obj = safe_torch_load(path)
-    arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) else {}
-    sam = build_default_architecture(image_size or arch.get("image_size"), arch)
+    arch = teacher_architecture(path)
+    sam = build_default_architecture(image_size or arch["image_size"], arch)
     state = read_sam_state_dict(path)
     missing, unexpected = sam.load_state_dict(state, strict=False)
     if missing or unexpected:
