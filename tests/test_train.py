@@ -19,17 +19,22 @@ def _totals(log_path):
 
 
 def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
-    """200 iterations of the tiny SAM on generated scenes: last 20 iterations <= 60 % of the first 20."""
+    """200 iterations of the tiny SAM on generated scenes: the detector's classification losses of
+    the last 20 iterations are <= 60 % of the first 20's. (The total is not compared: the
+    distillation is summed over the positive proposals, whose number grows as the RPN learns.)"""
     boxes_json, _, images = box_dataset
     data = json.loads(boxes_json.read_text())
     assert not any("segmentation" in a for a in data["annotations"]), "the training file has boxes only"
     config = tiny_config(epochs=1000, max_iters=200)
     train(config, boxes_json, images, tmp_path / "run", progress=False)
-    totals = _totals(tmp_path / "run" / "log.csv")
-    assert len(totals) == 200
-    first, last = np.mean(totals[:20]), np.mean(totals[-20:])
-    print(f"mean total loss: first 20 = {first:.4f}, last 20 = {last:.4f}, ratio = {last / first:.3f}")
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 200
+    classification = [float(r["rpn_cls"]) + float(r["roi_cls"]) for r in rows]
+    first, last = np.mean(classification[:20]), np.mean(classification[-20:])
+    print(f"mean rpn_cls + roi_cls: first 20 = {first:.4f}, last 20 = {last:.4f}, ratio = {last / first:.3f}")
     assert last <= 0.6 * first
+    assert all(np.isfinite(float(r["total"])) for r in rows)
 
 
 def test_log_has_every_loss_term_and_the_learning_rate(trained_tiny):

@@ -19,14 +19,19 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 
-def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
-    """(bce, dice) of student logits against the teacher's thresholded pseudo-mask."""
+def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, images: int = 1):
+    """(bce, dice) of student logits against the teacher's thresholded pseudo-mask.
+
+    As in the official implementation, each prompt's BCE is the mean over its pixels and the
+    prompts' losses are summed (per image: divided by `images`, the images in the batch), so the
+    distillation grows with the number of distilled prompts while the edge-aware terms are means.
+    """
     pseudo = (teacher_logits > 0).to(student_logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(student_logits, pseudo)
+    bce = F.binary_cross_entropy_with_logits(student_logits, pseudo, reduction="none").flatten(1).mean(1)
     prob = student_logits.sigmoid().flatten(1)
     target = pseudo.flatten(1)
     dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
-    return bce, dice.mean()
+    return bce.sum() / images, dice.sum() / images
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:

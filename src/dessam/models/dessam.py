@@ -87,7 +87,7 @@ class DESSAM(nn.Module):
         with torch.no_grad():
             teacher, _ = self.decoder(embeddings, matched, image_index, use_token=False)
         student, _ = self.decoder(embeddings, proposals, image_index, use_token=True)
-        losses["distill_bce"], losses["distill_dice"] = distillation_losses(student, teacher)
+        losses["distill_bce"], losses["distill_dice"] = distillation_losses(student, teacher, images=len(image_sizes))
         if loss_config.edge_aware:
             losses["edge_local"], losses["edge_global"] = edge_aware_losses(
                 student, matched, image_index, images_rgb, images_normalised,
