@@ -254,6 +254,26 @@ def unknown_setting(w, tmp):
     return _train(w, tmp, None, None, "--set", "train.learning_rate=0.1"), ["train.learning_rate", "unknown setting"]
 
 
+def _pretrain(tmp, *options):
+    return ["pretrain-teacher", "--out", str(tmp / "teacher.pt"), "--quiet", *options]
+
+
+def pretrain_negative_steps(w, tmp):
+    return _pretrain(tmp, "--steps", "-5"), ["--steps -5", "0 or more"]
+
+
+def pretrain_point_fraction_above_one(w, tmp):
+    return _pretrain(tmp, "--point-fraction", "1.5"), ["--point-fraction 1.5", "between 0 and 1"]
+
+
+def pretrain_negative_lr(w, tmp):
+    return _pretrain(tmp, "--lr", "-0.001"), ["--lr -0.001", "positive learning rate"]
+
+
+def pretrain_missing_init(w, tmp):
+    return _pretrain(tmp, "--init", str(tmp / "stage1.pt")), ["stage1.pt", "--init file not found"]
+
+
 ERROR_CASES: dict[str, Callable] = {
     "missing annotation file": missing_file,
     "missing image": missing_image,
@@ -279,6 +299,10 @@ ERROR_CASES: dict[str, Callable] = {
     "predict input missing": predict_missing_input,
     "--resume without a checkpoint": resume_without_checkpoint,
     "unknown --set key": unknown_setting,
+    "pretrain-teacher --steps -5": pretrain_negative_steps,
+    "pretrain-teacher --point-fraction 1.5": pretrain_point_fraction_above_one,
+    "pretrain-teacher --lr -0.001": pretrain_negative_lr,
+    "pretrain-teacher --init missing": pretrain_missing_init,
 }
 
 TABLE: dict = {}

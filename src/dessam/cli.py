@@ -154,8 +154,8 @@ def cmd_demo(args) -> int:
 def cmd_pretrain_teacher(args) -> int:
     from .engine.pretrain_teacher import pretrain_teacher
 
-    options = {"steps": args.steps} if args.steps else {}
-    for key in ("point_fraction", "lr", "init"):
+    options = {}
+    for key in ("steps", "point_fraction", "lr", "init"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     result = pretrain_teacher(args.out, seed=args.seed, device=args.device, threads=args.threads,
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain-teacher", help="train the small default SAM teacher on generic shapes")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, help="training steps (the step count, not the clock, decides the result)")
+    p.add_argument("--steps", type=int, help="training steps (default 4000; the step count, not the clock, decides "
+                   "the result; 0 writes the starting weights unchanged)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--minutes", type=float, help="stop early after this many minutes (not reproducible)")

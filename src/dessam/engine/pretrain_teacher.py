@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.anything import instance_boxes, make_anything_scene
+from ..errors import DessamError
 from ..models.default_teacher import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, build_default_architecture, teacher_file
 
 BOX_NOISE = 0.1  # of the box side
@@ -234,6 +235,20 @@ def evaluate_on_cytology(sam: Sam, n: int = 20, seed: int = 0, scenes: Iterable[
             for scene in scenes}
 
 
+def _check_options(steps, minutes, point_fraction, lr, init) -> None:
+    """Reject impossible settings before anything is built or written."""
+    if int(steps) < 0:
+        raise DessamError(f"--steps {steps}: give 0 or more training steps (0 writes the starting weights)")
+    if minutes is not None and minutes <= 0:
+        raise DessamError(f"--minutes {minutes}: give a positive number of minutes, or leave it out")
+    if not 0.0 <= point_fraction <= 1.0:
+        raise DessamError(f"--point-fraction {point_fraction}: give a share between 0 and 1")
+    if not lr > 0:
+        raise DessamError(f"--lr {lr}: give a positive learning rate")
+    if init is not None and not Path(init).is_file():
+        raise DessamError(f"{init}: --init file not found; give a file written by pretrain-teacher")
+
+
 def pretrain_teacher(
     out_path: str | Path,
     minutes: Optional[float] = None,
@@ -259,6 +274,7 @@ def pretrain_teacher(
 
     `init`: a default-teacher file to start from (its architecture is kept) instead of random weights,
     for a second stage with other prompts or a lower learning rate."""
+    _check_options(steps, minutes, point_fraction, lr, init)
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
