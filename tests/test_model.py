@@ -5,6 +5,7 @@ import pytest
 import torch
 from scenes import make_nuclei_scene, tiny_config
 
+from dessam.data.anything import instance_boxes
 from dessam.engine.inputs import prepare_image
 from dessam.losses import edge_aware_losses, global_level_set_loss, local_pairwise_loss, rgb_to_lab
 from dessam.models.dessam import DESSAM
@@ -22,12 +23,7 @@ def _batch(model, seed=0):
     image, labels = make_nuclei_scene(np.random.default_rng(seed), 128)
     inputs = prepare_image(image, model.image_size)
     embedding = model.encode(inputs.normalised[None])
-    ids = [i for i in np.unique(labels) if i]
-    boxes = []
-    for i in ids:
-        ys, xs = np.nonzero(labels == i)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    boxes = torch.tensor(boxes, dtype=torch.float32) * torch.from_numpy(inputs.scale)
+    boxes = torch.from_numpy(instance_boxes(labels)[1]) * torch.from_numpy(inputs.scale)
     return embedding, inputs.rgb[None], inputs.normalised[None], [boxes], [inputs.resized_hw]
 
 
@@ -176,7 +172,6 @@ def test_distillation_sums_over_prompts_and_averages_over_images():
     assert distillation_losses(perfect, teacher)[0] < 1e-6
 
 
-
 def test_the_prompt_token_learns_to_follow_the_teacher():
     """Only the token trains, on the shipped default teacher and a synthetic cytology field: prompted
     with shifted boxes, the student moves towards the teacher's masks of the annotated boxes."""
@@ -191,11 +186,7 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
     image, labels = make_scene(np.random.default_rng(3), "patch")
     inputs = prepare_image(image, model.image_size)
     embedding = model.encode(inputs.normalised[None])
-    boxes = []
-    for i in [i for i in np.unique(labels) if i]:
-        ys, xs = np.nonzero(labels == i)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    boxes = torch.tensor(boxes, dtype=torch.float32)
+    boxes = torch.from_numpy(instance_boxes(labels)[1])
     shifted = boxes + torch.tensor([3.0, 3.0, 3.0, 3.0])
     with torch.no_grad():
         teacher, _ = model.decoder(embedding, boxes, use_token=False)
