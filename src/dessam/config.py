@@ -63,7 +63,7 @@ class LossConfig:
     edge_local: float = 1.0
     edge_global: float = 0.001
     edge_crop: int = 72
-    edge_dilation: int = 2             # official pairwise dilation
+    edge_dilation: int = 2             # BoxInst's; the official DES-SAM loss code unfolds with 1 (demo: no better)
     edge_tau: float = 0.3
 
 
