@@ -13,9 +13,10 @@ from dessam.cli import main
 from dessam.engine.train import LOG_COLUMNS, train
 
 
-def _totals(log_path):
+def _log_rows(log_path):
+    """The rows of a run's log.csv, as dicts of strings."""
     with open(log_path, newline="") as handle:
-        return [float(row["total"]) for row in csv.DictReader(handle)]
+        return list(csv.DictReader(handle))
 
 
 def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
@@ -27,8 +28,7 @@ def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
     assert not any("segmentation" in a for a in data["annotations"]), "the training file has boxes only"
     config = tiny_config(epochs=1000, max_iters=200)
     train(config, boxes_json, images, tmp_path / "run", progress=False)
-    with open(tmp_path / "run" / "log.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _log_rows(tmp_path / "run" / "log.csv")
     assert len(rows) == 200
     classification = [float(r["rpn_cls"]) + float(r["roi_cls"]) for r in rows]
     first, last = np.mean(classification[:20]), np.mean(classification[-20:])
@@ -38,8 +38,7 @@ def test_boxes_only_training_lowers_the_loss(box_dataset, tmp_path):
 
 
 def test_log_has_every_loss_term_and_the_learning_rate(trained_tiny):
-    with open(trained_tiny.parent / "log.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _log_rows(trained_tiny.parent / "log.csv")
     assert tuple(rows[0]) == LOG_COLUMNS
     assert len(rows) == 5 * 6  # 5 epochs x 6 images, batch 1
     assert [int(r["iteration"]) for r in rows] == list(range(1, 31))
@@ -86,7 +85,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(box_dataset, tmp_
     b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert len(_totals(tmp_path / "part" / "log.csv")) == 18
+    assert len(_log_rows(tmp_path / "part" / "log.csv")) == 18
 
 
 def test_boxes_outside_and_zero_size_are_clipped_and_dropped(tmp_path):
@@ -124,8 +123,7 @@ def test_cli_train_and_predict_with_a_config_file(box_dataset, tmp_path):
     assert code == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["loss"]["edge_aware"] is False and saved["model"]["prompt_token"] is False
-    with open(tmp_path / "run" / "log.csv", newline="") as handle:
-        assert all(float(r["edge_local"]) == 0 for r in csv.DictReader(handle))
+    assert all(float(r["edge_local"]) == 0 for r in _log_rows(tmp_path / "run" / "log.csv"))
 
 
 def test_optimizer_choice():
