@@ -7,7 +7,7 @@ from scenes import make_nuclei_scene, tiny_config
 
 from dessam.data.anything import instance_boxes
 from dessam.engine.inputs import prepare_image
-from dessam.losses import edge_aware_losses, global_level_set_loss, local_pairwise_loss, rgb_to_lab
+from dessam.losses import edge_aware_losses, valid_region
 from dessam.models.dessam import DESSAM
 from dessam.models.sam import build_sam
 
@@ -82,50 +82,12 @@ def test_edge_loss_switch_turns_it_off():
     assert losses["edge_local"].item() == 0 and losses["edge_global"].item() == 0
 
 
-def test_rgb_to_lab_matches_scikit_image():
-    from skimage.color import rgb2lab
-
-    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
-    ours = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
-    assert np.allclose(ours, rgb2lab(rgb), atol=0.05)
-
-
-def test_local_pairwise_loss_definition():
-    lab = torch.zeros(1, 3, 6, 6)
-    flat = torch.full((1, 1, 6, 6), 0.3)
-    assert local_pairwise_loss(flat, lab).item() == pytest.approx(0.0)
-    # two halves of one colour with different probabilities: every similar pair across the seam disagrees by 1
-    half = torch.zeros(1, 1, 6, 6)
-    half[..., 3:] = 1
-    loss = local_pairwise_loss(half, lab, dilation=1, tau=0.3)
-    # pairs: each pixel with its in-image neighbours (s = 1 everywhere); disagreeing pairs straddle the seam
-    pairs = disagreeing = 0
-    for y in range(6):
-        for x in range(6):
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    if (dy or dx) and 0 <= y + dy < 6 and 0 <= x + dx < 6:
-                        pairs += 1
-                        disagreeing += (x < 3) != (x + dx < 3)
-    assert loss.item() == pytest.approx(disagreeing / pairs)
-    # a colour edge exactly where the probability changes: dissimilar pairs are ignored
-    lab[:, 0, :, 3:] = 100
-    assert local_pairwise_loss(half, lab, dilation=1, tau=0.3).item() == pytest.approx(0.0)
-
-
-def test_global_level_set_loss_is_zero_for_a_perfect_partition():
-    image = torch.zeros(1, 3, 8, 8)
-    image[..., 2:6, 2:6] = 1.0
-    perfect = (image[:, :1] > 0).float()
-    assert global_level_set_loss(perfect, image).item() == pytest.approx(0.0, abs=1e-6)
-    assert global_level_set_loss(torch.full_like(perfect, 0.5), image).item() > 0.05
-
-
 def test_edge_aware_losses_shapes():
     logits = torch.randn(3, 1, 32, 32, requires_grad=True)
     boxes = torch.tensor([[10.0, 10, 40, 40], [50, 60, 90, 100], [0, 0, 127, 127]])
     rgb = torch.rand(2, 3, 128, 128) * 255
-    local, glob = edge_aware_losses(logits, boxes, torch.tensor([0, 1, 1]), rgb, rgb / 255)
+    valid = valid_region([(128, 128), (128, 100)], 128, bottom_rows=10)
+    local, glob = edge_aware_losses(logits, boxes, boxes, torch.tensor([0, 1, 1]), rgb, valid)
     (local + glob).backward()
     assert torch.isfinite(local) and torch.isfinite(glob) and logits.grad.abs().sum() > 0
 

@@ -138,3 +138,41 @@ def test_optimizer_choice():
     config.train.optimizer = "lion"
     with pytest.raises(DessamError, match="unknown 'lion'"):
         make_optimizer(config, params, 0.1)
+
+
+def test_cli_train_preset_reproduces_the_authors_cluster_config(box_dataset, tmp_path, capsys):
+    import yaml
+
+    from dessam.config import PRESETS
+
+    boxes_json, _, images = box_dataset
+    tiny = tiny_config(epochs=1).to_dict()
+    for key in PRESETS["clusterseg"]["model"]:
+        tiny["model"].pop(key)
+    subset = {"model": tiny["model"], "train": tiny["train"]}  # no loss section: the preset's box weight stays
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(subset))
+    code = main(["train", "--train", str(boxes_json), "--images", str(images), "--out", str(tmp_path / "run"),
+                 "--preset", "clusterseg", "--config", str(tmp_path / "tiny.yaml"), "--max-iters", "2", "--quiet"])
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["preset"] == "clusterseg"
+    assert saved["loss"]["roi_box"] == 0.1
+    assert saved["model"]["detection_nms"] == 0.2 and saved["model"]["rpn_nms_test"] == 0.5
+    assert saved["model"]["rpn_nms"] == 0.7 and saved["model"]["sam"] == "tiny"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "patchseg" in help_text and "clusterseg" in help_text
+
+
+def test_default_config_is_the_authors_patchseg_config():
+    from dessam.config import Config
+    from dessam.errors import DessamError
+
+    default, patch = Config(), Config().apply_preset("patchseg")
+    assert default.to_dict() == {**patch.to_dict(), "preset": None}
+    assert default.loss.roi_box == 1.0 and default.model.detection_nms == 0.5 and default.model.mask_threshold == 0.5
+    with pytest.raises(DessamError, match="unknown preset 'vit'"):
+        Config().apply_preset("vit")
+    cluster = Config().apply_preset("clusterseg")
+    assert Config.from_dict(cluster.to_dict()).to_dict() == cluster.to_dict()

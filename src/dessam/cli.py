@@ -17,7 +17,11 @@ def cmd_train(args) -> int:
     from .config import Config, load_config
     from .engine.train import train
 
-    config = load_config(args.config) if args.config else Config()
+    config = Config()
+    if args.preset:
+        config.apply_preset(args.preset)
+    if args.config:
+        config = load_config(args.config, config)
     if args.sam:
         config.model.sam = args.sam
     if args.sam_checkpoint:
@@ -184,6 +188,8 @@ def _model_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESET_HELP, PRESETS
+
     parser = argparse.ArgumentParser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
     parser.add_argument("--version", action="version", version=f"dessam {__import__('dessam').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -202,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size S (default: the SAM's own)")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
-    p.add_argument("--config", help="YAML file with model/loss/train settings")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
+        f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
+    p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
     p.add_argument("--no-edge-loss", action="store_true", help="ablation: train without the edge-aware loss")
     p.add_argument("--no-prompt-token", action="store_true", help="ablation: no learnable prompt token")

@@ -1,8 +1,9 @@
 """Every number a user may want to change, with the official DES-SAM default.
 
-A run's configuration is one `Config` made of three sections (`model`, `loss`, `train`). It is
-read from YAML (`--config FILE.yaml`, any subset of keys), then overridden by command-line flags,
-and saved with the run so a model always knows how it was built.
+A run's configuration is one `Config` made of three sections (`model`, `loss`, `train`). It starts
+from the defaults (the authors' PatchSeg configuration) or a named preset (`--preset`), is read from
+YAML (`--config FILE.yaml`, any subset of keys), then overridden by command-line flags, and saved
+with the run so a model always knows how it was built.
 """
 
 from __future__ import annotations
@@ -35,19 +36,31 @@ class ModelConfig:
     rpn_post_nms_train: int = 1000
     rpn_pre_nms_test: int = 1000
     rpn_post_nms_test: int = 1000
-    rpn_nms: float = 0.7
+    rpn_nms: float = 0.7               # NMS of the proposals in training
+    rpn_nms_test: float = 0.7          # ... and at test time (official ClusterSeg: 0.5)
+    rpn_min_pos_iou: Optional[float] = 0.3   # an annotated box's best anchor is positive from this IoU (null: never)
     roi_size: int = 7
+    roi_align_aligned: bool = True     # RoIAlign's half-pixel offset (MMCV's default, used by the authors)
+    roi_finest_scale: float = 56.0     # RoIs of side < 2 x this pool from the finest level (MMDetection's rule)
     box_head_convs: int = 4
     box_head_fc: int = 1024
+    box_head_norm: str = "none"        # none (official: convs with bias) | layernorm
     roi_batch_per_image: int = 512
     roi_positive_fraction: float = 0.25
     roi_fg_iou: float = 0.5
+    roi_min_pos_iou: Optional[float] = 0.5   # low-quality matching of the RoI sampler (null: off)
     score_threshold: float = 0.55      # official test threshold
-    detection_nms: float = 0.5
+    detection_nms: float = 0.5         # official PatchSeg; ClusterSeg 0.2
     max_detections: int = 120          # official; dense clusters need more
     prompt_token: bool = True          # False drops the learnable token (ablation)
+    prompt_token_init: str = "not-a-point"  # not-a-point (SAM's padding token; dessam) | normal (official N(0, 1))
     decoder_chunk: int = 256           # box prompts per decoder call
+    mask_threshold: float = 0.5        # test-time masks: logit > this (official 0.5; SAM's own is 0)
     min_object_size: int = 70          # post-processing: holes and islands under this are removed
+    connectivity: int = 8              # of holes and islands: 8 (official, OpenCV) | 4
+    fill_border_holes: bool = True     # official: background pieces cut off by the image border are holes too
+    keep_largest_island: bool = True   # official: when every island is small, the largest stays
+    overlap_winner: str = "lower-score"  # official: masks painted by descending score, the lower overwrites | higher-score
 
 
 @dataclass
@@ -55,7 +68,7 @@ class LossConfig:
     rpn_cls: float = 1.0
     rpn_box: float = 1.0
     roi_cls: float = 1.0
-    roi_box: float = 0.1               # official: L1 on decoded boxes, weight 0.1
+    roi_box: float = 1.0               # L1 on decoded boxes: official PatchSeg 1.0, ClusterSeg 0.1
     distill_bce: float = 0.5
     distill_dice: float = 0.01
     distill_max_prompts: int = 128     # positive proposals distilled per image (the RoI sampler keeps <= 128)
@@ -63,8 +76,17 @@ class LossConfig:
     edge_local: float = 1.0
     edge_global: float = 0.001
     edge_crop: int = 72
-    edge_dilation: int = 2             # BoxInst's; the official DES-SAM loss code unfolds with 1 (demo: no better)
-    edge_tau: float = 0.3
+    # The authors' code compares colours at dilation 2 but probabilities at dilation 1 (so a colour edge
+    # two pixels away gates the difference of adjacent pixels). dessam uses 2 for both, as BoxInst whose
+    # pairwise term this is; edge_mask_dilation: 1 gives the authors' mix (see docs/fidelity.md).
+    edge_dilation: int = 2             # colour similarity between a pixel and its 8 neighbours at this distance
+    edge_mask_dilation: int = 2        # probability differences at this distance
+    edge_tau: float = 0.0              # pairs of colour similarity < tau are ignored; official code: never applied (0)
+    # The authors crop the student's mask at the proposal box but the colours at the annotated box, so the
+    # two crops show different pixels; dessam crops both at the annotated box ("proposal" = the authors').
+    edge_crop_box: str = "annotated"   # annotated | proposal
+    edge_global_image: str = "rgb"     # rgb (official: raw 0-255) | normalised (SAM-normalised; 3,300x weaker)
+    edge_bottom_rows: int = 10         # official: the bottom 10 rows (at S = 1024) and the padding are left out
 
 
 @dataclass
@@ -88,8 +110,27 @@ class TrainConfig:
     grad_clip: Optional[float] = None
 
 
+# The authors' two training configurations (configs/_des_sam_/PatchSeg/vitdet_sam_patch.py and
+# ClusterSeg/vitdet_sam_cluster.py): everything else in them is the same and is dessam's default.
+PRESETS = {
+    "patchseg": {
+        "model": {"rpn_nms_test": 0.7, "detection_nms": 0.5},
+        "loss": {"roi_box": 1.0},
+    },
+    "clusterseg": {
+        "model": {"rpn_nms_test": 0.5, "detection_nms": 0.2},
+        "loss": {"roi_box": 0.1},
+    },
+}
+PRESET_HELP = {
+    "patchseg": "the authors' PatchSeg config (the default): box L1 weight 1.0, test NMS 0.7 (RPN) / 0.5",
+    "clusterseg": "the authors' ClusterSeg config: box L1 weight 0.1, test NMS 0.5 (RPN) / 0.2",
+}
+
+
 @dataclass
 class Config:
+    preset: Optional[str] = None       # the named preset the run started from (see PRESETS)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -107,7 +148,11 @@ class Config:
         """Set values from a nested dict such as {'train': {'lr': 0.01}}; unknown keys are errors."""
         if not isinstance(data, dict):
             raise DessamError(f"{source}: expected a mapping with sections model, loss, train")
+        if data.get("preset") is not None:
+            self.apply_preset(data["preset"], source)
         for section_name, values in data.items():
+            if section_name == "preset":
+                continue
             section = getattr(self, section_name, None)
             if section is None or not dataclasses.is_dataclass(section):
                 raise DessamError(f"{source}: unknown section '{section_name}' (use model, loss or train)")
@@ -122,6 +167,13 @@ class Config:
                 default = getattr(section, key)
                 setattr(section, key, _coerce(value, default, f"{source}: {section_name}.{key}"))
         return self
+
+    def apply_preset(self, name: str, source: str = "--preset") -> "Config":
+        """Set the values of the named preset (see `PRESETS`) and remember its name."""
+        if name not in PRESETS:
+            raise DessamError(f"{source}: unknown preset '{name}'; choose one of {', '.join(sorted(PRESETS))}")
+        self.preset = name
+        return self.update(PRESETS[name], f"preset {name}")
 
     def set(self, dotted: str, value: Any, source: str = "command line") -> None:
         section, _, key = dotted.partition(".")
@@ -158,7 +210,8 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, base: Optional[Config] = None) -> Config:
+    """The YAML file's settings on top of `base` (default: the defaults)."""
     path = Path(path)
     if not path.is_file():
         raise DessamError(f"{path}: config file not found; check the path")
@@ -166,7 +219,7 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise DessamError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
-    return Config.from_dict(data or {}, str(path))
+    return (base or Config()).update(data or {}, str(path))
 
 
 def save_config(config: Config, path: str | Path) -> None:

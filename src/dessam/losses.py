@@ -3,16 +3,20 @@
 - Distillation: the student's low-resolution logits against the teacher's pseudo-mask (teacher
   logits > 0): binary cross-entropy plus Dice.
 - Edge-aware loss, on the student's probability map cropped to each matched annotated box and
-  resampled to `crop` x `crop`, with the image cropped the same way:
+  resampled to `crop` x `crop`, with the image cropped the same way; the padding and the bottom
+  rows of each image are left out, as in the authors' code:
   * local pairwise term: for each pixel and its 8 neighbours (3 x 3 at a dilation), colour
-    similarity s = exp(-||Lab_i - Lab_j|| / 2); pairs with s >= tau should agree:
-    sum(s * |p_i - p_j|) / sum(s) over those pairs;
-  * global term (Chan-Vese level-set energy): with c_in, c_out the p-weighted mean colours inside
-    and outside, the mean over pixels and channels of |I - c_in|^2 p + |I - c_out|^2 (1 - p).
-    I is the image normalised with SAM's pixel mean and std.
+    similarity s = exp(-||Lab_i - Lab_j|| / 2) weighs the disagreement of the two probabilities:
+    sum(s * |p_i - p_j|) / max(sum(s), 1);
+  * global term (Chan-Vese level-set energy) on the raw 0-255 RGB colours: with c_in, c_out the
+    p-weighted mean colours inside and outside, the mean over pixels and channels of
+    |I - c_in|^2 p + |I - c_out|^2 (1 - p).
+docs/fidelity.md compares every choice here with the authors' released code.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,60 +63,88 @@ def _rois(boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
 
 def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor, size: int,
                   spatial_scale: float) -> torch.Tensor:
-    """Resample each box of `maps[image_index]` to size x size (RoIAlign, bilinear)."""
+    """Resample each box of `maps[image_index]` to size x size (RoIAlign: bilinear, half-pixel
+    aligned, adaptive sampling, as the MMCV RoIAlign the authors call)."""
     return roi_align(maps, _rois(boxes, image_index), output_size=size, spatial_scale=spatial_scale,
-                     sampling_ratio=2, aligned=True)
+                     sampling_ratio=0, aligned=True)
 
 
-def local_pairwise_loss(prob: torch.Tensor, lab: torch.Tensor, dilation: int = 1, tau: float = 0.3):
+def valid_region(resized_hw: list, size: int, bottom_rows: int, device=None) -> torch.Tensor:
+    """(B, 1, S, S) float: 1 where the edge-aware loss may look, 0 on the padding and on the bottom
+    `bottom_rows x h / S` rows of each image (the authors' `bottom_pixels_removed`, scaled as they
+    scale it to the padded input)."""
+    valid = torch.zeros((len(resized_hw), 1, size, size), device=device)
+    for index, (h, w) in enumerate(resized_hw):
+        removed = int(bottom_rows * float(h) / float(size))
+        valid[index, 0, : max(int(h) - removed, 0), : int(w)] = 1
+    return valid
+
+
+def _neighbours(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(N, C, 8, K, K): each pixel's 8 neighbours at `dilation` (zero outside the crop)."""
+    n, c, k, _ = x.shape
+    unfolded = F.unfold(x, kernel_size=3, dilation=dilation, padding=dilation).view(n, c, 9, k, k)
+    return unfolded[:, :, [0, 1, 2, 3, 5, 6, 7, 8]]
+
+
+def colour_similarity(lab: torch.Tensor, valid: torch.Tensor, dilation: int = 2) -> torch.Tensor:
+    """(N, 8, K, K) similarity exp(-||Lab_i - Lab_j|| / 2) of each pixel i to its 8 neighbours j at
+    `dilation`, zero where the neighbour lies outside the valid region (as the authors' code)."""
+    difference = lab[:, :, None] - _neighbours(lab, dilation)
+    distance = (difference * difference).sum(dim=1).sqrt()  # ~10x faster than .norm over a strided axis
+    return torch.exp(-distance / 2) * _neighbours(valid, dilation)[:, 0]
+
+
+def local_pairwise_loss(prob: torch.Tensor, similarity: torch.Tensor, dilation: int = 2, tau: float = 0.0):
     """Neighbouring pixels of similar colour should get the same probability.
 
-    prob: (N, 1, K, K) probabilities; lab: (N, 3, K, K) Lab colours of the same crops.
+    prob: (N, 1, K, K) probabilities; similarity: (N, 8, K, K) from `colour_similarity`.
+    sum(s * |p_i - p_j|) / max(sum(s), 1) over every pixel and its 8 neighbours at `dilation`, the
+    similarity used as a continuous weight; pairs with s < tau are left out (tau = 0: none, as in the
+    authors' code, which configures 0.3 but never applies it).
     """
-    n, _, k, _ = prob.shape
-    pad = dilation
-    unfold = lambda x: F.unfold(x, kernel_size=3, dilation=dilation, padding=pad).view(n, x.shape[1], 9, k * k)
-    lab_nb = unfold(lab)
-    prob_nb = unfold(prob)
-    valid_nb = unfold(torch.ones_like(prob))
-    centre = 4
-    neighbours = [i for i in range(9) if i != centre]
-    difference = lab_nb[:, :, neighbours] - lab_nb[:, :, centre:centre + 1]
-    colour_distance = (difference * difference).sum(dim=1).sqrt()  # ~10x faster than .norm over a strided axis
-    similarity = torch.exp(-colour_distance / 2)
-    keep = (similarity >= tau).to(prob.dtype) * valid_nb[:, 0, neighbours]
-    weight = similarity * keep
-    disagreement = (prob_nb[:, 0, neighbours] - prob_nb[:, 0, centre:centre + 1]).abs()
-    return (weight * disagreement).sum() / weight.sum().clamp(min=1e-6)
+    weight = similarity * (similarity >= tau).to(similarity.dtype) if tau > 0 else similarity
+    disagreement = (prob - _neighbours(prob, dilation)[:, 0]).abs()
+    return (weight * disagreement).sum() / weight.sum().clamp(min=1.0)
 
 
 def global_level_set_loss(prob: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Chan-Vese energy of the soft partition `prob` (N, 1, K, K) of `image` crops (N, C, K, K)."""
+    """Chan-Vese energy of the soft partition `prob` (N, 1, K, K) of `image` crops (N, C, K, K).
+
+    With c_in, c_out the prob-weighted mean colours inside and outside, the mean over crops, pixels
+    and channels of |I - c_in|^2 p + |I - c_out|^2 (1 - p).
+    """
     inside = prob
     outside = 1 - prob
-    c_in = (image * inside).sum((2, 3), keepdim=True) / inside.sum((2, 3), keepdim=True).clamp(min=1e-6)
-    c_out = (image * outside).sum((2, 3), keepdim=True) / outside.sum((2, 3), keepdim=True).clamp(min=1e-6)
+    c_in = (image * inside).sum((2, 3), keepdim=True) / inside.sum((2, 3), keepdim=True).clamp(min=1e-5)
+    c_out = (image * outside).sum((2, 3), keepdim=True) / outside.sum((2, 3), keepdim=True).clamp(min=1e-5)
     energy = (image - c_in) ** 2 * inside + (image - c_out) ** 2 * outside
     return energy.mean()
 
 
-def edge_aware_losses(student_logits: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor,
-                      images_rgb: torch.Tensor, images_normalised: torch.Tensor, crop: int = 72,
-                      dilation: int = 1, tau: float = 0.3):
+def edge_aware_losses(student_logits: torch.Tensor, mask_boxes: torch.Tensor, colour_boxes: torch.Tensor,
+                      image_index: torch.Tensor, images_rgb: torch.Tensor, valid: torch.Tensor,
+                      images_normalised: Optional[torch.Tensor] = None, crop: int = 72, dilation: int = 2,
+                      mask_dilation: int = 2, tau: float = 0.0):
     """(local, global) edge-aware terms for N student masks.
 
-    student_logits: (N, 1, h, w) low-res logits over the padded input frame (S x S);
-    boxes: (N, 4) the matched annotated boxes in the input frame; image_index: (N,) their image;
-    images_rgb / images_normalised: (B, 3, S, S) the padded input images.
+    student_logits: (N, 1, h, w) low-res logits over the padded input frame (S x S); the student's
+    logits are cropped at `mask_boxes` and the image at `colour_boxes` (N, 4, input frame; both the
+    matched annotated boxes by default), each resampled to `crop` x `crop`; image_index: (N,) their
+    image; images_rgb: (B, 3, S, S) padded input images, 0-255; valid: (B, 1, S, S) from
+    `valid_region`. The global term reads the raw 0-255 colours (the authors'), or the SAM-normalised
+    image when `images_normalised` is given. Left-out pixels keep colour 0 there, as in the authors' code.
     """
     size = images_rgb.shape[-1]
-    prob = student_logits.sigmoid()
-    own = torch.arange(len(boxes), device=boxes.device)
-    prob_crops = crop_to_boxes(prob, boxes, own, crop, student_logits.shape[-1] / size)
+    own = torch.arange(len(mask_boxes), device=mask_boxes.device)
+    prob_crops = crop_to_boxes(student_logits, mask_boxes, own, crop, student_logits.shape[-1] / size).sigmoid()
     with torch.no_grad():
-        lab_crops = rgb_to_lab(crop_to_boxes(images_rgb, boxes, image_index, crop, 1.0))
-        image_crops = crop_to_boxes(images_normalised, boxes, image_index, crop, 1.0)
+        valid_crops = crop_to_boxes(valid, colour_boxes, image_index, crop, 1.0)
+        lab_crops = crop_to_boxes(rgb_to_lab(images_rgb), colour_boxes, image_index, crop, 1.0)
+        similarity = colour_similarity(lab_crops, valid_crops, dilation)
+        source = images_rgb if images_normalised is None else images_normalised
+        image_crops = crop_to_boxes(source, colour_boxes, image_index, crop, 1.0) * valid_crops
     return (
-        local_pairwise_loss(prob_crops, lab_crops, dilation, tau),
+        local_pairwise_loss(prob_crops, similarity, mask_dilation, tau),
         global_level_set_loss(prob_crops, image_crops),
     )

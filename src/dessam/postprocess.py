@@ -1,92 +1,170 @@
 """The official DES-SAM post-processing and conversions between masks and label maps.
 
-Before scoring, the authors drop detections under the score threshold (0.55), fill holes and
-remove islands smaller than 70 px in every mask, and paint one instance label map in which
-overlaps go to the higher-scoring nucleus.
+Before scoring, the authors (`mmdet/evaluation/metrics/nuclei_metric.py`, which calls SAM's own
+`remove_small_regions`) drop detections under the score threshold (0.55), then per mask:
 
-Connected components use 4-connectivity (pixels sharing an edge), for islands and holes alike,
-as scikit-image's `remove_small_objects` / `remove_small_holes` do by default. A hole is a
-background region enclosed by the mask; background cut off only by the image border is not.
+1. holes: every 8-connected background piece of fewer than 70 px is filled, including pieces that
+   the image border cuts off (they are background pieces like any other);
+2. islands: every 8-connected piece of the mask of fewer than 70 px is removed; when all pieces
+   are that small, the largest one is kept;
+
+and paint one instance label map in descending score order, so that where masks overlap the
+*lower*-scoring one, painted later, wins. `Postprocess` holds these choices; each can be changed
+(4-connectivity, border pieces kept as background, masks left empty dropped, the higher score
+winning), and docs/fidelity.md says what each changes.
+
+Masks are processed on their bounding box plus a one-pixel frame, never on the whole image, and
+give the same result as processing the whole image would.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
 SCORE_THRESHOLD = 0.55
 MIN_SIZE = 70
+OVERLAP_WINNERS = ("lower-score", "higher-score")
 
 
-def _drop_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """`mask` without its 4-connected components of fewer than `min_size` pixels."""
-    components, count = ndimage.label(mask)
-    if count == 0:
-        return mask
-    sizes = np.bincount(components.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[components]
+@dataclass
+class Postprocess:
+    """How raw instance masks become the label map that is scored and written."""
+
+    score_threshold: Optional[float] = SCORE_THRESHOLD  # None keeps every detection
+    min_size: int = MIN_SIZE           # holes and islands under this many pixels
+    remove_holes: bool = True
+    remove_islands: bool = True
+    connectivity: int = 8              # 8 (official, OpenCV's) or 4
+    fill_border_holes: bool = True     # official: pieces cut off by the image border are filled too
+    keep_largest_island: bool = True   # official: a mask made only of small islands keeps its largest
+    overlap_winner: str = "lower-score"  # official: lower-scoring masks are painted over higher ones
+
+    def __post_init__(self):
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
+        if self.overlap_winner not in OVERLAP_WINNERS:
+            raise ValueError(f"overlap_winner must be one of {', '.join(OVERLAP_WINNERS)}, got {self.overlap_winner!r}")
+
+    @classmethod
+    def from_model_config(cls, model_config, **overrides) -> "Postprocess":
+        """The post-processing a model's config asks for (`overrides` replace single values)."""
+        values = dict(
+            score_threshold=model_config.score_threshold,
+            min_size=model_config.min_object_size,
+            connectivity=model_config.connectivity,
+            fill_border_holes=model_config.fill_border_holes,
+            keep_largest_island=model_config.keep_largest_island,
+            overlap_winner=model_config.overlap_winner,
+        )
+        values.update(overrides)
+        return cls(**values)
 
 
-def _fill_small_holes(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """`mask` with enclosed background regions of fewer than `min_size` pixels filled.
+def _structure(connectivity: int) -> np.ndarray:
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
 
-    `mask` must be framed by a row/column of background on every side, so that the
-    background outside the object is one region touching the frame.
+
+def _fill_small_holes(crop: np.ndarray, outside: np.ndarray, extra_outside: int, on_border: np.ndarray,
+                      settings: Postprocess) -> np.ndarray:
+    """`crop` with its background pieces under `min_size` pixels filled.
+
+    outside: bool, the crop's pixels that continue beyond the crop (its frame), whose piece has
+    `extra_outside` more pixels there; on_border: bool, the crop's pixels on the image border.
     """
-    holes, count = ndimage.label(~mask)
+    holes, count = ndimage.label(~crop, _structure(settings.connectivity))
     if count == 0:
-        return mask
-    sizes = np.bincount(holes.ravel())
-    fill = sizes < min_size
+        return crop
+    sizes = np.bincount(holes.ravel()).astype(np.int64)
+    sizes[np.unique(holes[outside])] += extra_outside
+    fill = sizes < settings.min_size
     fill[0] = False
-    fill[holes[0, 0]] = False  # the outside (the frame is background)
-    return mask | fill[holes]
+    if not settings.fill_border_holes:
+        fill[np.unique(holes[on_border])] = False
+    return crop | fill[holes]
 
 
-def _clean_one(mask: np.ndarray, min_size: int, remove_holes: bool, remove_islands: bool) -> np.ndarray:
-    """Clean one mask, working on its bounding box framed by one pixel of background."""
+def _drop_small_islands(crop: np.ndarray, settings: Postprocess) -> np.ndarray:
+    """`crop` without its pieces under `min_size` pixels (the largest stays if all are small and
+    `keep_largest_island`)."""
+    islands, count = ndimage.label(crop, _structure(settings.connectivity))
+    if count == 0:
+        return crop
+    sizes = np.bincount(islands.ravel())
+    sizes[0] = 0
+    keep = sizes >= settings.min_size
+    keep[0] = False
+    if not keep.any() and settings.keep_largest_island:
+        keep[int(np.argmax(sizes))] = True
+    return keep[islands]
+
+
+def _clean_one(mask: np.ndarray, settings: Postprocess) -> np.ndarray:
+    """Clean one full-size mask, working on its bounding box plus a one-pixel frame.
+
+    The frame (where it lies inside the image) is background joined to all the background outside
+    the box, so the piece it belongs to is as large as on the whole image. When the box spans the
+    whole height or width, the background outside it may fall apart: then the whole image is used.
+    """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return mask
     cols = np.flatnonzero(mask.any(axis=0))
+    height, width = mask.shape
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    crop = np.pad(mask[y0:y1, x0:x1], 1)
-    if remove_holes:
-        crop = _fill_small_holes(crop, min_size)
-    if remove_islands:
-        crop = _drop_small_components(crop, min_size)
+    if (y0 == 0 and y1 == height) or (x0 == 0 and x1 == width):
+        y0, y1, x0, x1 = 0, height, 0, width
+    cy0, cy1, cx0, cx1 = max(y0 - 1, 0), min(y1 + 1, height), max(x0 - 1, 0), min(x1 + 1, width)
+    crop = mask[cy0:cy1, cx0:cx1]
+    if settings.remove_holes:
+        outside = np.ones(crop.shape, dtype=bool)
+        outside[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = False
+        on_border = np.zeros(crop.shape, dtype=bool)
+        on_border[0, :] |= cy0 == 0
+        on_border[-1, :] |= cy1 == height
+        on_border[:, 0] |= cx0 == 0
+        on_border[:, -1] |= cx1 == width
+        extra = height * width - crop.size
+        crop = _fill_small_holes(crop, outside, extra, on_border, settings)
+    if settings.remove_islands:
+        crop = _drop_small_islands(crop, settings)
     out = np.zeros_like(mask)
-    out[y0:y1, x0:x1] = crop[1:-1, 1:-1]
+    out[cy0:cy1, cx0:cx1] = crop
     return out
 
 
 def clean_masks(
     masks: np.ndarray,
     scores: np.ndarray,
-    score_threshold: float | None = SCORE_THRESHOLD,
+    score_threshold: Optional[float] = SCORE_THRESHOLD,
     min_size: int = MIN_SIZE,
     remove_holes: bool = True,
     remove_islands: bool = True,
+    settings: Optional[Postprocess] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply the official post-processing to a stack of instance masks.
 
-    Drops detections scoring below `score_threshold` (None keeps all), fills holes of fewer
-    than `min_size` pixels, removes islands of fewer than `min_size` pixels, and drops masks
-    left empty. Returns `(masks, scores, keep_index)` where `keep_index` holds the positions
-    of the kept instances in the input, in input order.
+    Drops detections scoring below the score threshold (None keeps all), fills holes and removes
+    islands of fewer than `min_size` pixels, and drops masks left empty. `settings` (a
+    `Postprocess`) replaces the keyword values. Returns `(masks, scores, keep_index)` where
+    `keep_index` holds the positions of the kept instances in the input, in input order.
     """
+    if settings is None:
+        settings = Postprocess(score_threshold=score_threshold, min_size=min_size, remove_holes=remove_holes,
+                               remove_islands=remove_islands)
     masks = np.asarray(masks, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if masks.ndim != 3 or masks.shape[0] != scores.shape[0]:
         raise ValueError(f"clean_masks needs masks (N, H, W) and N scores; got {masks.shape} and {scores.shape}")
     keep = np.arange(masks.shape[0])
-    if score_threshold is not None:
-        keep = keep[scores >= score_threshold]
+    if settings.score_threshold is not None:
+        keep = keep[scores >= settings.score_threshold]
     cleaned = np.zeros((keep.size,) + masks.shape[1:], dtype=bool)
     for row, index in enumerate(keep):
-        cleaned[row] = _clean_one(masks[index], min_size, remove_holes, remove_islands)
+        cleaned[row] = _clean_one(masks[index], settings)
     nonempty = cleaned.any(axis=(1, 2))
     keep = keep[nonempty]
     return cleaned[nonempty], scores[keep], keep
@@ -106,12 +184,22 @@ def score_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
 
 
-def masks_to_labels(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Paint instance masks into one label map; where masks overlap, the higher score wins.
+def paint_ranks(count: int, overlap_winner: str = "lower-score") -> range:
+    """The ranks 1..count in the order to paint them so that `overlap_winner` ends on top: rank 1
+    (the highest score) first for "lower-score", last for "higher-score"."""
+    if overlap_winner not in OVERLAP_WINNERS:
+        raise ValueError(f"overlap_winner must be one of {', '.join(OVERLAP_WINNERS)}, got {overlap_winner!r}")
+    return range(1, count + 1) if overlap_winner == "lower-score" else range(count, 0, -1)
 
-    Ids run 1..N in descending score order (see `score_order`); 0 is background. The dtype is
-    uint16, or uint32 past 65535 instances. A mask entirely covered by higher-scoring masks
-    (or an empty mask) does not appear in the label map, so some ids may be missing.
+
+def masks_to_labels(masks: np.ndarray, scores: np.ndarray, overlap_winner: str = "lower-score") -> np.ndarray:
+    """Paint instance masks into one label map.
+
+    Ids run 1..N in descending score order (see `score_order`); 0 is background. Where masks
+    overlap, the lower score wins (the authors' order: painted from the highest score down) or,
+    with `overlap_winner="higher-score"`, the higher. The dtype is uint16, or uint32 past 65535
+    instances. A mask entirely painted over (or an empty mask) does not appear in the label map,
+    so some ids may be missing.
     """
     masks = np.asarray(masks, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -119,8 +207,7 @@ def masks_to_labels(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks_to_labels needs masks (N, H, W) and N scores; got {masks.shape} and {scores.shape}")
     order = score_order(scores)
     labels = np.zeros(masks.shape[1:], dtype=label_dtype(masks.shape[0]))
-    # Paint from the lowest score to the highest so that the highest ends on top.
-    for rank in range(order.size, 0, -1):
+    for rank in paint_ranks(order.size, overlap_winner):
         labels[masks[order[rank - 1]]] = rank
     return labels
 

@@ -19,8 +19,8 @@ Methods (`baselines=True` adds the first, second and fourth), all from one encod
 
 Every method gets the same post-processing as `dessam predict` (the official one): detections
 under the score threshold are dropped (not for the teacher, whose boxes are not detections),
-holes and islands under `min_size` pixels are removed, and one label map is painted with
-overlaps going to the higher score. Per-image metrics are computed on that label map; COCO AP
+holes and islands under `min_size` pixels are removed, and one label map is painted in which,
+by default, overlaps go to the lower score (see `dessam.postprocess`). Per-image metrics are computed on that label map; COCO AP
 on the post-processed (possibly overlapping) instance masks with their scores.
 
 Each image is fed whole at the model's input size, as in the paper's evaluation; images larger
@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -44,7 +45,7 @@ from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_
 from ..errors import DessamError
 from ..export import write_json, write_overlay_png
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
-from ..postprocess import clean_masks, masks_to_labels
+from ..postprocess import Postprocess, clean_masks, masks_to_labels
 
 STUDENT = "des-sam"
 METHODS = ("box-as-mask", "sam", STUDENT, "teacher-gt-boxes")
@@ -174,13 +175,16 @@ def markdown_table(rows: Sequence[tuple]) -> str:
 def _settings_lines(settings: dict) -> list:
     """Human-readable lines for the settings block of a report."""
     threshold = settings["score_threshold"]
-    cleaning = f"holes and islands under {settings['min_size']} px removed" if settings["remove_small"] else "off"
+    cleaning = (f"holes and islands under {settings['min_size']} px removed "
+                f"({settings.get('connectivity', 4)}-connected)" if settings["remove_small"] else "off")
     return [
         f"- model: `{settings.get('model') or 'in memory'}` (SAM {settings['sam'].get('name')}, "
         f"sha256 {str(settings['sam'].get('sha256'))[:12]})",
         f"- data: `{settings['data']}` ({settings['n_images']} images)",
         f"- score threshold: {threshold if threshold > 0 else 'off'}; small-object removal: {cleaning}; "
         f"at most {settings['max_detections']} detections per image",
+        f"- masks: logit > {settings.get('mask_threshold', 0)}; overlaps go to the "
+        f"{settings.get('overlap_winner', 'higher-score').split('-')[0]} score",
     ]
 
 
@@ -218,16 +222,14 @@ def _write_overlays(folder: Path, worst: list) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _postprocess(masks: np.ndarray, scores: np.ndarray, threshold: Optional[float], min_size: int,
-                 remove_small: bool) -> tuple:
+def _postprocess(masks: np.ndarray, scores: np.ndarray, settings: Postprocess) -> tuple:
     """`clean_masks` that also accepts an image left with no instance."""
-    if threshold is not None:
-        keep = np.asarray(scores) >= threshold
+    if settings.score_threshold is not None:
+        keep = np.asarray(scores) >= settings.score_threshold
         masks, scores = masks[keep], scores[keep]
     if not len(masks):
         return masks, np.asarray(scores, dtype=np.float64)
-    masks, scores, _ = clean_masks(masks, scores, score_threshold=None, min_size=min_size,
-                                   remove_holes=remove_small, remove_islands=remove_small)
+    masks, scores, _ = clean_masks(masks, scores, settings=replace(settings, score_threshold=None))
     return masks, scores
 
 
@@ -264,6 +266,8 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
     methods = METHODS if baselines else (STUDENT,)
     records = dataset.images
+    postprocess = Postprocess.from_model_config(model_config, min_size=min_size, remove_holes=remove_small,
+                                                remove_islands=remove_small)
 
     per_image = {method: [] for method in methods}
     predictions = {method: [] for method in methods}  # per image: (RLEs, scores)
@@ -277,8 +281,8 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             for method in methods:
                 masks, scores = raw[method]
                 cut = threshold if threshold > 0 and method != "teacher-gt-boxes" else None
-                masks, scores = _postprocess(masks, scores, cut, min_size, remove_small)
-                labels = masks_to_labels(masks, scores)
+                masks, scores = _postprocess(masks, scores, replace(postprocess, score_threshold=cut))
+                labels = masks_to_labels(masks, scores, postprocess.overlap_winner)
                 result = evaluate_pair(gt_labels, labels)
                 per_image[method].append(result)
                 predictions[method].append((_encode_masks(masks), scores))
@@ -307,6 +311,11 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             "score_threshold": threshold,
             "remove_small": bool(remove_small),
             "min_size": min_size,
+            "connectivity": postprocess.connectivity,
+            "fill_border_holes": postprocess.fill_border_holes,
+            "keep_largest_island": postprocess.keep_largest_island,
+            "overlap_winner": postprocess.overlap_winner,
+            "mask_threshold": float(model_config.mask_threshold),
             "max_detections": int(model_config.max_detections),
             "image_size": int(model.image_size),
             "images_larger_than_training_scale": int(oversized),

@@ -241,7 +241,8 @@ def predict_images(dessam_model: DessamModel, images: list, settings: InferenceS
         logits = segment_logits(model, embeddings, prompts, index, settings, use_token, len(images))
         for item, image_boxes, image_scores, part in zip(inputs, original, scores,
                                                          torch.split(logits, [len(b) for b in original])):
-            results.append((image_boxes, image_scores, logits_to_masks(part, item)))
+            results.append((image_boxes, image_scores,
+                            logits_to_masks(part, item, dessam_model.config.model.mask_threshold)))
         bar.update(len(inputs))
     bar.close()
     return results

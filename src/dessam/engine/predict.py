@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import DessamError
 from ..models.dessam import DESSAM
 from ..models.sam import build_sam, file_sha256, safe_torch_load, weights_sha256
-from ..postprocess import clean_masks, masks_to_labels, score_order
+from ..postprocess import Postprocess, clean_masks, masks_to_labels, score_order
 from .fastpath import InferenceSettings, encode_batch, fast_settings, segment_logits
 from .inputs import ModelInput, prepare_image
 
@@ -66,8 +66,9 @@ class Prediction:
         return labels_to_geojson(self.labels, self.measurements(pixel_size_um))
 
 
-def logits_to_masks(logits: torch.Tensor, inputs: ModelInput, chunk: int = 16) -> np.ndarray:
-    """Low-res logits (N, 1, h, w) over the padded S x S frame -> bool masks at the original size."""
+def logits_to_masks(logits: torch.Tensor, inputs: ModelInput, threshold: float = 0.5, chunk: int = 16) -> np.ndarray:
+    """Low-res logits (N, 1, h, w) over the padded S x S frame -> bool masks at the original size
+    (logit > `threshold`: the authors' 0.5)."""
     size = inputs.rgb.shape[-1]
     h, w = inputs.resized_hw
     out = np.zeros((len(logits),) + tuple(inputs.original_hw), dtype=bool)
@@ -75,7 +76,7 @@ def logits_to_masks(logits: torch.Tensor, inputs: ModelInput, chunk: int = 16) -
         part = F.interpolate(logits[start:start + chunk].float(), (size, size), mode="bilinear", align_corners=False)
         part = part[..., :h, :w]
         part = F.interpolate(part, tuple(inputs.original_hw), mode="bilinear", align_corners=False)
-        out[start:start + chunk] = (part[:, 0] > 0).cpu().numpy()
+        out[start:start + chunk] = (part[:, 0] > threshold).cpu().numpy()
     return out
 
 
@@ -131,7 +132,7 @@ class DessamModel:
             return np.zeros((0,) + tuple(encoded.inputs.original_hw), dtype=bool)
         prompt = torch.from_numpy(boxes * encoded.inputs.scale).to(self.device)
         logits = segment_logits(self.model, encoded.embedding, prompt, None, self.settings, use_token)
-        return logits_to_masks(logits, encoded.inputs)
+        return logits_to_masks(logits, encoded.inputs, self.config.model.mask_threshold)
 
     # ----- whole pipeline --------------------------------------------------------------------
     def predict_instances(self, image: np.ndarray, use_token: bool = True):
@@ -165,20 +166,19 @@ class DessamModel:
                 boxes, scores, masks = self.predict_instances(image)
         if postprocess:
             boxes, scores, masks = self._clean(boxes, scores, masks)
-        labels = masks_to_labels(masks, scores)
+        labels = masks_to_labels(masks, scores, self.config.model.overlap_winner)
         return Prediction(boxes, scores, masks, labels, image)
 
     def _clean(self, boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, chunk: int = 64):
         """The official post-processing, a few masks at a time and in place: a large field holds
         N x H x W mask bytes once, not three times."""
-        model_config = self.config.model
+        settings = Postprocess.from_model_config(self.config.model)
         masks = masks if masks.flags.writeable else masks.copy()
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         kept = []
         for start in range(0, len(masks), chunk):
             cleaned, _, keep = clean_masks(masks[start:start + chunk], scores[start:start + chunk],
-                                           score_threshold=model_config.score_threshold,
-                                           min_size=model_config.min_object_size)
+                                           settings=settings)
             for mask, index in zip(cleaned, keep + start):
                 masks[len(kept)] = mask  # len(kept) <= index: nothing still needed is overwritten
                 kept.append(index)

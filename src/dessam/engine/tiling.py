@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DessamError
-from ..postprocess import label_dtype, score_order
+from ..postprocess import label_dtype, paint_ranks, score_order
 
 PredictFn = Callable[[np.ndarray], tuple]
 
@@ -184,19 +184,19 @@ def predict_tiled(
 
 
 def predict_tiled_labels(
-    image: np.ndarray, predict_fn: PredictFn, tile: int, overlap: int = 64, progress: bool = True
+    image: np.ndarray, predict_fn: PredictFn, tile: int, overlap: int = 64, progress: bool = True,
+    overlap_winner: str = "lower-score",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Like `predict_tiled`, but paints the instances straight into a label map.
 
     Returns `(labels (H, W) uint16/uint32, boxes (N, 4), scores (N,))`: label `k` is instance
-    `k - 1`, ids run in descending score order and overlaps go to the higher score, exactly as
+    `k - 1`, ids run in descending score order and overlaps go to `overlap_winner`, exactly as
     `dessam.postprocess.masks_to_labels` would paint the masks of `predict_tiled`. Memory stays
     at one H x W map plus the instance crops.
     """
     kept = _merge_tiled(image, predict_fn, tile, overlap, progress)
     labels = np.zeros(np.asarray(image).shape[:2], dtype=np.uint32)
-    # Paint from the lowest score up so the highest-scoring instance ends on top.
-    for rank in range(len(kept), 0, -1):
+    for rank in paint_ranks(len(kept), overlap_winner):
         inst = kept[rank - 1]
         h, w = inst.mask.shape
         labels[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask] = rank

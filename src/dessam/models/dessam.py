@@ -12,7 +12,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..config import Config
-from ..losses import distillation_losses, edge_aware_losses
+from ..losses import distillation_losses, edge_aware_losses, valid_region
 from .detector import BoxDetector
 from .neck import SimpleFeaturePyramid
 from .prompted_decoder import PromptedMaskDecoder
@@ -35,7 +35,7 @@ class DESSAM(nn.Module):
         model = config.model
         self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride)
         self.detector = BoxDetector(model, model.neck_channels, self.neck.strides)
-        self.decoder = PromptedMaskDecoder(sam, model.prompt_token)
+        self.decoder = PromptedMaskDecoder(sam, model.prompt_token, model.prompt_token_init)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -89,9 +89,17 @@ class DESSAM(nn.Module):
         student, _ = self.decoder(embeddings, proposals, image_index, use_token=True)
         losses["distill_bce"], losses["distill_dice"] = distillation_losses(student, teacher, images=len(image_sizes))
         if loss_config.edge_aware:
+            crop_boxes = {"annotated": matched, "proposal": proposals}
+            if loss_config.edge_crop_box not in crop_boxes:
+                raise ValueError(f"loss.edge_crop_box: unknown '{loss_config.edge_crop_box}'; use annotated or proposal")
+            images = {"rgb": None, "normalised": images_normalised}
+            if loss_config.edge_global_image not in images:
+                raise ValueError(f"loss.edge_global_image: unknown '{loss_config.edge_global_image}'; use rgb or normalised")
+            valid = valid_region(image_sizes, self.image_size, loss_config.edge_bottom_rows, embeddings.device)
             losses["edge_local"], losses["edge_global"] = edge_aware_losses(
-                student, matched, image_index, images_rgb, images_normalised,
-                crop=loss_config.edge_crop, dilation=loss_config.edge_dilation, tau=loss_config.edge_tau,
+                student, crop_boxes[loss_config.edge_crop_box], matched, image_index, images_rgb, valid,
+                images[loss_config.edge_global_image], crop=loss_config.edge_crop,
+                dilation=loss_config.edge_dilation, mask_dilation=loss_config.edge_mask_dilation, tau=loss_config.edge_tau,
             )
         else:
             losses["edge_local"] = losses["edge_global"] = zero

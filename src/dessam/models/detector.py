@@ -1,11 +1,13 @@
 """Faster R-CNN (one foreground class) on the feature pyramid, from torchvision's parts.
 
-The parts (AnchorGenerator, RPNHead, RegionProposalNetwork, MultiScaleRoIAlign, the conv+FC box
-head, RoIHeads' sampling and post-processing) are torchvision's. Two things differ from
-torchvision's defaults, as in the official DES-SAM configuration: box regression is
-class-agnostic, and the box losses are L1 (on anchor deltas for the RPN, on decoded boxes for the
-RoI head). The detector exposes the sampled proposals and their matched ground-truth boxes,
-which the distillation needs.
+The parts (AnchorGenerator, RPNHead, RegionProposalNetwork, the conv+FC box head, RoIHeads'
+sampling and post-processing, roi_align) are torchvision's. Where torchvision's defaults differ from
+the authors' MMDetection configuration, the authors' behaviour is used: box regression is
+class-agnostic; the box losses are L1 (on anchor deltas for the RPN, on decoded boxes for the RoI
+head); low-quality matches need a minimum IoU (`MaxIoUMatcher`); RoIs pool with `aligned=True` at
+scales fixed by the strides (`StridedRoIAlign`); the RPN has its own NMS threshold at test time.
+The detector exposes the sampled proposals and their matched ground-truth boxes, which the
+distillation needs.
 """
 
 from __future__ import annotations
@@ -21,13 +23,27 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..config import ModelConfig
+from .matcher import MaxIoUMatcher
+from .roi_pool import StridedRoIAlign
 
 
 class L1RegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN with an L1 box loss on the anchor deltas."""
+    """torchvision's RPN with an L1 box loss on the anchor deltas, and its own NMS threshold at
+    test time (the official ClusterSeg config uses 0.5 there and 0.7 in training)."""
+
+    def __init__(self, *args, test_nms_thresh: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.test_nms_thresh = test_nms_thresh
+
+    @property
+    def nms_thresh(self) -> float:
+        return self.train_nms_thresh if self.training else self.test_nms_thresh
+
+    @nms_thresh.setter
+    def nms_thresh(self, value: float) -> None:
+        self.train_nms_thresh = value
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
@@ -87,14 +103,20 @@ class BoxDetector(nn.Module):
             pre_nms_top_n=dict(training=config.rpn_pre_nms_train, testing=config.rpn_pre_nms_test),
             post_nms_top_n=dict(training=config.rpn_post_nms_train, testing=config.rpn_post_nms_test),
             nms_thresh=config.rpn_nms,
+            test_nms_thresh=config.rpn_nms_test,
         )
+        self.rpn.proposal_matcher = MaxIoUMatcher(config.rpn_fg_iou, config.rpn_bg_iou, config.rpn_min_pos_iou)
         size = config.roi_size
+        norms = {"none": None, "layernorm": LayerNorm2d}
+        if config.box_head_norm not in norms:
+            raise ValueError(f"model.box_head_norm: unknown '{config.box_head_norm}'; use none or layernorm")
         box_head = FastRCNNConvFCHead(
             (in_channels, size, size), [in_channels] * config.box_head_convs, [config.box_head_fc],
-            norm_layer=LayerNorm2d,
+            norm_layer=norms[config.box_head_norm],
         )
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(levels, output_size=size, sampling_ratio=0),
+            StridedRoIAlign(levels, strides, output_size=size, sampling_ratio=0, aligned=config.roi_align_aligned,
+                            finest_scale=config.roi_finest_scale),
             box_head,
             AgnosticBoxPredictor(config.box_head_fc),
             fg_iou_thresh=config.roi_fg_iou,
@@ -106,6 +128,7 @@ class BoxDetector(nn.Module):
             nms_thresh=config.detection_nms,
             detections_per_img=config.max_detections,
         )
+        self.roi_heads.proposal_matcher = MaxIoUMatcher(config.roi_fg_iou, config.roi_fg_iou, config.roi_min_pos_iou)
 
     @staticmethod
     def image_list(features: dict, image_sizes: list, padded_size: int) -> ImageList:
@@ -114,8 +137,8 @@ class BoxDetector(nn.Module):
         placeholder = first.new_zeros(()).expand(first.shape[0], 1, padded_size, padded_size)
         return ImageList(placeholder, [tuple(int(v) for v in s) for s in image_sizes])
 
-    def _box_features(self, features, proposals, image_sizes):
-        pooled = self.roi_heads.box_roi_pool(features, proposals, image_sizes)
+    def _box_features(self, features, proposals):
+        pooled = self.roi_heads.box_roi_pool(features, proposals)
         return self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
 
     def forward_train(self, features: dict, image_sizes: list, padded_size: int, gt_boxes: list):
@@ -131,7 +154,7 @@ class BoxDetector(nn.Module):
             gt[idx.clamp(min=0)] if len(gt) else torch.zeros_like(props)
             for gt, idx, props in zip(gt_boxes, matched_idxs, proposals)
         ]
-        class_logits, deltas, _ = self._box_features(features, proposals, images.image_sizes)
+        class_logits, deltas, _ = self._box_features(features, proposals)
         all_labels = torch.cat(labels)
         all_proposals = torch.cat(proposals)
         all_matched = torch.cat(matched)
@@ -152,7 +175,7 @@ class BoxDetector(nn.Module):
         """Final boxes (input frame) and scores per image, after score threshold and NMS."""
         images = self.image_list(features, image_sizes, padded_size)
         proposals, _ = self.rpn(images, features)
-        class_logits, _, box_regression = self._box_features(features, proposals, images.image_sizes)
+        class_logits, _, box_regression = self._box_features(features, proposals)
         boxes, scores, _ = self.roi_heads.postprocess_detections(
             class_logits, box_regression, proposals, images.image_sizes
         )

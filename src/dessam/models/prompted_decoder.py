@@ -3,7 +3,8 @@
 Teacher and student share the very same frozen `MaskDecoder` and `PromptEncoder` of Meta's SAM.
 The student adds one learnable 256-d token to the decoder's output-token sequence, after the IoU
 and mask tokens and before the sparse (box-corner) prompt tokens; it starts as SAM's "not a point"
-padding embedding, so that the student begins close to the teacher. Without that token the
+padding embedding, so that the student begins close to the teacher (the authors' `nn.Embedding`
+starts N(0, 1): `token_init="normal"`). Without that token the
 computation is exactly `MaskDecoder.predict_masks` (single-mask output, first mask token), which
 is what the teacher uses. This module re-sequences SAM's sub-modules; it does not copy them.
 """
@@ -16,15 +17,20 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+# not-a-point: a copy of SAM's padding token (dessam); normal: nn.Embedding's N(0, 1) (the authors')
+TOKEN_INITS = ("not-a-point", "normal")
+
 
 class PromptedMaskDecoder(nn.Module):
-    def __init__(self, sam: Sam, prompt_token: bool = True):
+    def __init__(self, sam: Sam, prompt_token: bool = True, token_init: str = "not-a-point"):
         super().__init__()
         # Held in a plain list so the frozen SAM modules are not registered twice as sub-modules.
         self._sam = [sam]
         dim = sam.mask_decoder.transformer_dim
-        self.prompt_token = nn.Embedding(1, dim) if prompt_token else None
-        if self.prompt_token is not None:
+        if token_init not in TOKEN_INITS:
+            raise ValueError(f"model.prompt_token_init: unknown '{token_init}'; use {' or '.join(TOKEN_INITS)}")
+        self.prompt_token = nn.Embedding(1, dim) if prompt_token else None  # nn.Embedding starts N(0, 1)
+        if self.prompt_token is not None and token_init == "not-a-point":
             # Start as SAM's own "not a point" padding token, which its decoder learned to pass over:
             # the student then begins close to the teacher instead of disturbed by a random token.
             with torch.no_grad():
