@@ -142,7 +142,8 @@ def test_distillation_sums_per_prompt_bce_and_dice():
     target = (teacher > 0).float()
     p = torch.sigmoid(student)
     per_prompt_bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).flatten(1).mean(1)
-    per_prompt_dice = 1 - (2 * (p * target).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    scaled_p, scaled_t = p.flatten(1) / 1000, target.flatten(1) / 1000  # the authors' dice_loss: scale 1000, eps 1e-6
+    per_prompt_dice = 1 - (2 * (scaled_p * scaled_t * 1000).sum(1) + 1e-6) / (scaled_p.sum(1) + scaled_t.sum(1) + 1e-6)
     assert bce.item() == pytest.approx(per_prompt_bce.sum().item(), rel=1e-5)
     assert dice.item() == pytest.approx(per_prompt_dice.sum().item(), rel=1e-5)
 

@@ -23,18 +23,23 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 
+DICE_SMOOTH = 1e-3  # the authors' eps 1e-6 at their scale of 1000
+
+
 def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, images: int = 1):
     """(bce, dice) of student logits against the teacher's thresholded pseudo-mask.
 
     As in the official implementation, each prompt's BCE is the mean over its pixels and the
     prompts' losses are summed (per image: divided by `images`, the images in the batch), so the
     distillation grows with the number of distilled prompts while the edge-aware terms are means.
+    Dice is 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s) with s = 1e-3: the authors' `dice_loss`
+    divides p and t by 1000 and adds 1e-6.
     """
     pseudo = (teacher_logits > 0).to(student_logits.dtype)
     bce = F.binary_cross_entropy_with_logits(student_logits, pseudo, reduction="none").flatten(1).mean(1)
     prob = student_logits.sigmoid().flatten(1)
     target = pseudo.flatten(1)
-    dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+    dice = 1 - (2 * (prob * target).sum(1) + DICE_SMOOTH) / (prob.sum(1) + target.sum(1) + DICE_SMOOTH)
     return bce.sum() / images, dice.sum() / images
 
 
