@@ -24,7 +24,7 @@ def trained_tiny(box_dataset, tmp_path_factory):
     """A tiny DES-SAM trained for a few epochs (shared by tests that need a model file)."""
     from scenes import tiny_config
 
-    from dessam.engine.train import train
+    from dessam.training.train import train
 
     boxes_json, _, images = box_dataset
     out = tmp_path_factory.mktemp("tiny_run")

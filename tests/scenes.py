@@ -55,24 +55,7 @@ def write_box_dataset(folder: Path, n_images: int = 4, size: int = 128, seed: in
 def tiny_config(**train):
     from dessam.config import Config
 
-    config = Config()
-    config.model.sam = "tiny"
-    config.model.image_size = 128
-    config.model.neck_channels = 32
-    config.model.box_head_fc = 64
-    config.model.anchor_scale = 4.0
-    config.model.rpn_batch_per_image = 64
-    config.model.roi_batch_per_image = 64
-    config.model.rpn_pre_nms_train = 300
-    config.model.rpn_post_nms_train = 100
-    config.model.rpn_pre_nms_test = 300
-    config.model.rpn_post_nms_test = 100
-    config.model.score_threshold = 0.3
-    config.train.device = "cpu"
-    config.train.warmup_iters = 20
-    config.train.lr = 0.02
-    config.train.lr_reference_batch = 1
-    config.train.grad_clip = 5.0  # keeps the small random model's RoI head from diverging early
+    config = Config().apply_preset("tiny")
     for key, value in train.items():
         setattr(config.train, key, value)
     return config

@@ -45,7 +45,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from dessam.engine.train import train
+    from dessam.training.train import train
 
     root = tmp_path_factory.mktemp("bad_inputs")
     boxes_json, images = write_box_dataset(root, n_images=2)

@@ -9,7 +9,7 @@ from dessam.models.default_teacher import (
     load_default_teacher,
     teacher_file,
 )
-from dessam.models.sam import read_sam_state_dict
+from dessam.models.checkpoints import read_sam_state_dict
 
 SMALL = {"widths": [8, 16, 16], "depths": [1, 1, 1], "prompt_dim": 32, "decoder_mlp_dim": 64,
          "decoder_heads": 2, "iou_hidden": 32, "mask_in_chans": 8}
@@ -55,7 +55,7 @@ def test_missing_file_says_how_to_create_it(tmp_path):
 
 
 def test_tiny_pretraining_writes_a_loadable_file(tmp_path):
-    from dessam.engine.pretrain_teacher import evaluate_box_prompt_iou, held_out_anything_scenes, pretrain_teacher
+    from dessam.training.pretrain_teacher import evaluate_box_prompt_iou, held_out_anything_scenes, pretrain_teacher
 
     path = tmp_path / "t.pt"
     result = pretrain_teacher(path, steps=3, image_size=64, batch_size=2, max_prompts=4, arch=SMALL,
@@ -72,7 +72,7 @@ def test_tiny_pretraining_writes_a_loadable_file(tmp_path):
 
 
 def test_evaluation_scores_a_perfect_and_an_empty_mask(monkeypatch):
-    from dessam.engine import pretrain_teacher as pt
+    from dessam.training import pretrain_teacher as pt
 
 
     sam = build_default_architecture(64, SMALL).eval()
@@ -95,7 +95,7 @@ def test_evaluation_scores_a_perfect_and_an_empty_mask(monkeypatch):
 
 
 def test_box_regions_and_jitter():
-    from dessam.engine.pretrain_teacher import BOX_NOISE_MAX, box_regions, jitter_boxes
+    from dessam.training.pretrain_teacher import BOX_NOISE_MAX, box_regions, jitter_boxes
 
     near = box_regions(torch.tensor([[16.0, 8.0, 32.0, 24.0]]), (1, 1, 32, 32), 64, margin=0.0)[0, 0]
     rows, cols = np.nonzero(near.numpy())
@@ -110,7 +110,7 @@ def test_box_regions_and_jitter():
 
 def test_cytology_test_scenes_are_seeded_and_unseen():
     from dessam.data.synth import make_scene
-    from dessam.engine.pretrain_teacher import cytology_test_scenes
+    from dessam.training.pretrain_teacher import cytology_test_scenes
 
     first = cytology_test_scenes("cluster", n=2, seed=0, size=64)
     again = cytology_test_scenes("cluster", n=2, seed=0, size=64)
@@ -124,7 +124,7 @@ def test_cytology_test_scenes_are_seeded_and_unseen():
 
 
 def test_evaluate_on_cytology_reports_each_scene_kind(monkeypatch):
-    from dessam.engine import pretrain_teacher as pt
+    from dessam.training import pretrain_teacher as pt
 
     seen = []
     monkeypatch.setattr(pt, "evaluate_box_prompt_iou", lambda sam, scenes, progress=False: seen.append(scenes) or 0.5)
@@ -135,7 +135,7 @@ def test_evaluate_on_cytology_reports_each_scene_kind(monkeypatch):
 
 
 def test_point_prompts_fall_inside_their_objects_and_train_the_encoder():
-    from dessam.engine import pretrain_teacher as pt
+    from dessam.training import pretrain_teacher as pt
 
     rng = np.random.default_rng(0)
     images, prompts = pt.sample_batch(rng, 2, 64, 6, point_fraction=0.5)
@@ -159,7 +159,7 @@ def test_point_prompts_fall_inside_their_objects_and_train_the_encoder():
 
 
 def test_multimask_loss_counts_only_the_best_output():
-    from dessam.engine.pretrain_teacher import multimask_losses
+    from dessam.training.pretrain_teacher import multimask_losses
 
     mask = torch.zeros(1, 16, 16, dtype=torch.bool)
     mask[0, 4:12, 4:12] = True
@@ -177,7 +177,7 @@ def test_multimask_loss_counts_only_the_best_output():
 
 
 def test_a_second_stage_starts_from_the_given_teacher(tmp_path):
-    from dessam.engine.pretrain_teacher import pretrain_teacher
+    from dessam.training.pretrain_teacher import pretrain_teacher
 
     arch = {**SMALL, "widths": [8, 16, 24]}
     first = tmp_path / "first.pt"

@@ -7,7 +7,7 @@ from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 
 @pytest.mark.skipif(not DEFAULT_TEACHER_PATH.is_file(), reason="the bundled default teacher is not built")
 def test_quick_demo_writes_the_report_curves_and_overlays(tmp_path):
-    from dessam.engine.demo import SPLITS, run_demo
+    from dessam.demo import SPLITS, run_demo
 
     out = tmp_path / "demo"
     text = run_demo(out, quick=True, progress=False, n_train=6, n_test=2)

@@ -23,9 +23,9 @@ def _pooled_for_square_image(model, features, first_sizes):
     """RoI features pooled for a square image after the detector has seen `first_sizes`."""
     pooled = []
     hook = model.detector.roi_heads.box_roi_pool.register_forward_hook(lambda m, i, out: pooled.append(out))
-    model.detector.detect(features, first_sizes, model.image_size)
+    model.detector.detect(features, first_sizes, model.image_size, 0.0, 100)
     pooled.clear()
-    model.detector.detect(features, [(128, 128)], model.image_size)
+    model.detector.detect(features, [(128, 128)], model.image_size, 0.0, 100)
     hook.remove()
     return pooled[0]
 

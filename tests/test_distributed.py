@@ -12,8 +12,8 @@ import torch
 import yaml
 from scenes import tiny_config
 
-from dessam.engine import distributed
-from dessam.models.sam import state_sha256
+from dessam.training import distributed
+from dessam.models.checkpoints import state_sha256
 
 RANKS = 2
 EPOCHS = 2  # each rank: 3 steps per epoch on its own 3 of the 6 images

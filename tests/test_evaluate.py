@@ -12,23 +12,22 @@ import pytest
 
 from dessam.data.coco import load_coco, record_label_map
 from dessam.data.images import read_image
-from dessam.engine.compare import compare_reports
-from dessam.engine.evaluate import (
+from dessam.evaluation.compare import compare_reports
+from dessam.evaluation.evaluate import (
     COUNT_COLUMNS,
     METHODS,
     METRIC_COLUMNS,
     STUDENT,
-    boxes_to_masks,
-    detection_threshold,
     evaluate,
     evaluate_label_maps,
     method_instances,
 )
-from dessam.engine.predict import load_model
-from dessam.engine.train import train
+from dessam.inference.loading import load_model
+from dessam.training.train import train
 from dessam.errors import DessamError
 from dessam.metrics import evaluate_pair
-from dessam.postprocess import clean_masks, masks_to_labels
+from dessam.inference.instances import Instances
+from dessam.postprocess import Postprocess, clean_masks, masks_to_labels
 from scenes import tiny_config, write_box_dataset
 
 N_TEST = 3
@@ -122,18 +121,20 @@ def test_overlays_are_the_worst_images(setup):
 
 
 def test_student_matches_predict(setup):
-    """Without baselines, the des-sam row is the official post-processing of `DessamModel.predict`."""
+    """Without baselines, the des-sam row is the official post-processing of `Predictor.predict`."""
     model = setup["model"]
     report = evaluate(model, setup["test_json"], setup["test_images"], setup["root"] / "plain", progress=False)
     assert list(report["methods"]) == [STUDENT]
     dataset = load_coco(setup["test_json"], setup["test_images"])
-    settings = model.config.model
+    settings = model.postprocess_settings()
+    raw_settings = Postprocess(score_threshold=settings.score_threshold, remove_holes=False, remove_islands=False)
     rows = []
     for record in dataset.images:
-        raw = model.predict(read_image(record.path), postprocess=False, tile=False)
-        masks, scores = raw.masks, raw.scores
+        raw = model.predict(read_image(record.path), raw_settings, tile=False)
+        masks = np.array([raw.instances.mask(k) for k in range(len(raw))], bool).reshape(-1, *raw.labels.shape)
+        scores = raw.scores
         if len(masks):
-            masks, scores, _ = clean_masks(masks, scores, settings.score_threshold, settings.min_object_size)
+            masks, scores, _ = clean_masks(masks, scores, settings=settings)
         rows.append(evaluate_pair(record_label_map(record), masks_to_labels(masks, scores)))
     summary = report["methods"][STUDENT]
     assert summary["aji"] == pytest.approx(np.mean([row["aji"] for row in rows]))
@@ -143,10 +144,10 @@ def test_student_matches_predict(setup):
 
 def test_switching_post_processing_off(setup):
     model = setup["model"]
-    before = model.model.detector.roi_heads.score_thresh
+    before = model.config.model.score_threshold
     report = evaluate(model, setup["test_json"], setup["test_images"], setup["root"] / "raw", progress=False,
                       score_threshold=0, remove_small=False)
-    assert model.model.detector.roi_heads.score_thresh == before
+    assert model.config.model.score_threshold == before
     assert report["settings"]["score_threshold"] == 0 and report["settings"]["remove_small"] is False
     official = setup["report"]["methods"][STUDENT]["counts"]["n_pred"]
     assert report["methods"][STUDENT]["counts"]["n_pred"] >= official
@@ -157,23 +158,25 @@ def test_box_as_mask_masks_are_boxes(setup):
     model = setup["model"]
     record = load_coco(setup["test_json"], setup["test_images"]).images[0]
     image = read_image(record.path)
-    with detection_threshold(model, 0.0):  # every detection of the barely trained detector
-        raw = method_instances(model, image, record.boxes, ("box-as-mask", "teacher-gt-boxes"))
-        boxes, _ = model.detect(model.encode(image))
-    masks, scores = raw["box-as-mask"]
-    assert len(masks) == len(boxes) == len(scores) > 0
-    mask, box = masks[0], boxes[0]
+    keep_all = model.postprocess_settings(score_threshold=0.0)  # every detection of the barely trained detector
+    raw = method_instances(model, image, record.boxes, ("box-as-mask", "teacher-gt-boxes"), keep_all)
+    inputs = model.prepare([image])
+    [(boxes, _)] = model.detect(model.encode(inputs), inputs, keep_all)
+    filled = raw["box-as-mask"]
+    assert len(filled) == len(boxes) > 0
+    mask, box = filled.mask(0), boxes[0]
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     assert mask.sum() == rows.size * cols.size  # a filled rectangle
     assert abs(cols[0] - box[0]) <= 1 and abs(cols[-1] + 1 - box[2]) <= 1
     assert abs(rows[0] - box[1]) <= 1 and abs(rows[-1] + 1 - box[3]) <= 1
-    teacher_masks, teacher_scores = raw["teacher-gt-boxes"]
-    assert teacher_masks.shape == (len(record.boxes),) + image.shape[:2]
-    assert np.all(teacher_scores == 1)
+    teacher = raw["teacher-gt-boxes"]
+    assert len(teacher) == len(record.boxes) and teacher.shape == image.shape[:2]
+    assert np.all(teacher.scores == 1)
 
 
-def test_boxes_to_masks_pixel_centres():
-    masks = boxes_to_masks(np.array([[1.2, 2.6, 4.4, 5.5], [-3, -3, 2, 1], [20, 20, 30, 30]]), (8, 10))
+def test_filled_boxes_cover_the_pixel_centres_inside():
+    filled = Instances.from_boxes(np.array([[1.2, 2.6, 4.4, 5.5], [-3, -3, 2, 1], [20, 20, 30, 30]]), np.ones(3), (8, 10))
+    masks = [filled.mask(k) for k in range(3)]
     expected = np.zeros((8, 10), bool)
     expected[3:6, 1:4] = True
     assert np.array_equal(masks[0], expected)

@@ -7,9 +7,10 @@ import tifffile
 from PIL import Image
 
 from dessam.errors import DessamError
+from dessam.inference.instances import Instances
 from dessam.export import (
     labels_to_geojson,
-    masks_to_coco_results,
+    instances_to_coco_results,
     nucleus_measurements,
     overlay_image,
     summary_row,
@@ -129,7 +130,8 @@ def test_coco_results_decode_back_to_the_masks():
     masks[3] = False
     masks[3, 5:9, 10:20] = True
     scores = np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)
-    results = masks_to_coco_results(5, masks, scores, category_id=2)
+    boxes = np.array([[c.min(), r.min(), c.max() + 1, r.max() + 1] for r, c in (np.nonzero(m) for m in masks)])
+    results = instances_to_coco_results(5, Instances.from_masks(boxes, scores, masks), category_id=2)
     assert json.loads(json.dumps(results)) == results  # plain JSON types
     for result, mask, score in zip(results, masks, scores):
         assert result["image_id"] == 5 and result["category_id"] == 2
@@ -138,9 +140,7 @@ def test_coco_results_decode_back_to_the_masks():
         assert np.array_equal(mask_utils.decode(rle).astype(bool), mask)
         assert result["score"] == pytest.approx(float(score))
     assert results[3]["bbox"] == [10, 5, 10, 4]
-    boxed = masks_to_coco_results(5, masks[3:], [0.6], boxes=np.array([[10.0, 5.0, 20.0, 9.0]]))
-    assert boxed[0]["bbox"] == [10, 5, 10, 4]
-    assert masks_to_coco_results(1, np.zeros((0, 4, 4), bool), []) == []
+    assert instances_to_coco_results(1, Instances.empty((4, 4))) == []
 
 
 def _two_nuclei():

@@ -12,7 +12,7 @@ import yaml
 from scenes import tiny_config
 
 from dessam.cli import main
-from dessam.engine.train import train
+from dessam.training.train import train
 
 EPOCHS = 3  # x 6 images, batch 1: the kill lands in epoch 2, with epoch 3 still to go
 

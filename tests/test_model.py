@@ -6,7 +6,7 @@ import torch
 from scenes import make_nuclei_scene, tiny_config
 
 from dessam.data.anything import instance_boxes
-from dessam.engine.inputs import prepare_image
+from dessam.inference.inputs import prepare_image
 from dessam.losses import edge_aware_losses, valid_region
 from dessam.models.dessam import DESSAM
 from dessam.models.sam import build_sam
@@ -44,8 +44,8 @@ def test_without_token_the_student_is_exactly_the_teacher():
     model = _model(prompt_token=False)
     embedding, *_ , boxes, _ = _batch(model)
     boxes = boxes[0]
-    student, _ = model.decoder(embedding, boxes, use_token=True)
-    teacher, _ = model.decoder(embedding, boxes, use_token=False)
+    student = model.decoder(embedding, boxes, use_token=True).logits
+    teacher = model.decoder(embedding, boxes, use_token=False).logits
     assert torch.equal(student, teacher)
     # and the teacher is SAM's own single-mask output
     sam = model.sam
@@ -57,8 +57,8 @@ def test_without_token_the_student_is_exactly_the_teacher():
 def test_with_token_the_student_differs_from_the_teacher():
     model = _model(prompt_token=True)
     embedding, *_, boxes, _ = _batch(model)
-    student, _ = model.decoder(embedding, boxes[0], use_token=True)
-    teacher, _ = model.decoder(embedding, boxes[0], use_token=False)
+    student = model.decoder(embedding, boxes[0], use_token=True).logits
+    teacher = model.decoder(embedding, boxes[0], use_token=False).logits
     assert student.shape == teacher.shape == (len(boxes[0]), 1, 64, 64)
     assert not torch.equal(student, teacher)
 
@@ -151,10 +151,10 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
     boxes = torch.from_numpy(instance_boxes(labels)[1])
     shifted = boxes + torch.tensor([3.0, 3.0, 3.0, 3.0])
     with torch.no_grad():
-        teacher, _ = model.decoder(embedding, boxes, use_token=False)
+        teacher = model.decoder(embedding, boxes, use_token=False).logits
 
     def loss():
-        student, _ = model.decoder(embedding, shifted, use_token=True)
+        student = model.decoder(embedding, shifted, use_token=True).logits
         bce, dice = distillation_losses(student, teacher)
         return 0.5 * bce + 0.01 * dice
 
@@ -167,3 +167,32 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
     after = loss().item()
     print(f"distillation loss: {before:.4f} before, {after:.4f} after 30 token-only steps")
     assert after < 0.8 * before, (before, after)
+
+
+def test_local_decoding_in_training_gives_losses_close_to_full_decoding():
+    """Teacher and student of a pair share one window; with a generous margin the losses match the
+    whole-embedding ones, and the window logits land where the full frame has them."""
+    full = _model()
+    local = _model()
+    local.config.model.local_decoding = True
+    local.config.model.local_margin = 1000  # the windows cover the grid: exactly full decoding
+    batch = _batch(full)
+    torch.manual_seed(0)
+    full_losses = full.train()(*batch)
+    torch.manual_seed(0)
+    local_losses = local.train()(*batch)
+    for name in ("distill_bce", "distill_dice", "edge_local", "edge_global"):
+        assert local_losses[name].item() == pytest.approx(full_losses[name].item(), rel=1e-5), name
+    local.config.model.local_margin = 2
+    torch.manual_seed(0)
+    windowed = local.train()(*batch)
+    assert all(torch.isfinite(v) for v in windowed.values())
+    embedding, _, _, boxes, _ = batch
+    origins, size = local.decoder.windows(boxes[0], 2)
+    decoded = local.decoder(embedding, boxes[0], use_token=False, origins=origins, size=size)
+    assert decoded.logits.shape[-1] == 4 * size < 4 * local.decoder.grid
+    framed = decoded.to_frame()
+    k = decoded.logits.shape[-1]
+    for i, (row, col) in enumerate(decoded.origins.tolist()):
+        assert torch.equal(framed[i, 0, row:row + k, col:col + k], decoded.logits[i, 0])
+        assert (framed[i, 0] > 0).sum() == (decoded.logits[i, 0] > 0).sum()

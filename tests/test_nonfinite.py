@@ -8,7 +8,7 @@ import yaml
 from scenes import tiny_config
 
 from dessam.cli import main
-from dessam.engine.train import train
+from dessam.training.train import train
 from dessam.errors import DessamError
 from dessam.models.dessam import DESSAM
 

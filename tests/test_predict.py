@@ -50,7 +50,7 @@ def test_predict_outputs_have_each_inputs_size(trained_tiny, tmp_path):
         assert result["segmentation"]["size"] == list(sizes[result["file_name"].rsplit(".", 1)[0]])
 
 
-def test_python_api_returns_boxes_scores_masks_and_labels(trained_tiny):
+def test_python_api_returns_boxes_scores_instances_and_labels(trained_tiny):
     model = dessam.load_model(trained_tiny)
     model.config.model.score_threshold = 0.0  # the barely trained tiny detector scores low: keep everything
     model.config.model.min_object_size = 0
@@ -60,11 +60,14 @@ def test_python_api_returns_boxes_scores_masks_and_labels(trained_tiny):
     n = len(prediction)
     assert n > 0
     assert prediction.boxes.shape == (n, 4) and prediction.scores.shape == (n,)
-    assert prediction.masks.shape == (n, 110, 140) and prediction.masks.dtype == bool
     assert prediction.labels.shape == (110, 140)
     painted = set(np.unique(prediction.labels)) - {0}
     assert painted and painted <= set(range(1, n + 1))
-    assert all(prediction.masks[i].any() for i in range(n))
+    instances = prediction.instances
+    assert len(instances) == n and instances.shape == (110, 140)
+    assert all(instances.crops[i].any() and instances.mask(i).dtype == bool for i in range(n))
+    for k in painted:  # a painted nucleus lies inside its own mask
+        assert not (prediction.mask(k - 1) & ~instances.mask(k - 1)).any()
 
 
 def test_model_needs_the_same_sam_weights(trained_tiny, tmp_path):

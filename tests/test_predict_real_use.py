@@ -4,9 +4,9 @@ files agreeing with one another, and the batch behaviour of `dessam predict`.
 The tiny test model (`trained_tiny`) is real but untrained in the parts that draw instances:
 its detector scores stay under its threshold after five epochs and its random SAM decoder
 draws speckle whose logits rarely pass the official 0.5, so it predicts no nucleus.
-Where a test needs nuclei, `predict_instances` (one window's detector + decoder) is replaced by
-`dark_nuclei`, a deterministic local stand-in that, like a model, sees only its window and
-returns nuclei cut by the window edge. Loading, automatic tiling, merging, post-processing,
+Where a test needs nuclei, `raw_instances` (the batched detector + decoder of whole windows) is
+replaced by `dark_nuclei`, a deterministic local stand-in that, like a model, sees only its window
+and returns nuclei cut by the window edge. Loading, automatic tiling, merging, post-processing,
 label painting, file reading and every export stay the real ones.
 """
 
@@ -23,7 +23,9 @@ from scenes import make_nuclei_scene
 from scipy import ndimage
 
 from dessam.cli import main
-from dessam.engine.predict import DessamModel, load_model
+from dessam.inference.instances import Instances
+from dessam.inference.loading import load_model
+from dessam.inference.predictor import Predictor
 from dessam.metrics import detection_scores
 from dessam.postprocess import Postprocess, clean_masks
 
@@ -56,19 +58,26 @@ def dark_nuclei(window: np.ndarray):
     return np.array(boxes, np.float32).reshape(-1, 4), scores.astype(np.float32).reshape(-1), masks
 
 
-def recording(windows: list):
-    """A `predict_instances` replacement that records the shape of every window it is given."""
+def recording(windows: list = None):
+    """A `raw_instances` replacement: `dark_nuclei` on each window, whose shape it records."""
 
-    def predict_instances(image, use_token=True):
-        windows.append(image.shape[:2])
-        return dark_nuclei(image)
+    def raw_instances(images, postprocess=None, use_token=True, n_images=None):
+        if windows is not None:
+            windows.extend(image.shape[:2] for image in images)
+        return [Instances.from_masks(*dark_nuclei(image)) for image in images]
 
-    return predict_instances
+    return raw_instances
+
+
+def full_masks(prediction):
+    """The prediction's instance masks as full-size arrays (small test images only)."""
+    instances = prediction.instances
+    return np.array([instances.mask(k) for k in range(len(instances))], bool).reshape(-1, *prediction.labels.shape)
 
 
 def assert_no_duplicates(prediction):
     """No pixel is claimed by two kept instances, and each instance is visible in the label map."""
-    assert prediction.masks.sum(axis=0).max() <= 1
+    assert full_masks(prediction).sum(axis=0).max() <= 1
     painted = np.unique(prediction.labels)
     assert painted[0] == 0 and len(painted) - 1 == len(prediction)
 
@@ -90,8 +99,8 @@ def test_tiled_field_matches_one_pass_at_the_same_scale(trained_tiny, monkeypatc
     assert tiled_model.needs_tiling(image) and not whole_model.needs_tiling(image)
 
     tiled_windows, whole_windows = [], []
-    monkeypatch.setattr(tiled_model, "predict_instances", recording(tiled_windows))
-    monkeypatch.setattr(whole_model, "predict_instances", recording(whole_windows))
+    monkeypatch.setattr(tiled_model, "raw_instances", recording(tiled_windows))
+    monkeypatch.setattr(whole_model, "raw_instances", recording(whole_windows))
     tiled = tiled_model.predict(image, overlap=64)  # automatic: tiles
     whole = whole_model.predict(image)              # automatic: one pass
 
@@ -106,7 +115,7 @@ def test_tiled_field_matches_one_pass_at_the_same_scale(trained_tiny, monkeypatc
     assert len(tiled) == len(whole)
     assert np.all(np.diff(tiled.scores) <= 0)
     # Boxes are in image pixels: each one encloses its own mask.
-    for box, mask in zip(tiled.boxes, tiled.masks):
+    for box, mask in zip(tiled.boxes, full_masks(tiled)):
         rows, cols = np.nonzero(mask)
         assert tuple(box) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
 
@@ -118,7 +127,7 @@ def test_tiles_are_cut_at_the_training_scale_and_mapped_back(trained_tiny, monke
     model = load_model(trained_tiny)
     model.input_scale = 0.5
     windows = []
-    monkeypatch.setattr(model, "predict_instances", recording(windows))
+    monkeypatch.setattr(model, "raw_instances", recording(windows))
     prediction = model.predict(image)
     assert windows == [(FIELD, FIELD)] * 7**2  # tiles of the 512 px working copy
     assert prediction.labels.shape == image.shape[:2]
@@ -141,13 +150,13 @@ def test_post_processing_of_a_tiled_field_is_the_official_one(trained_tiny, monk
             dark += speck_is_dark
     model = load_model(trained_tiny)
     model.config.model.score_threshold = 0.5
-    monkeypatch.setattr(model, "predict_instances", lambda im, use_token=True: dark_nuclei(im))
-    raw = model.predict(image, postprocess=False)
+    monkeypatch.setattr(model, "raw_instances", recording())
+    raw = model.predict(image, Postprocess(score_threshold=None, remove_holes=False, remove_islands=False))
     cleaned = model.predict(image)
     assert len(raw) > len(cleaned) == truth.max() + dark > 64 + dark > 64
     settings = Postprocess.from_model_config(model.config.model)
-    masks, scores, keep = clean_masks(raw.masks, raw.scores, settings=settings)
-    assert np.array_equal(cleaned.masks, masks) and np.array_equal(cleaned.scores, scores)
+    masks, scores, keep = clean_masks(full_masks(raw), raw.scores, settings=settings)
+    assert np.array_equal(full_masks(cleaned), masks) and np.array_equal(cleaned.scores, scores)
     assert np.array_equal(cleaned.boxes, raw.boxes[keep])
     model.config.model.keep_largest_island = False
     without_specks = model.predict(image)
@@ -167,7 +176,8 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
     prediction = model.predict(image)
     assert len(prediction) > 0
     assert (prediction.scores < trained_threshold).any()
-    assert model.model.detector.roi_heads.score_thresh == trained_threshold  # the setting is restored
+    strict = model.predict(image, model.postprocess_settings(score_threshold=trained_threshold, min_size=0))
+    assert not (strict.scores < trained_threshold).any()  # nothing of the model itself was changed
 
 
 # ---------------------------------------------------------------- 2. exported files agree
@@ -176,7 +186,8 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
 @pytest.fixture
 def stand_in(monkeypatch):
     """Every model that `dessam predict` loads uses `dark_nuclei` for its windows."""
-    monkeypatch.setattr(DessamModel, "predict_instances", lambda self, image, use_token=True: dark_nuclei(image))
+    stand = recording()
+    monkeypatch.setattr(Predictor, "raw_instances", lambda self, images, *args, **kwargs: stand(images))
 
 
 def predict_cli(model, *args):

@@ -2,11 +2,26 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dessam.engine.tiling import predict_tiled, predict_tiled_labels, tile_starts
 from dessam.errors import DessamError
+from dessam.inference.instances import Instances
+from dessam.inference.tiling import merge_windows, tile_starts, tile_windows
 from dessam.postprocess import masks_to_labels
 
 TILE, OVERLAP = 96, 32
+
+
+def merged_instances(image, predict, tile, overlap) -> Instances:
+    """Every window of `image` through `predict` (window -> boxes, scores, full window masks), merged."""
+    windows = tile_windows(image.shape[:2], tile, overlap)
+    found = [(w, Instances.from_masks(*predict(image[w.rows, w.cols]))) for w in windows]
+    return merge_windows(found, image.shape[:2])
+
+
+def predict_tiled(image, predict, tile, overlap, progress=False):
+    """(boxes, scores, full-size masks) of the merged instances, highest score first (for checks)."""
+    merged = merged_instances(image, predict, tile, overlap)
+    masks = np.array([merged.mask(k) for k in range(len(merged))], dtype=bool).reshape(-1, *image.shape[:2])
+    return merged.boxes, merged.scores, masks
 
 
 def _disk_image(height=300, width=260, seed=0):
@@ -90,14 +105,13 @@ def test_tiled_prediction_matches_one_pass(seed):
         assert (box[0], box[1], box[2], box[3]) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
 
 
-def test_label_variant_paints_like_masks_to_labels():
+@pytest.mark.parametrize("winner", ["lower-score", "higher-score"])
+def test_painting_the_crops_equals_painting_full_masks(winner):
     image, _ = _disk_image(seed=3)
-    predict = _blob_predictor()
-    _, scores, masks = predict_tiled(image, predict, tile=TILE, overlap=OVERLAP, progress=False)
-    labels, boxes, label_scores = predict_tiled_labels(image, predict, tile=TILE, overlap=OVERLAP, progress=False)
+    _, scores, masks = predict_tiled(image, _blob_predictor(seed=4), tile=TILE, overlap=OVERLAP)
+    labels = merged_instances(image, _blob_predictor(seed=4), TILE, OVERLAP).paint(winner)
     assert labels.dtype == np.uint16
-    assert np.array_equal(label_scores, scores) and boxes.shape == (len(scores), 4)
-    assert np.array_equal(labels, masks_to_labels(masks, scores))
+    assert np.array_equal(labels, masks_to_labels(masks, scores, winner))
 
 
 def test_whole_copy_beats_cut_copies_and_overlapping_neighbours_survive():
@@ -148,7 +162,7 @@ def test_tile_starts_cover_the_axis_with_the_last_flush():
 @pytest.mark.parametrize("tile, overlap", [(0, 0), (64, 64), (64, -1)])
 def test_bad_settings_are_user_errors(tile, overlap):
     with pytest.raises(DessamError):
-        predict_tiled(np.zeros((10, 10, 3), np.uint8), _blob_predictor(), tile=tile, overlap=overlap)
+        tile_windows((10, 10), tile=tile, overlap=overlap)
 
 
 def test_an_instance_hidden_under_two_same_window_neighbours_is_not_kept_twice():
@@ -157,8 +171,6 @@ def test_an_instance_hidden_under_two_same_window_neighbours_is_not_kept_twice()
     Its copy from the second window must be recognised as a duplicate by its overlap with the
     kept copy's own mask, even though the other instances claimed most of its pixels first.
     """
-    from dessam.engine.tiling import predict_tiled
-
     def stacked(window):
         h, w = window.shape[:2]
         columns = window[0, :, 0] > 0  # the image marks columns 70-99

@@ -10,7 +10,8 @@ import torch
 from scenes import tiny_config, write_box_dataset
 
 from dessam.cli import main
-from dessam.engine.train import LOG_COLUMNS, train
+from dessam.training.loss_log import LOG_COLUMNS
+from dessam.training.train import train
 
 
 def _log_rows(log_path):
@@ -127,7 +128,7 @@ def test_cli_train_and_predict_with_a_config_file(box_dataset, tmp_path):
 
 
 def test_optimizer_choice():
-    from dessam.engine.train import make_optimizer
+    from dessam.training.train import make_optimizer
     from dessam.errors import DessamError
 
     params = [torch.nn.Parameter(torch.zeros(2))]

@@ -15,7 +15,7 @@ from scenes import tiny_config, write_box_dataset
 
 import dessam
 from dessam.cli import main
-from dessam.engine.cache import EmbeddingCache
+from dessam.training.cache import EmbeddingCache
 from dessam.models.sam import build_sam
 
 SOURCE = Path(dessam.__file__).parent
@@ -202,7 +202,7 @@ def test_damaged_cache_entry_is_recomputed(damage, tmp_path):
 
 def test_training_recomputes_a_forged_cache_entry(tmp_path):
     """A forged entry (matching digest) in a shared cache is recomputed by training, not used."""
-    from dessam.engine.train import train
+    from dessam.training.train import train
 
     boxes_json, images = write_box_dataset(tmp_path, n_images=2)
     config = tiny_config(epochs=1)

@@ -14,7 +14,7 @@ def build_sam(name, checkpoint=None, image_size=None):
 
 def load_model(path, device="cpu", sam_checkpoint=None):
     """Load a trained dessam model (`RUN/model.pt`) ready for `.predict(image)`."""
-    from .engine.predict import load_model as _load_model
+    from .inference.loading import load_model as _load_model
 
     return _load_model(path, device=device, sam_checkpoint=sam_checkpoint)
 

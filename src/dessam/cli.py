@@ -15,7 +15,7 @@ from .errors import DessamError
 # ----- sub-commands --------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .config import Config, load_config
-    from .engine.train import train
+    from .training.train import train
 
     config = Config()
     if args.preset:
@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
         raise_on_errors(validate_coco(args.train, args.images, decode=False, progress=not args.quiet))
     result = train(config, args.train, args.images, args.out, val_json=args.val, resume=args.resume,
                    progress=not args.quiet)
-    from .engine.distributed import current
+    from .training.distributed import current
 
     if not current().is_main:  # under torchrun only rank 0 reports (it alone writes)
         return 0
@@ -63,32 +63,32 @@ def _settings(args):
     """Inference settings from --precision / --compile on top of the device's fast path."""
     from dataclasses import replace
 
-    from .engine.fastpath import fast_settings
-    from .engine.train import resolve_device
+    from .devices import resolve_device
+    from .inference.settings import fast_settings
 
     base = fast_settings(resolve_device(args.device))
     return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
 
 
 def _load(args):
-    from .engine.predict import load_model
+    from .inference.loading import load_model
 
     return load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
                       image_size=getattr(args, "image_size", None), settings=_settings(args))
 
 
 def cmd_predict(args) -> int:
-    from .engine.predict_files import FORMATS, predict_files
+    from .inference.files import FORMATS, predict_files
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
     model = _load(args)
-    if args.score_threshold is not None:
-        model.config.model.score_threshold = args.score_threshold
-    if args.max_detections is not None:
-        model.model.detector.roi_heads.detections_per_img = args.max_detections
+    overrides = {key: value for key, value in (("score_threshold", args.score_threshold),
+                                               ("max_detections", args.max_detections)) if value is not None}
+    postprocess = model.postprocess_settings(**overrides)
     tile = None if args.tile == "auto" else args.tile == "on"
     run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
-                        pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet)
+                        pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet,
+                        postprocess=postprocess)
     print(f"{len(run.written)} images predicted into {args.out}"
           + (f", {len(run.skipped)} kept existing outputs (use --overwrite)" if run.skipped else ""))
     if run.failed:
@@ -132,7 +132,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .engine.evaluate import evaluate_model_file
+    from .evaluation.evaluate import evaluate_model_file
 
     evaluate_model_file(args.model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
                         device=args.device, settings=_settings(args), baselines=args.baselines, score_threshold=args.score_threshold,
@@ -142,21 +142,21 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .engine.compare import compare_reports
+    from .evaluation.compare import compare_reports
 
     print(compare_reports(args.reports, out_path=args.out, names=args.names))
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .engine.demo import run_demo
+    from .demo import run_demo
 
     run_demo(args.out, quick=args.quick, progress=not args.quiet)
     return 0
 
 
 def cmd_pretrain_teacher(args) -> int:
-    from .engine.pretrain_teacher import pretrain_teacher
+    from .training.pretrain_teacher import pretrain_teacher
 
     options = {}
     for key in ("steps", "point_fraction", "lr", "init"):
@@ -170,9 +170,10 @@ def cmd_pretrain_teacher(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .engine.bench import run_bench
+    from .bench import run_bench
 
-    print(run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile))
+    print(run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile, model=args.model,
+                    data=args.data, images=args.images, progress=not args.quiet))
     return 0
 
 
@@ -313,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--model", help="a trained model (RUN/model.pt); default: one trained for a minute first")
+    p.add_argument("--images", help="a folder of your own images: end-to-end prediction on them")
+    p.add_argument("--data", help="a COCO file with boxes for the images of --images: the training iteration")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser
 

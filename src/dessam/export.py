@@ -24,7 +24,6 @@ from skimage.measure import regionprops_table
 from skimage.segmentation import find_boundaries
 
 from .atomic import atomic_path, write_text_atomic
-from .data.coco import mask_to_rle
 from .data.images import to_rgb, to_uint8
 from .errors import DessamError
 from .postprocess import label_dtype
@@ -329,46 +328,19 @@ def write_geojson(path, labels: np.ndarray, measurements: Sequence[Mapping] | No
 # ---------------------------------------------------------------- COCO results and JSON
 
 
-def masks_to_coco_results(
-    image_id: int,
-    masks: np.ndarray,
-    scores: Sequence[float],
-    boxes: np.ndarray | None = None,
-    category_id: int = 1,
-) -> list[dict]:
-    """Detections in the COCO results format (RLE segmentation, bbox x, y, w, h, score).
-
-    `boxes` are x1, y1, x2, y2; without them each bbox is the mask's bounding box.
-    """
-    masks = np.asarray(masks, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if masks.ndim != 3 or masks.shape[0] != scores.size:
-        raise ValueError(
-            f"masks_to_coco_results needs masks (N, H, W) and N scores; got {masks.shape} and {scores.shape}"
-        )
-    if boxes is None:
-        boxes = np.array([_mask_box(mask) for mask in masks], dtype=np.float64).reshape(-1, 4)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if boxes.shape[0] != masks.shape[0]:
-        raise ValueError(f"masks_to_coco_results got {masks.shape[0]} masks but {boxes.shape[0]} boxes")
+def instances_to_coco_results(image_id: int, instances, category_id: int = 1) -> list[dict]:
+    """Detections in the COCO results format (RLE segmentation, bbox x, y, w, h, score), one per
+    instance of an `Instances` (its detector box, its mask as cleaned, before overlaps are painted)."""
     return [
         {
             "image_id": int(image_id),
             "category_id": int(category_id),
-            "segmentation": mask_to_rle(mask),
+            "segmentation": instances.rle(k),
             "bbox": [round(float(v), 2) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])],
             "score": float(score),
         }
-        for mask, box, score in zip(masks, boxes, scores)
+        for k, (box, score) in enumerate(zip(instances.boxes, instances.scores))
     ]
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """x1, y1, x2, y2 enclosing the mask's pixels (all 0 for an empty mask)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return (0, 0, 0, 0)
-    return (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
 
 
 def _plain(value):

@@ -26,17 +26,21 @@ from torchvision.ops import roi_align
 DICE_SMOOTH = 1e-3  # the authors' eps 1e-6 at their scale of 1000
 
 
-def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, images: int = 1):
+def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, images: int = 1,
+                        frame_pixels: Optional[int] = None):
     """(bce, dice) of student logits against the teacher's thresholded pseudo-mask.
 
     As in the official implementation, each prompt's BCE is the mean over its pixels and the
     prompts' losses are summed (per image: divided by `images`, the images in the batch), so the
     distillation grows with the number of distilled prompts while the edge-aware terms are means.
     Dice is 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s) with s = 1e-3: the authors' `dice_loss`
-    divides p and t by 1000 and adds 1e-6.
+    divides p and t by 1000 and adds 1e-6. With local decoding the logits cover a window of the
+    low-resolution frame (the same window for student and teacher); `frame_pixels`, the frame's
+    size, keeps BCE a mean over the whole frame (pixels beyond the window count as agreeing).
     """
     pseudo = (teacher_logits > 0).to(student_logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(student_logits, pseudo, reduction="none").flatten(1).mean(1)
+    pixels = frame_pixels or student_logits[0, 0].numel()
+    bce = F.binary_cross_entropy_with_logits(student_logits, pseudo, reduction="none").flatten(1).sum(1) / pixels
     prob = student_logits.sigmoid().flatten(1)
     target = pseudo.flatten(1)
     dice = 1 - (2 * (prob * target).sum(1) + DICE_SMOOTH) / (prob.sum(1) + target.sum(1) + DICE_SMOOTH)
@@ -130,10 +134,13 @@ def global_level_set_loss(prob: torch.Tensor, image: torch.Tensor) -> torch.Tens
 def edge_aware_losses(student_logits: torch.Tensor, mask_boxes: torch.Tensor, colour_boxes: torch.Tensor,
                       image_index: torch.Tensor, images_rgb: torch.Tensor, valid: torch.Tensor,
                       images_normalised: Optional[torch.Tensor] = None, crop: int = 72, dilation: int = 2,
-                      mask_dilation: int = 2, tau: float = 0.0):
+                      mask_dilation: int = 2, tau: float = 0.0, logits_scale: Optional[float] = None,
+                      logits_origins: Optional[torch.Tensor] = None):
     """(local, global) edge-aware terms for N student masks.
 
-    student_logits: (N, 1, h, w) low-res logits over the padded input frame (S x S); the student's
+    student_logits: (N, 1, h, w) low-res logits over the padded input frame (S x S), or over a window
+    of it whose top-left lies at `logits_origins` (N, 2: x, y in input pixels) with `logits_scale`
+    logits per input pixel; the student's
     logits are cropped at `mask_boxes` and the image at `colour_boxes` (N, 4, input frame; both the
     matched annotated boxes by default), each resampled to `crop` x `crop`; image_index: (N,) their
     image; images_rgb: (B, 3, S, S) padded input images, 0-255; valid: (B, 1, S, S) from
@@ -142,7 +149,9 @@ def edge_aware_losses(student_logits: torch.Tensor, mask_boxes: torch.Tensor, co
     """
     size = images_rgb.shape[-1]
     own = torch.arange(len(mask_boxes), device=mask_boxes.device)
-    prob_crops = crop_to_boxes(student_logits, mask_boxes, own, crop, student_logits.shape[-1] / size).sigmoid()
+    scale = logits_scale or student_logits.shape[-1] / size
+    in_window = mask_boxes if logits_origins is None else mask_boxes - logits_origins.to(mask_boxes.dtype).repeat(1, 2)
+    prob_crops = crop_to_boxes(student_logits, in_window, own, crop, scale).sigmoid()
     with torch.no_grad():
         valid_crops = crop_to_boxes(valid, colour_boxes, image_index, crop, 1.0)
         lab_crops = crop_to_boxes(rgb_to_lab(images_rgb), colour_boxes, image_index, crop, 1.0)

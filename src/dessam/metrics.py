@@ -496,8 +496,14 @@ def _coco_predictions(gt_label_maps: Sequence[np.ndarray], pred_instances: Seque
         raise ValueError(f"{len(gt_label_maps)} ground-truth label maps but {len(pred_instances)} predictions")
     results = []
     for image_id, (label_map, (masks, scores)) in enumerate(zip(gt_label_maps, pred_instances), start=1):
-        masks = np.asarray(masks, bool)
         scores = np.asarray(scores, np.float64).reshape(-1)
+        if isinstance(masks, list) and all(isinstance(m, dict) for m in masks):  # COCO RLEs, one per instance
+            if len(masks) != len(scores) or any(list(m["size"]) != list(np.shape(label_map)) for m in masks):
+                raise ValueError(f"image {image_id}: {len(masks)} RLE masks and {len(scores)} scores do not fit "
+                                 f"a ground-truth map of shape {np.shape(label_map)}")
+            results += [dict(image_id=image_id, category_id=1, segmentation=m, score=float(v)) for m, v in zip(masks, scores)]
+            continue
+        masks = np.asarray(masks, bool)
         if masks.ndim != 3 or masks.shape[1:] != np.shape(label_map) or len(masks) != len(scores):
             raise ValueError(
                 f"image {image_id}: predicted masks {masks.shape} and {len(scores)} scores do not fit "
@@ -511,7 +517,8 @@ def _coco_predictions(gt_label_maps: Sequence[np.ndarray], pred_instances: Seque
 def coco_mask_ap(gt_label_maps: Sequence[np.ndarray], pred_instances: Sequence, max_dets: int = 1000) -> dict:
     """COCO mask AP (IoU 0.50:0.95), AP50 and AP75 over a set of images, via pycocotools.
 
-    `pred_instances[i]` is ``(masks, scores)`` for image i: boolean N x H x W masks and N scores.
+    `pred_instances[i]` is ``(masks, scores)`` for image i: boolean N x H x W masks, or a list of N
+    COCO RLE dicts (memory that does not grow with nuclei x image area), and N scores.
     Every image keeps its `max_dets` best-scoring predictions (default 1000, mmdetection's
     CocoMetric setting; COCO's own 100 truncates dense nucleus images). Area ranges are not split.
     """

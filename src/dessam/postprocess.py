@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from .errors import DessamError
+
 SCORE_THRESHOLD = 0.55
 MIN_SIZE = 70
 OVERLAP_WINNERS = ("lower-score", "higher-score")
@@ -35,6 +37,7 @@ class Postprocess:
     """How raw instance masks become the label map that is scored and written."""
 
     score_threshold: Optional[float] = SCORE_THRESHOLD  # None keeps every detection
+    max_detections: int = 120          # the detector keeps at most this many boxes per image (or window)
     min_size: int = MIN_SIZE           # holes and islands under this many pixels
     remove_holes: bool = True
     remove_islands: bool = True
@@ -48,12 +51,19 @@ class Postprocess:
             raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
         if self.overlap_winner not in OVERLAP_WINNERS:
             raise ValueError(f"overlap_winner must be one of {', '.join(OVERLAP_WINNERS)}, got {self.overlap_winner!r}")
+        if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:
+            raise DessamError(f"score threshold {self.score_threshold}: use a value between 0 and 1 (0 keeps every detection)")
+        if int(self.max_detections) < 1:
+            raise DessamError(f"max detections {self.max_detections}: keep at least 1 detection per image")
+        if int(self.min_size) < 0:
+            raise DessamError(f"minimum size {self.min_size}: use 0 or a positive number of pixels")
 
     @classmethod
     def from_model_config(cls, model_config, **overrides) -> "Postprocess":
         """The post-processing a model's config asks for (`overrides` replace single values)."""
         values = dict(
             score_threshold=model_config.score_threshold,
+            max_detections=model_config.max_detections,
             min_size=model_config.min_object_size,
             connectivity=model_config.connectivity,
             fill_border_holes=model_config.fill_border_holes,
@@ -102,38 +112,47 @@ def _drop_small_islands(crop: np.ndarray, settings: Postprocess) -> np.ndarray:
     return keep[islands]
 
 
-def _clean_one(mask: np.ndarray, settings: Postprocess) -> np.ndarray:
-    """Clean one full-size mask, working on its bounding box plus a one-pixel frame.
-
-    The frame (where it lies inside the image) is background joined to all the background outside
-    the box, so the piece it belongs to is as large as on the whole image. When the box spans the
-    whole height or width, the background outside it may fall apart: then the whole image is used.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
+def tight(crop: np.ndarray, y0: int, x0: int) -> tuple:
+    """(crop, y0, x0) cut to the crop's own bounding box; an empty crop comes back 0 x 0."""
+    rows = np.flatnonzero(crop.any(axis=1))
     if rows.size == 0:
-        return mask
-    cols = np.flatnonzero(mask.any(axis=0))
-    height, width = mask.shape
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return crop[:0, :0], y0, x0
+    cols = np.flatnonzero(crop.any(axis=0))
+    return crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], y0 + int(rows[0]), x0 + int(cols[0])
+
+
+def clean_crop(crop: np.ndarray, y0: int, x0: int, shape: tuple, settings: Postprocess) -> tuple:
+    """Clean one mask given as a crop at (y0, x0) of an image of `shape`; returns (crop, y0, x0),
+    cut to the cleaned mask's bounding box (0 x 0 when nothing is left).
+
+    The work is done on the mask's bounding box plus a one-pixel frame (where the frame lies inside
+    the image). The frame is background joined to all the background outside the box, so the piece
+    it belongs to counts as large as it is on the whole image. When the box spans the whole height
+    or width the background outside it may fall apart: then the whole image is used.
+    """
+    crop, y0, x0 = tight(np.asarray(crop, dtype=bool), y0, x0)
+    if not crop.size:
+        return crop, y0, x0
+    height, width = shape
+    y1, x1 = y0 + crop.shape[0], x0 + crop.shape[1]
     if (y0 == 0 and y1 == height) or (x0 == 0 and x1 == width):
-        y0, y1, x0, x1 = 0, height, 0, width
-    cy0, cy1, cx0, cx1 = max(y0 - 1, 0), min(y1 + 1, height), max(x0 - 1, 0), min(x1 + 1, width)
-    crop = mask[cy0:cy1, cx0:cx1]
+        cy0, cy1, cx0, cx1 = 0, height, 0, width
+    else:
+        cy0, cy1, cx0, cx1 = max(y0 - 1, 0), min(y1 + 1, height), max(x0 - 1, 0), min(x1 + 1, width)
+    work = np.zeros((cy1 - cy0, cx1 - cx0), dtype=bool)
+    work[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = crop
     if settings.remove_holes:
-        outside = np.ones(crop.shape, dtype=bool)
+        outside = np.ones(work.shape, dtype=bool)
         outside[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = False
-        on_border = np.zeros(crop.shape, dtype=bool)
+        on_border = np.zeros(work.shape, dtype=bool)
         on_border[0, :] |= cy0 == 0
         on_border[-1, :] |= cy1 == height
         on_border[:, 0] |= cx0 == 0
         on_border[:, -1] |= cx1 == width
-        extra = height * width - crop.size
-        crop = _fill_small_holes(crop, outside, extra, on_border, settings)
+        work = _fill_small_holes(work, outside, height * width - work.size, on_border, settings)
     if settings.remove_islands:
-        crop = _drop_small_islands(crop, settings)
-    out = np.zeros_like(mask)
-    out[cy0:cy1, cx0:cx1] = crop
-    return out
+        work = _drop_small_islands(work, settings)
+    return tight(work, cy0, cx0)
 
 
 def clean_masks(
@@ -164,7 +183,8 @@ def clean_masks(
         keep = keep[scores >= settings.score_threshold]
     cleaned = np.zeros((keep.size,) + masks.shape[1:], dtype=bool)
     for row, index in enumerate(keep):
-        cleaned[row] = _clean_one(masks[index], settings)
+        crop, y0, x0 = clean_crop(masks[index], 0, 0, masks.shape[1:], settings)
+        cleaned[row, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
     nonempty = cleaned.any(axis=(1, 2))
     keep = keep[nonempty]
     return cleaned[nonempty], scores[keep], keep

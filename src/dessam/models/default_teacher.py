@@ -3,7 +3,7 @@
 Official SAM weights cannot always be downloaded, so `--sam default` uses this model: a small
 convolutional image encoder (`ConvEncoder`, stride 8) in front of the *official*
 `segment_anything` prompt encoder, two-way transformer and mask decoder, at a narrower width.
-It is pre-trained on generic synthetic scenes by `dessam.engine.pretrain_teacher` and stored in
+It is pre-trained on generic synthetic scenes by `dessam.training.pretrain_teacher` and stored in
 `assets/default_teacher.pt` as ``{"format": "dessam-sam", "arch": {...}, "state_dict": {...}}``.
 """
 
@@ -15,8 +15,9 @@ from typing import Optional
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import DessamError
+from .checkpoints import read_sam_state_dict, safe_torch_load
 from .conv_encoder import STRIDE, ConvEncoder
-from .sam import PIXEL_MEAN, PIXEL_STD, read_sam_state_dict, safe_torch_load
+from .pixels import PIXEL_MEAN, PIXEL_STD
 
 DEFAULT_TEACHER_PATH = Path(__file__).resolve().parent.parent / "assets" / "default_teacher.pt"
 DEFAULT_IMAGE_SIZE = 256

@@ -18,6 +18,7 @@ from .neck import SimpleFeaturePyramid
 from .prompted_decoder import PromptedMaskDecoder
 
 TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.")
+LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
 
 
 class DESSAM(nn.Module):
@@ -84,10 +85,16 @@ class DESSAM(nn.Module):
         if len(proposals) == 0:
             losses.update(distill_bce=zero, distill_dice=zero, edge_local=zero, edge_global=zero)
             return losses
+        # Teacher and student of one pair share a window (local decoding) so their logits line up.
+        pairs = torch.cat([torch.minimum(matched[:, :2], proposals[:, :2]), torch.maximum(matched[:, 2:], proposals[:, 2:])], 1)
+        margin = self.config.model.local_margin if self.config.model.local_decoding else None
+        origins, size = self.decoder.windows(pairs, margin)
         with torch.no_grad():
-            teacher, _ = self.decoder(embeddings, matched, image_index, use_token=False)
-        student, _ = self.decoder(embeddings, proposals, image_index, use_token=True)
-        losses["distill_bce"], losses["distill_dice"] = distillation_losses(student, teacher, images=len(image_sizes))
+            teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size)
+        student = self.decoder(embeddings, proposals, image_index, use_token=True, origins=origins, size=size)
+        frame_pixels = student.frame[0] * student.frame[1]
+        losses["distill_bce"], losses["distill_dice"] = distillation_losses(
+            student.logits, teacher.logits, images=len(image_sizes), frame_pixels=frame_pixels)
         if loss_config.edge_aware:
             crop_boxes = {"annotated": matched, "proposal": proposals}
             if loss_config.edge_crop_box not in crop_boxes:
@@ -96,10 +103,12 @@ class DESSAM(nn.Module):
             if loss_config.edge_global_image not in images:
                 raise ValueError(f"loss.edge_global_image: unknown '{loss_config.edge_global_image}'; use rgb or normalised")
             valid = valid_region(image_sizes, self.image_size, loss_config.edge_bottom_rows, embeddings.device)
+            logits_per_pixel = student.frame[-1] / self.image_size
             losses["edge_local"], losses["edge_global"] = edge_aware_losses(
-                student, crop_boxes[loss_config.edge_crop_box], matched, image_index, images_rgb, valid,
+                student.logits, crop_boxes[loss_config.edge_crop_box], matched, image_index, images_rgb, valid,
                 images[loss_config.edge_global_image], crop=loss_config.edge_crop,
                 dilation=loss_config.edge_dilation, mask_dilation=loss_config.edge_mask_dilation, tau=loss_config.edge_tau,
+                logits_scale=logits_per_pixel, logits_origins=student.origins.flip(1) / logits_per_pixel,
             )
         else:
             losses["edge_local"] = losses["edge_global"] = zero
@@ -108,20 +117,3 @@ class DESSAM(nn.Module):
     def weighted_total(self, losses: dict) -> torch.Tensor:
         weights = self.config.loss
         return sum(getattr(weights, name) * value for name, value in losses.items())
-
-    # ----- inference -------------------------------------------------------------------------
-    @torch.no_grad()
-    def detect(self, embeddings: torch.Tensor, image_sizes: list):
-        """Detector boxes (input frame) and scores per image."""
-        return self.detector.detect(self.neck(embeddings), image_sizes, self.image_size)
-
-    @torch.no_grad()
-    def segment(self, embeddings: torch.Tensor, boxes: torch.Tensor, image_index=None, use_token: bool = True):
-        """Low-res mask logits for boxes (input frame), in chunks of `decoder_chunk` prompts."""
-        chunk = max(1, self.config.model.decoder_chunk)
-        pieces = []
-        for start in range(0, max(len(boxes), 1), chunk):
-            index = None if image_index is None else image_index[start:start + chunk]
-            logits, _ = self.decoder(embeddings, boxes[start:start + chunk], index, use_token=use_token)
-            pieces.append(logits)
-        return torch.cat(pieces)

@@ -23,6 +23,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import boxes as box_ops
 
 from ..config import ModelConfig
 from .matcher import MaxIoUMatcher
@@ -124,7 +125,7 @@ class BoxDetector(nn.Module):
             batch_size_per_image=config.roi_batch_per_image,
             positive_fraction=config.roi_positive_fraction,
             bbox_reg_weights=None,
-            score_thresh=config.score_threshold,
+            score_thresh=config.score_threshold,  # not used: `detect` takes the thresholds per call
             nms_thresh=config.detection_nms,
             detections_per_img=config.max_detections,
         )
@@ -171,12 +172,27 @@ class BoxDetector(nn.Module):
         return losses, SampledRois(proposals, labels, matched)
 
     @torch.no_grad()
-    def detect(self, features: dict, image_sizes: list, padded_size: int):
-        """Final boxes (input frame) and scores per image, after score threshold and NMS."""
+    def detect(self, features: dict, image_sizes: list, padded_size: int, score_threshold: float,
+               max_detections: int):
+        """Final boxes (input frame) and scores per image: scores > `score_threshold`, NMS, the
+        `max_detections` best. The thresholds are given per call, never kept in the module."""
         images = self.image_list(features, image_sizes, padded_size)
         proposals, _ = self.rpn(images, features)
         class_logits, _, box_regression = self._box_features(features, proposals)
-        boxes, scores, _ = self.roi_heads.postprocess_detections(
-            class_logits, box_regression, proposals, images.image_sizes
-        )
-        return boxes, scores
+        heads = self.roi_heads
+        boxes = heads.box_coder.decode(box_regression, proposals)
+        scores = F.softmax(class_logits, -1)
+        found_boxes, found_scores = [], []
+        for image_boxes, image_scores, shape in zip(boxes.split([len(p) for p in proposals]),
+                                                    scores.split([len(p) for p in proposals]), images.image_sizes):
+            image_boxes = box_ops.clip_boxes_to_image(image_boxes, shape)[:, 1:].reshape(-1, 4)
+            image_scores = image_scores[:, 1:].reshape(-1)
+            keep = torch.where(image_scores > score_threshold)[0]
+            image_boxes, image_scores = image_boxes[keep], image_scores[keep]
+            keep = box_ops.remove_small_boxes(image_boxes, min_size=1e-2)
+            image_boxes, image_scores = image_boxes[keep], image_scores[keep]
+            labels = torch.ones_like(image_scores, dtype=torch.int64)  # torchvision's own call, for identical results
+            keep = box_ops.batched_nms(image_boxes, image_scores, labels, heads.nms_thresh)[:max_detections]
+            found_boxes.append(image_boxes[keep])
+            found_scores.append(image_scores[keep])
+        return found_boxes, found_scores

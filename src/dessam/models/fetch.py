@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DessamError
-from .sam import build_sam_architecture, check_state_dict, read_sam_state_dict
+from .checkpoints import read_sam_state_dict
+from .sam import build_sam_architecture, check_state_dict
 
 try:  # POSIX only: keeps two processes from appending to the same .part file
     import fcntl

@@ -4,13 +4,19 @@ Teacher and student share the very same frozen `MaskDecoder` and `PromptEncoder`
 The student adds one learnable 256-d token to the decoder's output-token sequence, after the IoU
 and mask tokens and before the sparse (box-corner) prompt tokens; it starts as SAM's "not a point"
 padding embedding, so that the student begins close to the teacher (the authors' `nn.Embedding`
-starts N(0, 1): `token_init="normal"`). Without that token the
-computation is exactly `MaskDecoder.predict_masks` (single-mask output, first mask token), which
-is what the teacher uses. This module re-sequences SAM's sub-modules; it does not copy them.
+starts N(0, 1): `token_init="normal"`). Without that token the computation is exactly
+`MaskDecoder.predict_masks` (single-mask output, first mask token), which is what the teacher uses.
+This module re-sequences SAM's sub-modules; it does not copy them.
+
+Local decoding: a nucleus's mask depends mostly on the embedding around its box. Given a window of
+the embedding grid per prompt, the decoder attends over that window only, with the positional
+encoding of the window's true place, and returns the low-resolution logits of the window; the cost
+then no longer grows with the field.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,6 +25,52 @@ from torch import nn
 
 # not-a-point: a copy of SAM's padding token (dessam); normal: nn.Embedding's N(0, 1) (the authors')
 TOKEN_INITS = ("not-a-point", "normal")
+UPSCALE = 4  # SAM's decoder upsamples the embedding grid 4 x into its low-resolution logits
+OUTSIDE = -1e4  # the logit of the pixels beyond a prompt's window (sigmoid 0)
+
+
+@dataclass
+class DecodedMasks:
+    """Low-resolution logits of N prompts, each over a square window of the full low-res frame."""
+
+    logits: torch.Tensor    # (N, 1, k, k)
+    iou: torch.Tensor       # (N, 1) SAM's predicted IoU
+    origins: torch.Tensor   # (N, 2) long: row, column of each window's first logit in the full frame
+    frame: tuple            # (H, W) of the full low-res frame (4 x the embedding grid)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    @property
+    def full(self) -> bool:
+        return tuple(self.logits.shape[-2:]) == tuple(self.frame)
+
+    def to_frame(self) -> torch.Tensor:
+        """(N, 1, H, W) logits over the full frame, `OUTSIDE` beyond each prompt's window."""
+        if self.full:
+            return self.logits
+        out = self.logits.new_full((len(self.logits), 1) + tuple(self.frame), OUTSIDE)
+        k = self.logits.shape[-1]
+        for index, (row, col) in enumerate(self.origins.tolist()):
+            out[index, :, row:row + k, col:col + k] = self.logits[index]
+        return out
+
+
+def prompt_windows(boxes: torch.Tensor, stride: int, grid: int, margin: int) -> tuple:
+    """(origins (N, 2) long, size) of square windows of the embedding grid, one per box (N, 4,
+    x1y1x2y2 in the input frame), each holding its box plus `margin` tokens on every side; one size
+    for all (the largest needed). `(None, grid)` when the windows would cover the whole grid."""
+    if not len(boxes):
+        return None, grid
+    lo = torch.floor(boxes[:, :2] / stride).long() - margin         # x, y of the first token
+    hi = torch.ceil(boxes[:, 2:] / stride).long() + margin          # past the last token
+    own = (hi - lo).clamp(min=1)
+    size = int(own.max())
+    if size >= grid:
+        return None, grid
+    start = lo - (size - own) // 2
+    start = start.clamp(min=0, max=grid - size)
+    return start.flip(1), size                                       # (row, col)
 
 
 class PromptedMaskDecoder(nn.Module):
@@ -40,45 +92,95 @@ class PromptedMaskDecoder(nn.Module):
     def sam(self) -> Sam:
         return self._sam[0]
 
+    @property
+    def grid(self) -> int:
+        return int(self.sam.prompt_encoder.image_embedding_size[0])
+
+    @property
+    def stride(self) -> int:
+        return int(self.sam.image_encoder.img_size) // self.grid
+
+    def windows(self, boxes: torch.Tensor, margin: Optional[int]) -> tuple:
+        """`prompt_windows` for this SAM's grid; margin None = full decoding."""
+        if margin is None:
+            return None, self.grid
+        return prompt_windows(boxes, self.stride, self.grid, int(margin))
+
     def forward(
         self,
         embeddings: torch.Tensor,
         boxes: torch.Tensor,
         image_index: Optional[torch.Tensor] = None,
         use_token: bool = True,
-    ):
-        """Low-resolution mask logits (N, 1, 4h, 4w) and IoU predictions (N, 1) for N boxes.
+        origins: Optional[torch.Tensor] = None,
+        size: Optional[int] = None,
+    ) -> DecodedMasks:
+        """Low-resolution mask logits and IoU predictions for N boxes.
 
         embeddings: (B, C, h, w) image embeddings; boxes: (N, 4) x1y1x2y2 in the model's input
-        frame; image_index: (N,) which embedding each box belongs to (default: all image 0).
+        frame; image_index: (N,) which embedding each box belongs to (default: all image 0);
+        origins / size: each prompt's window of the embedding grid (`windows`), or None for the
+        whole grid.
         """
         sam = self.sam
         decoder = sam.mask_decoder
         n = boxes.shape[0]
+        h, w = embeddings.shape[-2:]
+        frame = (UPSCALE * h, UPSCALE * w)
+        if origins is None:
+            size_h, size_w = h, w
+            origins = torch.zeros((n, 2), dtype=torch.long, device=boxes.device)
+        else:
+            size_h = size_w = int(size)
         if n == 0:
-            h, w = embeddings.shape[-2:]
-            return embeddings.new_zeros((0, 1, 4 * h, 4 * w)), embeddings.new_zeros((0, 1))
-        sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+            return DecodedMasks(embeddings.new_zeros((0, 1, UPSCALE * size_h, UPSCALE * size_w)),
+                                embeddings.new_zeros((0, 1)), origins, frame)
+        sparse, _ = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+        dense = decoder_dense(sam, n, size_h, size_w)
         tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight]
         if use_token and self.prompt_token is not None:
             tokens.append(self.prompt_token.weight)
         output_tokens = torch.cat(tokens, dim=0).unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
 
-        if image_index is None:
-            src = embeddings[:1].expand(n, -1, -1, -1)
+        index = torch.zeros(n, dtype=torch.long, device=boxes.device) if image_index is None else image_index
+        pe = sam.prompt_encoder.get_dense_pe()
+        if size_h == h and size_w == w:
+            src = embeddings[:1].expand(n, -1, -1, -1) if image_index is None else embeddings[index]
+            pos_src = pe.expand(n, -1, -1, -1)
         else:
-            src = embeddings[image_index]
+            src = _gather_windows(embeddings, index, origins, size_h)
+            pos_src = _gather_windows(pe, torch.zeros_like(index), origins, size_h)
         src = src + dense
-        pos_src = sam.prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
+        b, c = src.shape[:2]
         hs, src = decoder.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         first_mask_token = hs[:, 1, :]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
+        src = src.transpose(1, 2).reshape(b, c, size_h, size_w)
         upscaled = decoder.output_upscaling(src)
         hyper = decoder.output_hypernetworks_mlps[0](first_mask_token)
-        b, c, h, w = upscaled.shape
-        masks = (hyper.unsqueeze(1) @ upscaled.view(b, c, h * w)).view(b, 1, h, w)
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper.unsqueeze(1) @ upscaled.view(b, c, uh * uw)).view(b, 1, uh, uw)
         iou = decoder.iou_prediction_head(iou_token_out)[:, :1]
-        return masks, iou
+        return DecodedMasks(masks, iou, origins * UPSCALE, frame)
+
+
+def decoder_dense(sam: Sam, n: int, h: int, w: int) -> torch.Tensor:
+    """The dense prompt of a box prompt (SAM's "no mask" embedding) over an h x w grid."""
+    return sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+
+
+def _gather_windows(maps: torch.Tensor, index: torch.Tensor, origins: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, size, size): the window at `origins[i]` (row, col) of `maps[index[i]]`."""
+    offsets = torch.arange(size, device=maps.device)
+    rows = (origins[:, 0:1] + offsets)[:, :, None]                       # (N, size, 1)
+    cols = (origins[:, 1:2] + offsets)[:, None, :]                       # (N, 1, size)
+    picked = maps[index[:, None, None], :, rows, cols]                   # (N, size, size, C)
+    return picked.permute(0, 3, 1, 2)
+
+
+def windows_needed(boxes: torch.Tensor, stride: int, margin: int) -> torch.Tensor:
+    """Per box (N, 4, input frame), the side in tokens of its own window: prompts sorted by it share
+    decoder calls with similar ones, so that each call's common window stays small."""
+    sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return torch.ceil(sides / stride).long() + 1 + 2 * margin

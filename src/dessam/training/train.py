@@ -14,53 +14,28 @@ the random-number state.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..config import Config, save_config
-from ..data.coco import ImageRecord, load_coco, read_record_image
-from ..data.images import read_image
+from ..data.coco import load_coco
+from ..devices import resolve_device
 from ..errors import DessamError
-from ..models.dessam import DESSAM
-from ..models.sam import build_sam, file_sha256, safe_torch_load, weights_sha256
+from ..models.dessam import DESSAM, LOSS_NAMES
+from ..models.model_file import read_checkpoint, sam_identity, save_checkpoint, save_model_file
+from ..models.sam import build_sam, recognise_variant
 from . import distributed
+from .batches import batch_tensors, encode_training_set
 from .cache import EmbeddingCache
-from .inputs import prepare_image
-
-LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
-LOG_COLUMNS = ("epoch", "iteration", "lr", "total") + LOSS_NAMES + ("skipped_nonfinite",)
-MODEL_FORMAT = "dessam-model"
-CHECKPOINT_FORMAT = "dessam-checkpoint"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DessamError("--device cuda: no CUDA device is available here; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise DessamError(f"--device {name}: use cpu, cuda or auto")
-    return torch.device(name)
-
-
-def sam_identity(name: str, checkpoint: Optional[str], sam) -> dict:
-    """Name and SHA-256 of the SAM weights a model was trained on (stored in model.pt)."""
-    if checkpoint:
-        return {"name": name, "checkpoint": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
-    if name == "default":
-        from ..models.default_teacher import DEFAULT_TEACHER_PATH
-
-        return {"name": name, "checkpoint": DEFAULT_TEACHER_PATH.name, "sha256": file_sha256(DEFAULT_TEACHER_PATH)}
-    return {"name": name, "checkpoint": None, "sha256": weights_sha256(sam)}
+from .loss_log import LossLog
+from .validation_loss import write_validation_losses
 
 
 def build_model(config: Config, device: torch.device):
@@ -69,8 +44,6 @@ def build_model(config: Config, device: torch.device):
     sam_name, checkpoint = model_config.sam, model_config.sam_checkpoint
     sam = build_sam(sam_name, checkpoint, model_config.image_size)
     if checkpoint is None and Path(str(sam_name)).suffix in (".pth", ".pt"):
-        from ..models.sam import recognise_variant
-
         sam_name, checkpoint = recognise_variant(sam_name), sam_name
         model_config.sam, model_config.sam_checkpoint = sam_name, str(checkpoint)
     model_config.image_size = int(sam.image_encoder.img_size)
@@ -78,28 +51,6 @@ def build_model(config: Config, device: torch.device):
     torch.manual_seed(config.train.seed)
     model = DESSAM(sam, config).to(device)
     return model, identity
-
-
-@dataclass
-class TrainingImage:
-    record: ImageRecord
-    cache_key: str
-    boxes: torch.Tensor       # (N, 4) input frame
-    resized_hw: tuple
-
-
-def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True) -> list:
-    """Cache every image's embedding (running the encoder only for images not cached yet)."""
-    grid = model.sam.prompt_encoder.image_embedding_size
-    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
-    items = []
-    for record in tqdm(records, desc="Embedding images", disable=not progress, unit="img"):
-        inputs = prepare_image(read_record_image(record), model.image_size)
-        key = cache.key(inputs.resized)
-        cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
-        boxes = torch.from_numpy(record.boxes * inputs.scale).float()
-        items.append(TrainingImage(record, key, boxes, inputs.resized_hw))
-    return items
 
 
 def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1) -> float:
@@ -124,91 +75,6 @@ def make_optimizer(config: Config, parameters: list, lr: float) -> torch.optim.O
 
 def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
-
-
-def _batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
-    grid = model.sam.prompt_encoder.image_embedding_size
-    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
-    embeddings, rgb, normalised = [], [], []
-    for item in items:
-        inputs = prepare_image(read_image(item.record.path), model.image_size)
-        # verified cached embedding; a damaged or removed entry is recomputed, never trusted
-        embedding = cache.get_or_compute(
-            item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape
-        )
-        embeddings.append(embedding.float())
-        rgb.append(inputs.rgb)
-        normalised.append(inputs.normalised)
-    return (
-        torch.stack(embeddings).to(device),
-        torch.stack(rgb).to(device),
-        torch.stack(normalised).to(device),
-        [item.boxes.to(device) for item in items],
-        [item.resized_hw for item in items],
-    )
-
-
-def save_model_file(path: Path, model: DESSAM, config: Config, identity: dict, epoch: int, iteration: int,
-                    input_scale: float) -> None:
-    payload = {
-        "input_scale": input_scale,  # training images were resized by this factor (median)
-        "format": MODEL_FORMAT,
-        "version": 1,
-        "config": config.to_dict(),
-        "sam": identity,
-        "state_dict": model.trainable_state_dict(),
-        "epoch": epoch,
-        "iteration": iteration,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def save_checkpoint(path: Path, model, optimizer, config, identity, epoch, batch, iteration, nonfinite_run) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "sam": identity,
-        "state_dict": model.trainable_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,           # the epoch to continue
-        "batch": batch,           # the batch index inside that epoch to continue from
-        "iteration": iteration,   # iterations done
-        "nonfinite_run": nonfinite_run,
-        "torch_rng": torch.get_rng_state(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-class LossLog:
-    """`RUN/log.csv`: one row per iteration. On resume, rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, keep_until: Optional[int] = None):
-        self.path = path
-        rows = []
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if _complete(row) and int(row["iteration"]) <= keep_until]
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, LOG_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-        self.handle = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.handle, LOG_COLUMNS)
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _complete(row: dict) -> bool:
-    """False for a row cut short by a killed run (its last column, a 0/1 flag, is missing)."""
-    return row.get("skipped_nonfinite") in ("0", "1") and str(row.get("iteration")).isdigit()
 
 
 @dataclass
@@ -246,9 +112,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
             remove_stale_temporaries(out_dir, checkpoint_dir)
         if not last_path.is_file():
             raise DessamError(f"{last_path}: nothing to resume from; run without --resume")
-        state = safe_torch_load(last_path)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise DessamError(f"{last_path}: not a dessam training checkpoint; run without --resume")
+        state = read_checkpoint(last_path)
 
     model, identity = build_model(config, device)
     if state is not None and state["sam"]["sha256"] != identity["sha256"]:
@@ -294,7 +158,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                 lr = learning_rate(config, iteration, epoch, dist.world_size)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                embeddings, rgb, normalised, boxes, sizes = _batch_tensors(model, chosen, cache, device)
+                embeddings, rgb, normalised, boxes, sizes = batch_tensors(model, chosen, cache, device)
                 losses = trainer(embeddings, rgb, normalised, boxes, sizes)
                 total_loss = model.weighted_total(losses)
                 finite = distributed.all_finite(dist, total_loss)  # every rank takes part, every step
@@ -331,23 +195,23 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
             else:
                 epoch, start_batch = epoch + 1, 0
                 if dist.is_main:
-                    save_checkpoint(checkpoint_dir / f"epoch_{epoch:03d}.pt", model, optimizer, config, identity,
+                    state_now = model.trainable_state_dict()
+                    save_checkpoint(checkpoint_dir / f"epoch_{epoch:03d}.pt", state_now, optimizer, config, identity,
                                     epoch, 0, iteration, nonfinite_run)
-                    save_checkpoint(last_path, model, optimizer, config, identity, epoch, 0, iteration, nonfinite_run)
-                    save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)
+                    save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, 0, iteration, nonfinite_run)
+                    save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, input_scale)
                 continue
             break
         distributed.write_rank_digest(model.trainable_state_dict(), dist)
         if dist.is_main:
-            save_checkpoint(last_path, model, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
-            save_model_file(out_dir / "model.pt", model, config, identity, epoch, iteration, input_scale)
+            state_now = model.trainable_state_dict()
+            save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
+            save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, input_scale)
             write_text_atomic(out_dir / "data_report.txt",
                               f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
                               f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
                               f"skipped non-finite iterations: {skipped_total}\n")
         if val_json is not None and dist.is_main:
-            from .validation_loss import write_validation_losses
-
             write_validation_losses(model, config, val_json, images_dir, cache, device, out_dir / "val.csv", progress)
     finally:
         bar.close()

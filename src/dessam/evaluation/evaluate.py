@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
@@ -45,7 +43,10 @@ from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_
 from ..errors import DessamError
 from ..export import write_json, write_overlay_png
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
-from ..postprocess import Postprocess, clean_masks, masks_to_labels
+from ..inference.instances import Instances
+from ..inference.loading import load_model
+from ..inference.prediction import Prediction
+from ..postprocess import Postprocess
 
 STUDENT = "des-sam"
 METHODS = ("box-as-mask", "sam", STUDENT, "teacher-gt-boxes")
@@ -76,40 +77,20 @@ COUNT_COLUMNS = (("n_gt", "GT"), ("n_pred", "Pred."), ("tp", "TP"), ("fp", "FP")
 # ---------------------------------------------------------------- the methods' instances
 
 
-def boxes_to_masks(boxes: np.ndarray, shape: tuple) -> np.ndarray:
-    """Filled boxes (x1, y1, x2, y2 pixels) as bool masks (N, H, W).
-
-    Pixel (r, c) covers [c, c+1] x [r, r+1]; a box fills the pixels whose centre lies inside it.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    height, width = shape
-    masks = np.zeros((len(boxes), height, width), dtype=bool)
-    first = np.ceil(boxes[:, :2] - 0.5).astype(np.int64)
-    last = np.floor(boxes[:, 2:] - 0.5).astype(np.int64) + 1
-    for mask, (x0, y0), (x1, y1) in zip(masks, first, last):
-        mask[max(y0, 0):max(min(y1, height), 0), max(x0, 0):max(min(x1, width), 0)] = True
-    return masks
-
-
-def detection_threshold(model, threshold: float):
-    """Run the detector with `threshold` as its score cut-off (see `DessamModel.detection_threshold`)."""
-    return model.detection_threshold(threshold)
-
-
-def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str]) -> dict:
-    """Raw (masks, scores) of each method for one image, from one encoding and one detection."""
-    encoded = model.encode(image)
-    boxes, scores = model.detect(encoded)
+def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str],
+                     postprocess: Postprocess) -> dict:
+    """Raw `Instances` of each method for one image, from one encoding and one detection."""
+    inputs = model.prepare([image])
+    embeddings = model.encode(inputs)
+    [(boxes, scores)] = model.detect(embeddings, inputs, postprocess)
     out = {}
     for method in methods:
         if method == "box-as-mask":
-            out[method] = boxes_to_masks(boxes, image.shape[:2]), scores
-        elif method == "sam":
-            out[method] = model.segment(encoded, boxes, use_token=False), scores
-        elif method == STUDENT:
-            out[method] = model.segment(encoded, boxes, use_token=True), scores
+            out[method] = Instances.from_boxes(boxes, scores, image.shape[:2])
+        elif method in ("sam", STUDENT):
+            out[method] = model.segment(embeddings, inputs, [boxes], [scores], use_token=method == STUDENT)[0]
         elif method == "teacher-gt-boxes":
-            out[method] = model.segment(encoded, gt_boxes, use_token=False), np.ones(len(gt_boxes), np.float32)
+            out[method] = model.segment(embeddings, inputs, [gt_boxes], [np.ones(len(gt_boxes))], use_token=False)[0]
         else:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     return out
@@ -131,18 +112,6 @@ class _Lazy(Sequence):
         if not 0 <= index < self.count:
             raise IndexError(index)
         return self.item(index)
-
-
-def _encode_masks(masks: np.ndarray) -> list:
-    return mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8))) if len(masks) else []
-
-
-def _decode_masks(rles: list, shape: tuple) -> np.ndarray:
-    if not rles:
-        return np.zeros((0,) + tuple(shape), dtype=bool)
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
 
 
 def _method_summary(rows: list, ap: dict) -> dict:
@@ -222,17 +191,6 @@ def _write_overlays(folder: Path, worst: list) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _postprocess(masks: np.ndarray, scores: np.ndarray, settings: Postprocess) -> tuple:
-    """`clean_masks` that also accepts an image left with no instance."""
-    if settings.score_threshold is not None:
-        keep = np.asarray(scores) >= settings.score_threshold
-        masks, scores = masks[keep], scores[keep]
-    if not len(masks):
-        return masks, np.asarray(scores, dtype=np.float64)
-    masks, scores, _ = clean_masks(masks, scores, settings=replace(settings, score_threshold=None))
-    return masks, scores
-
-
 def _load_test_set(data_json, images_dir):
     dataset = load_coco(data_json, images_dir)
     if not dataset.images:
@@ -266,38 +224,33 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
     methods = METHODS if baselines else (STUDENT,)
     records = dataset.images
-    postprocess = Postprocess.from_model_config(model_config, min_size=min_size, remove_holes=remove_small,
-                                                remove_islands=remove_small)
+    postprocess = model.postprocess_settings(score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
+                                             remove_islands=remove_small)
 
     per_image = {method: [] for method in methods}
     predictions = {method: [] for method in methods}  # per image: (RLEs, scores)
     csv_rows, worst, oversized = [], [], 0
-    with detection_threshold(model, threshold):
-        for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
-            image = read_record_image(record)
-            oversized += bool(model.needs_tiling(image))
-            gt_labels = record_label_map(record)
-            raw = method_instances(model, image, record.boxes, methods)
-            for method in methods:
-                masks, scores = raw[method]
-                cut = threshold if threshold > 0 and method != "teacher-gt-boxes" else None
-                masks, scores = _postprocess(masks, scores, replace(postprocess, score_threshold=cut))
-                labels = masks_to_labels(masks, scores, postprocess.overlap_winner)
-                result = evaluate_pair(gt_labels, labels)
-                per_image[method].append(result)
-                predictions[method].append((_encode_masks(masks), scores))
-                csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method, **result})
-                if method == STUDENT:
-                    worst.append((result["aji"], index, record.file_name, image, labels, gt_labels))
-                    worst = sorted(worst, key=lambda item: item[:2])[:N_OVERLAYS]
+    for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
+        image = read_record_image(record)
+        oversized += bool(model.needs_tiling(image))
+        gt_labels = record_label_map(record)
+        raw = method_instances(model, image, record.boxes, methods, postprocess)
+        for method in methods:
+            cut = threshold if threshold > 0 and method != "teacher-gt-boxes" else None
+            prediction = Prediction.from_instances(raw[method].postprocessed(replace(postprocess, score_threshold=cut)),
+                                                   postprocess.overlap_winner)
+            result = evaluate_pair(gt_labels, prediction.labels)
+            per_image[method].append(result)
+            instances = prediction.instances
+            predictions[method].append(([instances.rle(k) for k in range(len(instances))], instances.scores))
+            csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method, **result})
+            if method == STUDENT:
+                worst.append((result["aji"], index, record.file_name, image, prediction.labels, gt_labels))
+                worst = sorted(worst, key=lambda item: item[:2])[:N_OVERLAYS]
 
     gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
-    shapes = [(r.height, r.width) for r in records]
-    summaries = {}
-    for method in methods:
-        instances = _Lazy(len(records), lambda i, m=method: (_decode_masks(predictions[m][i][0], shapes[i]),
-                                                            predictions[m][i][1]))
-        summaries[method] = _method_summary(per_image[method], coco_mask_ap(gt_maps, instances))
+    summaries = {method: _method_summary(per_image[method], coco_mask_ap(gt_maps, predictions[method]))
+                 for method in methods}
 
     model_path = model_path if model_path is not None else getattr(model, "path", None)
     report = {
@@ -333,8 +286,6 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
                         settings=None, **options) -> dict:
     """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`."""
-    from .predict import load_model
-
     model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
     return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, **options)
 

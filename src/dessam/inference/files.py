@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 
 from ..data.images import read_image_raw, to_rgb, to_uint8
 from ..errors import DessamError
+from ..export import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
+                      write_measurements_csv, write_overlay_png, write_summary_csv)
+from ..postprocess import Postprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 FORMATS = ("labels", "overlay", "geojson", "csv")
@@ -110,10 +113,9 @@ class PredictRun:
 
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
-                  progress: bool = True) -> PredictRun:
-    from ..export import (masks_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
-                          write_measurements_csv, write_overlay_png, write_summary_csv)
-
+                  progress: bool = True, postprocess: Optional[Postprocess] = None) -> PredictRun:
+    """`model` (a `Predictor`) over every image of `inputs`, writing `formats` into `out_dir`;
+    `postprocess`: how results are read (default: the model's own)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise DessamError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
@@ -147,7 +149,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
         try:
             raw = read_image_raw(path)
             image = to_rgb(to_uint8(raw), path)
-            prediction = model.predict(image, tile=tile, overlap=overlap)
+            prediction = model.predict(image, postprocess, tile=tile, overlap=overlap)
             rows = prediction.measurements(pixel_size_um, image=without_alpha(raw))
             if "labels" in wanted:
                 write_label_tiff(wanted["labels"], prediction.labels)
@@ -161,7 +163,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
             run.failed.append((path, str(exc)))
             summary.append({"image": path.name, "status": f"failed: {exc}"})
             continue
-        for result in masks_to_coco_results(image_id, prediction.masks, prediction.scores, prediction.boxes):
+        for result in instances_to_coco_results(image_id, prediction.instances):
             result["file_name"] = path.name
             results.append(result)
         row = summary_row(path.name, rows)

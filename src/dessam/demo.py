@@ -17,8 +17,8 @@ import csv
 import time
 from pathlib import Path
 
-from ..atomic import atomic_path, write_text_atomic
-from ..config import Config
+from .atomic import atomic_path, write_text_atomic
+from .config import Config
 
 SPLITS = (
     # name, scene, shift, seed
@@ -29,34 +29,11 @@ SPLITS = (
 
 
 def demo_config(quick: bool = False) -> Config:
-    """DES-SAM's structure, sized for a few CPU minutes on 256 px synthetic fields."""
-    config = Config()
-    model = config.model
-    model.sam = "default"
-    model.image_size = 256
-    model.neck_channels = 32          # official 256
-    model.rpn_convs = 1               # official 2
-    model.box_head_convs = 2          # official 4
-    model.box_head_fc = 128           # official 1024
-    model.roi_batch_per_image = 256   # official 512
-    model.rpn_pre_nms_train = 1000
-    model.rpn_post_nms_train = 500
-    model.max_detections = 300        # crowded clusters hold more than the official 120
-    model.min_object_size = 10        # the official 70 px is for nuclei of 30-60 px; these are 8-20 px
-    model.anchor_scale = 4.0          # anchors 8-64 px: these nuclei are 8-20 px (official 8 x stride)
-    config.loss.distill_max_prompts = 16
-    train = config.train
-    train.epochs = 1 if quick else 24     # 12 epochs: the detector misses more (patch AJI 0.62 vs 0.67)
-    train.lr_steps = (20,)
-    train.warmup_iters = 50
-    train.batch_size = 1
-    train.optimizer = "adamw"         # official SGD needs the 50-epoch schedule; AdamW copes with a short one
-    train.lr = 2e-4
-    train.lr_reference_batch = 1
-    train.weight_decay = 0.05
-    train.grad_clip = 5.0
-    train.device = "cpu"
-    train.seed = 0
+    """The `demo` preset (DES-SAM's structure, sized for a few CPU minutes on 256 px synthetic
+    fields); `quick`: one epoch."""
+    config = Config().apply_preset("demo")
+    if quick:
+        config.train.epochs = 1
     return config
 
 
@@ -89,11 +66,11 @@ def plot_loss_curve(log_csv: Path, png: Path) -> None:
 
 def run_demo(out="demo_output", quick: bool = False, progress: bool = True, n_train: int = None,
              n_test: int = None) -> str:
-    from ..data.synth import make_dataset
-    from .compare import compare_reports
-    from .evaluate import evaluate
-    from .predict import load_model
-    from .train import train
+    from .data.synth import make_dataset
+    from .evaluation.compare import compare_reports
+    from .evaluation.evaluate import evaluate
+    from .inference.loading import load_model
+    from .training.train import train
 
     start = time.perf_counter()
     out = Path(out)

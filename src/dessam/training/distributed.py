@@ -85,6 +85,6 @@ def write_rank_digest(state: dict, context: DistContext) -> None:
     if not folder:
         return
     from ..atomic import write_text_atomic
-    from ..models.sam import state_sha256
+    from ..models.checkpoints import state_sha256
 
     write_text_atomic(Path(folder) / f"rank{context.rank}.sha256", state_sha256(state) + "\n")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import box_scale, resize_longest
-from ..models.sam import PIXEL_MEAN, PIXEL_STD
+from ..models.pixels import PIXEL_MEAN, PIXEL_STD
 
 
 @dataclass

@@ -9,11 +9,11 @@ import torch
 
 from ..atomic import atomic_path
 from ..data.coco import load_coco
+from ..models.dessam import LOSS_NAMES
+from .batches import batch_tensors, encode_training_set
 
 
 def write_validation_losses(model, config, val_json, images_dir, cache, device, path, progress=True) -> dict:
-    from .train import LOSS_NAMES, _batch_tensors, encode_training_set
-
     dataset = load_coco(val_json, images_dir)
     items = encode_training_set(model, dataset.images, cache, device, progress)
     sums = {name: [] for name in ("total",) + LOSS_NAMES}
@@ -21,7 +21,7 @@ def write_validation_losses(model, config, val_json, images_dir, cache, device, 
         torch.manual_seed(config.train.seed)
         model.train()
         for item in items:
-            losses = model(*_batch_tensors(model, [item], cache, device))
+            losses = model(*batch_tensors(model, [item], cache, device))
             sums["total"].append(model.weighted_total(losses).item())
             for name in LOSS_NAMES:
                 sums[name].append(losses[name].item())

@@ -1,0 +1,502 @@
+"""`dessam bench`: the fast and the reference paths timed in one run, on the same trained model.
+
+The reference path runs as the authors' test code does: fp32, one image per encoder call, every box
+decoded over the whole embedding, the official 1000 test proposals (`reference_settings`). The fast
+path is `fast_settings` for the device. Both load the same model file. Measured, each as the median
+of repeats after a warm-up, reference and fast calls alternating:
+
+- the encoder; the decoder with 100 boxes on one image;
+- end-to-end prediction (encoder, detector, decoder, masks, post-processing, label map) on demo
+  fields and on larger fields (the user's own images with `--images`), in images and pixels per second;
+- one training iteration on the field with the most boxes: the authors' way (the encoder run, every
+  prompt decoded over the whole embedding) against dessam's (cached embedding, local decoding);
+- the metrics against their per-instance loop reference;
+
+and, for the two paths' results: the mean mask IoU when both are prompted with the same boxes, and
+AJI on the demo's three test splits. Targets are reported, never asserted.
+
+Without `--model`, a model is trained first for a minute (`dessam demo --quick`'s settings) on a
+CPU, or, on CUDA, ViT-B with random weights times the work (its masks mean nothing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import write_text_atomic
+from .config import Config
+from .data.coco import load_coco, read_record_image, record_label_map
+from .data.images import read_image
+from .data.synth import make_dataset, make_scene
+from .devices import resolve_device
+from .inference.instances import mask_ious
+from .inference.loading import load_model
+from .inference.predictor import Predictor
+from .inference.settings import fast_settings, reference_settings
+from .metrics import evaluate_pair
+from .training.batches import batch_tensors, encode_training_set
+from .training.cache import EmbeddingCache
+from .training.train import build_model, train
+
+BENCH_METRICS = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metrics.py"
+DECODER_BOXES = 100
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+# ----- measuring -----------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory growth during a `with` block, in bytes (`.peak`).
+
+    CUDA: `torch.cuda.max_memory_allocated` above what was allocated at the start. CPU: the
+    process's resident set size sampled every millisecond from /proc/self/statm, above its size
+    at the start after freed heap memory is handed back to the OS (where /proc is missing: the
+    growth of the peak RSS from `resource`).
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> Optional[int]:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _max_rss() -> int:
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return value if platform.system() == "Darwin" else value * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._highest = max(self._highest, self._rss() or 0)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        release_free_memory()
+        self._start = self._rss()
+        self._thread = None
+        if self._start is None:
+            self._start = self._max_rss()
+        else:
+            self._highest = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._highest, self._rss() or 0) - self._start
+        else:
+            self.peak = self._max_rss() - self._start
+        self.peak = max(int(self.peak), 0)
+        return False
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that RSS growth reflects what a call needs."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Timing:
+    seconds: float      # median of the timed repeats
+    peak_bytes: int     # peak memory growth of the worst call, warm-up included
+    warmup_s: float     # the first call (includes torch.compile where used)
+
+
+def measure_alternating(fns: list, device, repeats: int, warmup: bool = True) -> list:
+    """One `Timing` per callable: each is warmed up once, then they are timed in turn (ABAB...).
+
+    Alternating makes a load that changes during the run (a shared machine) hit every callable
+    alike. CUDA work is synchronised before each clock read; peak memory is the highest of a
+    callable's own calls.
+    """
+    device = torch.device(device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def timed(fn) -> tuple:
+        with PeakMemory(device) as memory:
+            start = clock()
+            fn()
+            elapsed = clock() - start
+        return elapsed, memory.peak
+
+    warmups = [timed(fn) if warmup else (0.0, 0) for fn in fns]
+    runs = [[] for _ in fns]
+    for _ in range(max(repeats, 1)):
+        for fn, times in zip(fns, runs):
+            times.append(timed(fn))
+    return [
+        Timing(statistics.median(t for t, _ in times), max([peak for _, peak in times] + [first[1]]), first[0])
+        for first, times in zip(warmups, runs)
+    ]
+
+
+def measure(fn: Callable[[], object], device, repeats: int, warmup: bool = True) -> Timing:
+    """Warm up once, then time `repeats` calls (see `measure_alternating`)."""
+    return measure_alternating([fn], device, repeats, warmup)[0]
+
+
+# ----- the table -----------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str                  # what is measured, with its unit
+    reference: float            # in `unit`
+    fast: float
+    unit: str                   # "img/s", "ms" or "s"
+    reference_timing: Optional[Timing] = None
+    fast_timing: Optional[Timing] = None
+    target: str = ""            # e.g. ">= 4x"
+    met: Optional[bool] = None
+    pixels_per_image: Optional[float] = None  # img/s rows: also given in megapixels per second
+
+    @property
+    def speedup(self) -> float:
+        if self.unit == "img/s":
+            return self.fast / self.reference
+        return self.reference / self.fast
+
+
+def _mb(value: Optional[int]) -> str:
+    return "—" if value is None else f"{value / 2**20:.0f} MB"
+
+
+def _number(value: float, unit: str) -> str:
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def format_table(rows: list) -> str:
+    lines = [
+        "| Measurement | Reference | Fast | Speed-up | Target | Peak memory, reference / fast |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        target = "—" if not row.target else f"{row.target}: {'met' if row.met else 'NOT met'}"
+        memory = "—"
+        if row.reference_timing is not None and row.fast_timing is not None:
+            memory = f"{_mb(row.reference_timing.peak_bytes)} / {_mb(row.fast_timing.peak_bytes)}"
+        cells = [_number(row.reference, row.unit), _number(row.fast, row.unit)]
+        if row.pixels_per_image:
+            cells = [f"{cell} ({value * row.pixels_per_image / 1e6:.2f} Mpx/s)"
+                     for cell, value in zip(cells, (row.reference, row.fast))]
+        lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {row.speedup:.2f}x | {target} | {memory} |")
+    return "\n".join(lines)
+
+
+def _targeted(row: Row, target: str, ratio: float) -> Row:
+    row.target, row.met = target, row.speedup >= ratio
+    return row
+
+
+# ----- what is measured --------------------------------------------------------------------
+def demo_fields(count: int, size: int = 256, distinct: int = 4, scene: str = "cluster") -> list:
+    """`count` synthetic cytology fields (at most `distinct` different ones)."""
+    made = [make_scene(np.random.default_rng([7, i]), scene=scene, size=(size, size))[0]
+            for i in range(min(count, distinct))]
+    return [made[i % len(made)] for i in range(count)]
+
+
+def random_boxes(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """`count` nucleus-sized boxes (x1y1x2y2) inside a height x width image."""
+    rng = np.random.default_rng(seed)
+    sides = rng.uniform(0.02, 0.08, (count, 2)) * min(height, width)
+    corners = rng.uniform(0, 1, (count, 2)) * (np.array([width, height]) - sides)
+    return np.hstack([corners, corners + sides]).astype(np.float32)
+
+
+def quick_model(workdir: Path, device: torch.device, progress: bool) -> Path:
+    """A model worth predicting with when none is given: the quick demo's (one epoch, 12 fields)."""
+    from .demo import demo_config
+
+    config = demo_config(quick=True)
+    config.train.device = device.type
+    data = make_dataset(workdir / "data", n_train=12, n_val=0, n_test=0, scene="mixed", seed=10)
+    return train(config, data / "train.json", data / "images", workdir / "run", progress=progress).model_path
+
+
+def random_vit_predictor(device: torch.device, settings) -> Predictor:
+    """ViT-B at 1024 x 1024 with random weights and the official detector (speed only)."""
+    config = Config()
+    config.model.sam = "vit_b"
+    config.train.device = device.type
+    model, identity = build_model(config, device)
+    return Predictor(model, config, identity, device, settings=settings)
+
+
+def load_pair(model_path: Optional[Path], device: torch.device, fast, vit: bool) -> tuple:
+    """(reference, fast) predictors of one model, with identical trainable weights."""
+    if vit:
+        reference = random_vit_predictor(device, reference_settings())
+        quick = random_vit_predictor(device, fast)
+        quick.model.load_trainable_state_dict(reference.model.trainable_state_dict())
+        return reference, quick
+    return load_model(model_path, device, settings=reference_settings()), load_model(model_path, device, settings=fast)
+
+
+def user_images(folder: Optional[Path], limit: int) -> list:
+    if folder is None:
+        return []
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    return [read_image(path) for path in paths]
+
+
+def training_field(data_json: Optional[Path], images_dir: Optional[Path], size: int) -> tuple:
+    """(image, boxes) of the annotated field with the most boxes, or a synthetic crowded field."""
+    if data_json is not None:
+        records = load_coco(data_json, images_dir).images
+        record = max(records, key=lambda r: len(r.boxes))
+        return read_record_image(record), record.boxes, f"{record.file_name} ({len(record.boxes)} boxes)"
+    from .data.anything import instance_boxes
+
+    image, labels = make_scene(np.random.default_rng([8, 0]), scene="cluster", size=(size, size))
+    boxes = instance_boxes(labels)[1]
+    return image, boxes, f"a synthetic crowded field of {size} x {size} px ({len(boxes)} nuclei)"
+
+
+def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.ndarray, workdir: Path,
+                            repeats: int) -> tuple:
+    """(reference Timing, fast Timing) of one training iteration on one field, from the same weights:
+    the authors' way (the encoder runs, every prompt decoded over the whole embedding) and dessam's
+    (the embedding read from the cache, local decoding)."""
+    from .data.coco import ImageRecord
+    from .data.images import write_png
+
+    model, config, device = predictor.model, predictor.config, predictor.device
+    path = write_png(workdir / "field.png", image)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    record = ImageRecord(id=1, file_name="field.png", path=path, height=image.shape[0], width=image.shape[1],
+                         boxes=boxes, annotation_ids=list(range(1, len(boxes) + 1)), segmentations=[None] * len(boxes))
+    cache = EmbeddingCache(workdir / "cache", encoder_key="bench")
+    [item] = encode_training_set(model, [record], cache, device, progress=False)
+    start = model.trainable_state_dict()
+    local_before = config.model.local_decoding
+
+    def iteration(fast: bool):
+        model.load_trainable_state_dict(start)
+        config.model.local_decoding = fast
+        embeddings, rgb, normalised, gt_boxes, sizes = batch_tensors(model, [item], cache, device)
+        if not fast:
+            embeddings = model.encode(normalised)
+        optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1e-4, momentum=0.9)
+        model.train()
+        torch.manual_seed(0)
+        total = model.weighted_total(model(embeddings, rgb, normalised, gt_boxes, sizes))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        model.eval()
+
+    try:
+        timings = measure_alternating([lambda: iteration(False), lambda: iteration(True)], device, repeats)
+    finally:
+        model.load_trainable_state_dict(start)
+        config.model.local_decoding = local_before
+    return timings
+
+
+def demo_split_aji(reference: Predictor, fast: Predictor, n_test: int, workdir: Path) -> dict:
+    """Per demo test split: (AJI of the reference path, AJI of the fast path), means over fields."""
+    from .demo import SPLITS
+
+    out = {}
+    for name, scene, shift, seed in SPLITS:
+        folder = make_dataset(workdir / name, n_train=0, n_val=0, n_test=n_test, scene=scene, shift=shift, seed=seed)
+        records = load_coco(folder / "test.json", folder / "images").images
+        images = [read_record_image(record) for record in records]
+        truths = [record_label_map(record) for record in records]
+        out[name] = tuple(float(np.mean([evaluate_pair(truth, prediction.labels)["aji"]
+                                         for truth, prediction in zip(truths, model.predict_batch(images))]))
+                          for model in (reference, fast))
+    return out
+
+
+def time_metrics(quick: bool) -> Optional[dict]:
+    """benchmarks/bench_metrics.py's `run()` (fast metrics vs their loop reference), if in a source checkout."""
+    if not BENCH_METRICS.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("dessam_bench_metrics", BENCH_METRICS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run(size=256 if quick else 1024, repeats=1 if quick else 3)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {torch.get_num_threads()} torch threads"
+
+
+def _predict_row(label: str, reference: Predictor, fast: Predictor, images: list, device, repeats: int) -> Row:
+    timings = measure_alternating([lambda m=m: m.predict_batch(images) for m in (reference, fast)], device, repeats)
+    pixels = sum(image.shape[0] * image.shape[1] for image in images) / len(images)
+    return Row(label, len(images) / timings[0].seconds, len(images) / timings[1].seconds, "img/s", *timings,
+               pixels_per_image=pixels)
+
+
+def _mask_agreement(reference: Predictor, fast: Predictor, images: list) -> tuple:
+    """(mean mask IoU, masks): both paths prompted with the reference path's detections."""
+    ious = []
+    for image in images:
+        inputs = reference.prepare([image])
+        found = reference.detect(reference.encode(inputs), inputs, reference.postprocess_settings())
+        boxes = [found[0][0]]
+        [a] = reference.segment(reference.encode(inputs), inputs, boxes)
+        [b] = fast.segment(fast.encode(inputs), inputs, boxes)
+        ious.append(mask_ious(a, b))
+    ious = np.concatenate(ious) if ious else np.ones(0)
+    return (float(ious.mean()) if len(ious) else 1.0), len(ious)
+
+
+# ----- the command ---------------------------------------------------------------------------
+def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bool] = None, model=None,
+              data=None, images=None, progress: bool = True) -> str:
+    """Measure everything on `device` and return (and write to `out`, if given) a Markdown report.
+
+    quick: fewer images and repeats (for checks; the numbers are noisier). compile: torch.compile
+    the fast path (default: on CUDA only). model: RUN/model.pt (default: see the module docstring).
+    data / images: a COCO file and its image folder (training iteration) or a folder of the user's
+    own images (end-to-end prediction on large fields).
+    """
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    repeats = 1 if quick else (10 if cuda else 3)
+    fast = fast_settings(device)
+    fast = replace(fast, compile=cuda if compile is None else bool(compile))
+    stages = tqdm(total=7, desc="Benchmarking", unit="stage", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="dessam-bench-") as workdir:
+        workdir = Path(workdir)
+        vit = model is None and cuda
+        model_note = "ViT-B SAM at 1024 x 1024, random weights, official detector (speed only)" if vit else None
+        if model is None and not vit:
+            model = quick_model(workdir / "model", device, progress=False)
+            model_note = "a model trained by `dessam demo --quick`'s settings (one epoch on 12 synthetic fields)"
+        reference, quick_path = load_pair(Path(model) if model else None, device, fast, vit)
+        model_note = model_note or f"`{model}` ({reference.sam_identity['name']} SAM at {reference.image_size} px)"
+        size = reference.image_size
+        stages.update(1)
+
+        n_fields = 2 if quick else 8
+        fields = demo_fields(n_fields, 256 if not vit else 1024)
+        rows = []
+        encoder = measure_alternating([lambda m=m: m.encode(m.prepare(fields)) for m in (reference, quick_path)],
+                                      device, repeats)
+        rows.append(Row(f"Encoder, {n_fields} fields (img/s)", n_fields / encoder[0].seconds,
+                        n_fields / encoder[1].seconds, "img/s", *encoder))
+        stages.update(1)
+
+        inputs = reference.prepare(fields[:1])
+        embedding = reference.encode(inputs)
+        boxes = [random_boxes(DECODER_BOXES, *fields[0].shape[:2])]
+        decoder = measure_alternating([lambda m=m: m.decode(embedding, inputs, boxes) for m in (reference, quick_path)],
+                                      device, repeats)
+        rows.append(_targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", decoder[0].seconds * 1e3,
+                                  decoder[1].seconds * 1e3, "ms", *decoder), ">= 4x", 4))
+        stages.update(1)
+
+        rows.append(_targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
+                                           reference, quick_path, fields, device, repeats), ">= 4x", 4))
+        large = user_images(images, 2 if quick else 8)
+        large_note = f"{len(large)} of the user's images from {images}"
+        if not large:
+            large = demo_fields(1 if quick else 4, 2 * size if not vit else 2048, scene="mixed")
+            large_note = f"{len(large)} synthetic fields of {large[0].shape[0]} px"
+        rows.append(_targeted(_predict_row(f"End-to-end predict, larger fields: {large_note} (img/s)",
+                                           reference, quick_path, large, device, repeats), ">= 4x", 4))
+        stages.update(1)
+
+        train_image, train_boxes, train_note = training_field(data, images, 2 * size)
+        iteration = time_training_iteration(reference, train_image, train_boxes, workdir / "train", repeats)
+        rows.append(_targeted(Row(f"Training iteration on {train_note} (s)", iteration[0].seconds,
+                                  iteration[1].seconds, "s", *iteration), ">= 3x", 3))
+        stages.update(1)
+
+        agreement, n_masks = _mask_agreement(reference, quick_path, fields + large)
+        split_aji = {} if vit else demo_split_aji(reference, quick_path, 2 if quick else 12, workdir / "splits")
+        stages.update(1)
+
+    metrics_result = time_metrics(quick)
+    if metrics_result is not None:
+        rows.append(Row(f"Metrics (AJI, PQ, F1, object Dice and IoU), {metrics_result['n_gt']} nuclei: "
+                        f"per-instance loop / dessam.metrics (s)", metrics_result["reference_s"],
+                        metrics_result["fast_s"], "s", target=">= 20x"))
+        rows[-1].met = rows[-1].speedup >= 20
+    stages.update(1)
+    stages.close()
+    memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
+                   "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
+    lines = [
+        f"# dessam bench: {device.type}{' (quick)' if quick else ''}",
+        "",
+        f"- Device: {device_name(device)}; torch {torch.__version__}",
+        f"- Model: {model_note}; its post-processing (score threshold, detection limit, minimum size)",
+        f"- Reference path: {reference_settings().describe(device)} (as the authors' test code)",
+        f"- Fast path: {quick_path.settings.describe(device)} (local decoding margin "
+        f"{quick_path.config.model.local_margin} tokens)",
+        "- Training iteration: reference = the encoder run and every prompt decoded over the whole embedding "
+        "(the authors'); fast = the embedding from the cache and local decoding",
+        f"- Each time is the median of {repeats} timed repeat(s) after one warm-up call; reference and fast calls "
+        f"alternate; peak memory is the {memory_note}, in the worst call",
+        "",
+        format_table(rows),
+        "",
+        f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement:.4f} over "
+        f"{n_masks} masks (required >= 0.98).",
+    ]
+    if split_aji:
+        worst = max(abs(a - b) for a, b in split_aji.values())
+        parts = ", ".join(f"{name} {a:.4f} / {b:.4f}" for name, (a, b) in split_aji.items())
+        lines.append(f"AJI on the demo's test splits, reference / fast: {parts}; largest difference {worst:.4f} "
+                     f"(required <= 0.005).")
+    if quick_path.settings.compile:
+        lines.append(f"Fast-path warm-up (includes torch.compile): encoder {encoder[1].warmup_s:.1f} s, "
+                     f"decoder {decoder[1].warmup_s:.1f} s.")
+    if metrics_result is None:
+        lines.append(f"Metrics: not measured ({BENCH_METRICS} is only in a source checkout).")
+    text = "\n".join(lines) + "\n"
+    if out is not None:
+        write_text_atomic(out, text)
+    return text

@@ -1,0 +1,128 @@
+"""Fields larger than one model input, by overlapping windows, merged without seams.
+
+The image is cut into `tile` x `tile` windows that overlap by at least `overlap` pixels (the
+last row and column of windows sit flush with the image edge). Every window is predicted on
+its own and its instances are mapped back to the image. A nucleus near a seam is seen by two
+or more windows, possibly cut by a window edge in some of them; the merge keeps one copy:
+
+1. each instance gets a *margin*: its distance to the nearest window edge that lies inside the
+   image (edges on the image border do not count, so instances there are not "cut");
+2. instances are taken from the largest margin down (whole, central copies first, copies cut
+   by a window edge last), and one is dropped when it duplicates an instance already kept from
+   another window: they share more than half of the smaller one's pixels.
+
+So each nucleus comes from the window in which it lies farthest from the window border, and a
+copy cut at an inner edge survives only when no window saw the nucleus whole. Instances of the
+same window never suppress each other (that is the predictor's own business). This works when
+`overlap` exceeds the largest nucleus diameter: then every nucleus is whole in some window.
+
+Instances are mask crops (`Instances`), never full-size masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DessamError
+from .instances import Instances
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows y0..y1 and columns x0..x1 of an image, and which of its edges lie inside the image."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    inner: tuple  # (top, bottom, left, right): True where that edge is not the image border
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.y0, self.y1)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.x0, self.x1)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Window start positions along one axis: step `tile - overlap`, the last flush with the end."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    if tile < 1:
+        raise DessamError(f"the tile size must be a positive number of pixels; got {tile}")
+    if not 0 <= overlap < tile:
+        raise DessamError(f"the tile overlap ({overlap}) must be at least 0 and smaller than the tile size ({tile})")
+
+
+def tile_windows(shape: tuple, tile: int, overlap: int) -> list:
+    """The windows covering an image of `shape` (H, W), row by row."""
+    check_tiling(tile, overlap)
+    height, width = shape
+    windows = []
+    for y in tile_starts(height, tile, overlap):
+        for x in tile_starts(width, tile, overlap):
+            y1, x1 = min(y + tile, height), min(x + tile, width)
+            windows.append(Window(y, x, y1, x1, (y > 0, y1 < height, x > 0, x1 < width)))
+    return windows
+
+
+def _margins(window: Window, instances: Instances) -> np.ndarray:
+    """Each instance's distance to the nearest window edge inside the image (inf: none)."""
+    top, bottom, left, right = window.inner
+    height, width = window.y1 - window.y0, window.x1 - window.x0
+    margins = []
+    for crop, (r0, c0) in zip(instances.crops, instances.origins):
+        r1, c1 = r0 + crop.shape[0], c0 + crop.shape[1]
+        margins.append(min(r0 if top else np.inf, height - r1 if bottom else np.inf,
+                           c0 if left else np.inf, width - c1 if right else np.inf))
+    return np.asarray(margins, dtype=np.float64)
+
+
+def _shared_pixels(a_crop, a_origin, b_crop, b_origin) -> int:
+    """Pixels two crops (in the same image) have in common."""
+    (ay0, ax0), (by0, bx0) = a_origin, b_origin
+    y0, x0 = max(ay0, by0), max(ax0, bx0)
+    y1, x1 = min(ay0 + a_crop.shape[0], by0 + b_crop.shape[0]), min(ax0 + a_crop.shape[1], bx0 + b_crop.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int((a_crop[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & b_crop[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]).sum())
+
+
+def merge_windows(found: list, shape: tuple) -> Instances:
+    """One `Instances` of the image from `(Window, Instances in window pixels)` pairs, without
+    duplicates across windows (see the module docstring); highest score first."""
+    pieces = []  # (margin, score, window index, crop, origin in the image, box in the image)
+    for index, (window, instances) in enumerate(found):
+        margins = _margins(window, instances)
+        shifted = instances.shifted(window.y0, window.x0, shape)
+        for k in range(len(instances)):
+            if instances.crops[k].size and instances.crops[k].any():  # an empty mask cannot be matched
+                pieces.append((margins[k], shifted.scores[k], index, shifted.crops[k], tuple(shifted.origins[k]),
+                               shifted.boxes[k]))
+    pieces.sort(key=lambda piece: (-piece[0], -piece[1]))
+    kept = []
+    extents = np.zeros((len(pieces), 4), dtype=np.int64)
+    for _, score, window, crop, origin, box in pieces:
+        y0, x0 = origin
+        y1, x1 = y0 + crop.shape[0], x0 + crop.shape[1]
+        near = np.nonzero((extents[:len(kept), 0] < y1) & (extents[:len(kept), 2] > y0)
+                          & (extents[:len(kept), 1] < x1) & (extents[:len(kept), 3] > x0))[0]
+        area = crop.sum()
+        if any(kept[i][2] != window and _shared_pixels(crop, origin, kept[i][3], kept[i][4])
+               > 0.5 * min(area, kept[i][3].sum()) for i in near):
+            continue
+        extents[len(kept)] = (y0, x0, y1, x1)
+        kept.append((None, score, window, crop, origin, box))
+    merged = Instances(np.array([k[5] for k in kept]).reshape(-1, 4), np.array([k[1] for k in kept]),
+                       [k[3] for k in kept], [k[4] for k in kept], shape)
+    return merged.by_score()
