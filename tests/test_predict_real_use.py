@@ -4,7 +4,7 @@ files agreeing with one another, and the batch behaviour of `dessam predict`.
 The tiny test model (`trained_tiny`) is real but untrained in the parts that draw instances:
 its detector scores stay under its threshold after five epochs and its random SAM decoder
 draws speckle whose logits rarely pass the official 0.5, so it predicts no nucleus.
-Where a test needs nuclei, `raw_instances` (the batched detector + decoder of whole windows) is
+Where a test needs nuclei, `window_sources` (the batched detector + decoder of whole windows) is
 replaced by `dark_nuclei`, a deterministic local stand-in that, like a model, sees only its window
 and returns nuclei cut by the window edge. Loading, automatic tiling, merging, post-processing,
 label painting, file reading and every export stay the real ones.
@@ -59,14 +59,15 @@ def dark_nuclei(window: np.ndarray):
 
 
 def recording(windows: list = None):
-    """A `raw_instances` replacement: `dark_nuclei` on each window, whose shape it records."""
+    """A `window_sources` replacement (the detector + decoder of whole windows): `dark_nuclei` on each
+    window, whose shape it records."""
 
-    def raw_instances(images, postprocess=None, use_token=True, n_images=None):
+    def window_sources(images, postprocess=None, sources=("des-sam",), given=None, n_images=None):
         if windows is not None:
             windows.extend(image.shape[:2] for image in images)
-        return [Instances.from_masks(*dark_nuclei(image)) for image in images]
+        return [{source: Instances.from_masks(*dark_nuclei(image)) for source in sources} for image in images]
 
-    return raw_instances
+    return window_sources
 
 
 def full_masks(prediction):
@@ -99,8 +100,8 @@ def test_tiled_field_matches_one_pass_at_the_same_scale(trained_tiny, monkeypatc
     assert tiled_model.needs_tiling(image) and not whole_model.needs_tiling(image)
 
     tiled_windows, whole_windows = [], []
-    monkeypatch.setattr(tiled_model, "raw_instances", recording(tiled_windows))
-    monkeypatch.setattr(whole_model, "raw_instances", recording(whole_windows))
+    monkeypatch.setattr(tiled_model, "window_sources", recording(tiled_windows))
+    monkeypatch.setattr(whole_model, "window_sources", recording(whole_windows))
     tiled = tiled_model.predict(image, overlap=64)  # automatic: tiles
     whole = whole_model.predict(image)              # automatic: one pass
 
@@ -127,7 +128,7 @@ def test_tiles_are_cut_at_the_training_scale_and_mapped_back(trained_tiny, monke
     model = load_model(trained_tiny)
     model.input_scale = 0.5
     windows = []
-    monkeypatch.setattr(model, "raw_instances", recording(windows))
+    monkeypatch.setattr(model, "window_sources", recording(windows))
     prediction = model.predict(image)
     assert windows == [(FIELD, FIELD)] * 7**2  # tiles of the 512 px working copy
     assert prediction.labels.shape == image.shape[:2]
@@ -150,7 +151,7 @@ def test_post_processing_of_a_tiled_field_is_the_official_one(trained_tiny, monk
             dark += speck_is_dark
     model = load_model(trained_tiny)
     model.config.model.score_threshold = 0.5
-    monkeypatch.setattr(model, "raw_instances", recording())
+    monkeypatch.setattr(model, "window_sources", recording())
     raw = model.predict(image, Postprocess(score_threshold=None, remove_holes=False, remove_islands=False))
     cleaned = model.predict(image)
     assert len(raw) > len(cleaned) == truth.max() + dark > 64 + dark > 64
@@ -187,7 +188,7 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
 def stand_in(monkeypatch):
     """Every model that `dessam predict` loads uses `dark_nuclei` for its windows."""
     stand = recording()
-    monkeypatch.setattr(Predictor, "raw_instances", lambda self, images, *args, **kwargs: stand(images))
+    monkeypatch.setattr(Predictor, "window_sources", lambda self, images, *args, **kwargs: stand(images, *args, **kwargs))
 
 
 def predict_cli(model, *args):

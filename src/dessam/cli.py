@@ -20,6 +20,8 @@ def cmd_train(args) -> int:
     config = Config()
     if args.preset:
         config.apply_preset(args.preset)
+    elif args.sam == "default" and not args.config:
+        config.apply_preset("cpu")  # the official schedule is for 8 GPUs and ViT-B
     if args.config:
         config = load_config(args.config, config)
     if args.sam:
@@ -28,7 +30,7 @@ def cmd_train(args) -> int:
         config.model.sam_checkpoint = args.sam_checkpoint
     for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
                       ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir")):
+                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um")):
         value = getattr(args, flag)
         if value is not None:
             config.set(key, value)
@@ -135,7 +137,8 @@ def cmd_eval(args) -> int:
     from .evaluation.evaluate import evaluate_model_file
 
     evaluate_model_file(args.model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
-                        device=args.device, settings=_settings(args), baselines=args.baselines, score_threshold=args.score_threshold,
+                        device=args.device, settings=_settings(args), baselines=args.baselines,
+                        score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
     print((Path(args.out) / "metrics.md").read_text())
     return 0
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size S (default: the SAM's own)")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
+    p.add_argument("--pixel-size", type=float, help="the training images' pixel size in microns (recorded in the model)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
         f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
     p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", choices=("auto", "on", "off"), default="auto",
                    help="cut large fields into tiles at the training scale (default: auto)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
-    p.add_argument("--pixel-size", type=float, help="pixel size in microns, for measurements in um")
+    p.add_argument("--pixel-size", type=float,
+                   help="the images' pixel size in microns: brings them to the model's scale, measurements in um")
     p.add_argument("--score-threshold", type=float, help="detection score threshold (default: the model's, 0.55)")
     p.add_argument("--max-detections", type=int, help="most nuclei per image or tile (default: the model's, 120)")
     p.add_argument("--image-size", type=int, help="run at another input size than trained")
@@ -243,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--baselines", action="store_true",
-                   help="also box-as-mask, training-free SAM and the teacher with ground-truth boxes")
+                   help="also box-as-mask, box-otsu and training-free SAM from the same detections, and every "
+                        "mask source from the ground-truth boxes")
     p.add_argument("--score-threshold", type=float, help="default: the model's (0.55)")
+    p.add_argument("--pixel-size", type=float, help="the test images' pixel size in microns (brings them to the model's scale)")
     p.add_argument("--no-small-removal", action="store_true", help="keep holes and islands under --min-size")
     p.add_argument("--min-size", type=int, help="default: the model's (70 px)")
     p.add_argument("--quiet", action="store_true")

@@ -23,6 +23,8 @@ class ModelConfig:
     sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default
     sam_checkpoint: Optional[str] = None
     image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
+    input_scaling: str = "fit"         # fit: every image resized to S (official) | fixed: one scale, large images in windows
+    pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
     anchor_scale: float = 8.0          # anchor side = anchor_scale x level stride
     anchor_octave_scales: tuple = (1.0,)  # extra sizes per level, x anchor side (e.g. 1, 1.41: two per octave)
@@ -105,6 +107,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     max_iters: Optional[int] = None    # stop after this many iterations (all epochs together)
     seed: int = 0
+    pixel_size_um: Optional[float] = None  # of the training images, in microns (recorded; drives fixed scaling)
     device: str = "auto"               # auto | cpu | cuda
     cache_dir: Optional[str] = None    # embedding cache; default RUN/cache
     max_nonfinite: int = 10            # consecutive non-finite losses before training stops
@@ -144,6 +147,20 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
         "lr": 2e-4, "lr_reference_batch": 1, "weight_decay": 0.05, "grad_clip": 5.0, "device": "cpu", "seed": 0,
     },
 }
+PRESETS["cpu"] = {  # `--sam default` on a CPU: the bundled teacher at native resolution, in an hour or less
+    "model": {
+        "sam": "default", "image_size": 256,
+        "input_scaling": "fixed",        # images at their own resolution, cut into 256 px windows (nuclei stay 2+ tokens)
+        "neck_channels": 32, "rpn_convs": 1, "box_head_convs": 2, "box_head_fc": 128,
+        "roi_batch_per_image": 256, "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
+        "max_detections": 300, "min_object_size": 10, "anchor_scale": 4.0,
+    },
+    "loss": {"distill_max_prompts": 32},
+    "train": {
+        "epochs": 12, "lr_steps": [10], "warmup_iters": 100, "batch_size": 1,
+        "optimizer": "adamw", "lr": 2e-4, "lr_reference_batch": 1, "weight_decay": 0.05, "grad_clip": 5.0,
+    },
+}
 PRESETS["tiny"] = {  # the tests' model: a tiny random SAM at 128 px, a narrow detector, a few iterations
     "model": {
         "sam": "tiny", "image_size": 128, "neck_channels": 32, "box_head_fc": 64, "anchor_scale": 4.0,
@@ -159,6 +176,8 @@ PRESET_HELP = {
     "patchseg": "the authors' PatchSeg config (the default): box L1 weight 1.0, test NMS 0.7 (RPN) / 0.5",
     "clusterseg": "the authors' ClusterSeg config: box L1 weight 0.1, test NMS 0.5 (RPN) / 0.2",
     "demo": "the CPU demo: the bundled teacher at 256 px, a narrow detector, 24 epochs of AdamW",
+    "cpu": "--sam default's own (applied when no preset or config is given): native resolution in 256 px "
+           "windows, a narrow detector, 12 epochs of AdamW",
     "tiny": "for tests only: a tiny random SAM at 128 px",
 }
 

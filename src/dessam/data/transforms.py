@@ -24,6 +24,14 @@ def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def resize_by(image: np.ndarray, factor: float) -> np.ndarray:
+    """Bilinear resize of an HxWx3 uint8 image by `factor` (sides rounded to whole pixels)."""
+    if factor == 1.0:
+        return np.ascontiguousarray(image)
+    h, w = (max(int(side * factor + 0.5), 1) for side in image.shape[:2])
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
 def box_scale(original_hw: tuple, resized_hw: tuple) -> np.ndarray:
     """Factors (sx, sy, sx, sy) that map x1y1x2y2 boxes from the original to the resized frame."""
     sy = resized_hw[0] / original_hw[0]

@@ -9,22 +9,26 @@
 - `REPORT/overlays/worst_K_NAME.png` prediction (yellow) vs ground-truth (green) contours of the
   five images where the DES-SAM student has the lowest AJI.
 
-Methods (`baselines=True` adds the first, second and fourth), all from one encoding per image:
+Methods (`baselines=True` adds all but `des-sam`), all from one encoding per window:
 
 - `box-as-mask`       every detected box filled: what the detector alone gives;
+- `box-otsu`          Otsu on the nucleus stain inside every detected box: the cheapest honest mask;
 - `sam`               training-free SAM prompted with the detected boxes (no learned token);
 - `des-sam`           the student: the detected boxes plus the learned token;
-- `teacher-gt-boxes`  the frozen teacher prompted with the ground-truth boxes (scores 1): the
-                      pseudo-label ceiling.
+- the same four from the ground-truth boxes (scores 1), where the detector plays no part:
+  `box-as-mask-gt-boxes`, `box-otsu-gt-boxes`, `teacher-gt-boxes` (training-free SAM, the frozen
+  teacher: the pseudo-label ceiling) and `des-sam-gt-boxes`.
 
 Every method gets the same post-processing as `dessam predict` (the official one): detections
-under the score threshold are dropped (not for the teacher, whose boxes are not detections),
-holes and islands under `min_size` pixels are removed, and one label map is painted in which,
-by default, overlaps go to the lower score (see `dessam.postprocess`). Per-image metrics are computed on that label map; COCO AP
-on the post-processed (possibly overlapping) instance masks with their scores.
+under the score threshold are dropped (not for ground-truth boxes, which are not detections),
+holes and islands under `min_size` pixels are removed, and one label map is painted in which, by
+default, overlaps go to the lower score (see `dessam.postprocess`). Per-image metrics are computed
+on that label map; COCO AP on the post-processed (possibly overlapping) instance masks with their
+scores.
 
-Each image is fed whole at the model's input size, as in the paper's evaluation; images larger
-than the training scale (which `dessam predict` would tile) are counted in the settings.
+Each image is brought to the model's scale exactly as `dessam predict` brings it (`dessam.scale`):
+fitted whole, or resampled and cut into windows whose nuclei are merged; so an image is never
+scored at a scale it would not be predicted at.
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_
 from ..errors import DessamError
 from ..export import write_json, write_overlay_png
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
-from ..inference.instances import Instances
 from ..inference.loading import load_model
 from ..inference.prediction import Prediction
+from ..inference.predictor import GIVEN, STUDENT
 from ..postprocess import Postprocess
 
-STUDENT = "des-sam"
-METHODS = ("box-as-mask", "sam", STUDENT, "teacher-gt-boxes")
+# From the detected boxes, then from the ground-truth boxes: each mask source (see
+# `dessam.inference.predictor.SOURCES`); "teacher-gt-boxes" is training-free SAM on the annotated boxes.
+METHODS = ("box-as-mask", "box-otsu", "sam", STUDENT,
+           "box-as-mask" + GIVEN, "box-otsu" + GIVEN, "teacher" + GIVEN, STUDENT + GIVEN)
 COUNT_KEYS = ("n_gt", "n_pred", "tp", "fp", "fn")
 N_OVERLAYS = 5
 
@@ -78,22 +84,13 @@ COUNT_COLUMNS = (("n_gt", "GT"), ("n_pred", "Pred."), ("tp", "TP"), ("fp", "FP")
 
 
 def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str],
-                     postprocess: Postprocess) -> dict:
-    """Raw `Instances` of each method for one image, from one encoding and one detection."""
-    inputs = model.prepare([image])
-    embeddings = model.encode(inputs)
-    [(boxes, scores)] = model.detect(embeddings, inputs, postprocess)
-    out = {}
-    for method in methods:
-        if method == "box-as-mask":
-            out[method] = Instances.from_boxes(boxes, scores, image.shape[:2])
-        elif method in ("sam", STUDENT):
-            out[method] = model.segment(embeddings, inputs, [boxes], [scores], use_token=method == STUDENT)[0]
-        elif method == "teacher-gt-boxes":
-            out[method] = model.segment(embeddings, inputs, [gt_boxes], [np.ones(len(gt_boxes))], use_token=False)[0]
-        else:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return out
+                     postprocess: Postprocess, pixel_size_um: Optional[float] = None) -> dict:
+    """Raw `Instances` of each method for one image, from one encoding and one detection per window,
+    the image brought to the model's scale as `dessam predict` brings it."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    return model.image_sources(image, postprocess, tuple(methods), given_boxes=gt_boxes, pixel_size_um=pixel_size_um)
 
 
 # ---------------------------------------------------------------- report building
@@ -204,11 +201,13 @@ def _load_test_set(data_json, images_dir):
 
 
 def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, score_threshold: Optional[float] = None,
+             pixel_size_um: Optional[float] = None,
              remove_small: bool = True, min_size: Optional[int] = None, progress: bool = True,
              model_path=None) -> dict:
-    """Score `model` (a `DessamModel`) on a COCO test set with masks and write the report to `out_dir`.
+    """Score `model` (a `Predictor`) on a COCO test set with masks and write the report to `out_dir`.
 
     score_threshold: None = the model's own (official 0.55); 0 keeps every detection.
+    pixel_size_um: the test images' pixel size, when known (brings them to the model's scale).
     remove_small / min_size: hole and island removal (min_size None = the model's, official 70 px).
     model_path: recorded in the report (defaults to the model's `path` attribute, if any).
     Returns the content of metrics.json.
@@ -232,11 +231,11 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     csv_rows, worst, oversized = [], [], 0
     for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
         image = read_record_image(record)
-        oversized += bool(model.needs_tiling(image))
+        oversized += bool(model.needs_tiling(image, pixel_size_um))
         gt_labels = record_label_map(record)
-        raw = method_instances(model, image, record.boxes, methods, postprocess)
+        raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um)
         for method in methods:
-            cut = threshold if threshold > 0 and method != "teacher-gt-boxes" else None
+            cut = threshold if threshold > 0 and not method.endswith(GIVEN) else None
             prediction = Prediction.from_instances(raw[method].postprocessed(replace(postprocess, score_threshold=cut)),
                                                    postprocess.overlap_winner)
             result = evaluate_pair(gt_labels, prediction.labels)
@@ -271,7 +270,9 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             "mask_threshold": float(model_config.mask_threshold),
             "max_detections": int(model_config.max_detections),
             "image_size": int(model.image_size),
-            "images_larger_than_training_scale": int(oversized),
+            "images_in_windows": int(oversized),
+            "pixel_size_um": pixel_size_um,
+            "model_scale": model.scale.to_dict(),
             "match_iou": 0.5,
         },
         "methods": summaries,

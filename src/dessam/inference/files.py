@@ -149,7 +149,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
         try:
             raw = read_image_raw(path)
             image = to_rgb(to_uint8(raw), path)
-            prediction = model.predict(image, postprocess, tile=tile, overlap=overlap)
+            prediction = model.predict(image, postprocess, tile=tile, overlap=overlap, pixel_size_um=pixel_size_um)
             rows = prediction.measurements(pixel_size_um, image=without_alpha(raw))
             if "labels" in wanted:
                 write_label_tiff(wanted["labels"], prediction.labels)

@@ -25,8 +25,15 @@ class ModelInput:
         return box_scale(self.original_hw, self.resized_hw)
 
 
-def prepare_image(image: np.ndarray, size: int) -> ModelInput:
-    resized = resize_longest(image, size)
+def prepare_image(image: np.ndarray, size: int, fit: bool = True) -> ModelInput:
+    """`image` in an S x S input: resized so that its longest side is S (`fit`, SAM's and the authors'
+    way), or as it is (`fit=False`: at most S x S), then zero-padded bottom and right."""
+    if fit:
+        resized = resize_longest(image, size)
+    elif max(image.shape[:2]) > size:
+        raise ValueError(f"an image of {image.shape[1]} x {image.shape[0]} px does not fit an input of {size} px")
+    else:
+        resized = np.ascontiguousarray(image)
     h, w = resized.shape[:2]
     rgb = torch.zeros((3, size, size), dtype=torch.float32)
     rgb[:, :h, :w] = torch.tensor(resized).permute(2, 0, 1).float()

@@ -37,4 +37,4 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     except (KeyError, RuntimeError) as exc:
         raise DessamError(f"{path}: the model's weights do not fit its own config ({str(exc)[:120]}); re-train") from None
     model.to(device)
-    return Predictor(model, config, model_file.identity, device, model_file.input_scale, settings, path)
+    return Predictor(model, config, model_file.identity, device, model_file.scale, settings, path)

@@ -23,17 +23,26 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.images import to_rgb, to_uint8
-from ..data.transforms import resize_longest
+from ..data.transforms import resize_by
 from ..models.dessam import DESSAM
 from ..models.prompted_decoder import windows_needed
 from ..postprocess import Postprocess, tight
+from ..scale import ModelScale
 from .acceleration import autocast_for, maybe_compile
-from .inputs import ModelInput, prepare_image
+from .box_otsu import box_otsu_instances
+from .inputs import prepare_image
 from .instances import Instances
 from .masks import instance_crop
 from .prediction import Prediction
 from .settings import InferenceSettings, fast_settings
-from .tiling import merge_windows, tile_windows
+from .tiling import Window, merge_windows, tile_windows
+
+STUDENT = "des-sam"
+GIVEN = "-gt-boxes"
+# Where masks come from: the DES-SAM student, training-free SAM (the frozen teacher), the boxes
+# filled, Otsu on the nucleus stain in each box; each from the detected boxes or from given ones.
+SOURCES = (STUDENT, "sam", "box-as-mask", "box-otsu",
+           STUDENT + GIVEN, "teacher" + GIVEN, "box-as-mask" + GIVEN, "box-otsu" + GIVEN)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -45,14 +54,23 @@ class Predictor:
     """A loaded DES-SAM model; `predict(image)` is the whole pipeline and the pieces are public too."""
 
     def __init__(self, model: DESSAM, config: Config, sam_identity: dict, device: torch.device,
-                 input_scale: Optional[float] = None, settings: Optional[InferenceSettings] = None, path=None):
+                 scale: Optional[ModelScale] = None, settings: Optional[InferenceSettings] = None, path=None):
         self.model = model.eval()
         self.config = config
         self.sam_identity = sam_identity
         self.device = torch.device(device)
-        self.input_scale = input_scale  # training images were resized by this factor (None: unknown)
+        self.scale = scale or ModelScale(config.model.input_scaling)  # how images are brought to the model
         self.settings = settings or fast_settings(self.device)
         self.path = path
+
+    @property
+    def input_scale(self) -> Optional[float]:
+        """The factor the training images were resized by (None: unknown)."""
+        return self.scale.input_scale
+
+    @input_scale.setter
+    def input_scale(self, value: Optional[float]) -> None:
+        self.scale.input_scale = value
 
     @property
     def image_size(self) -> int:
@@ -70,9 +88,6 @@ class Predictor:
         return self.config.model.local_margin if local else None
 
     # ----- pieces ----------------------------------------------------------------------------
-    def prepare(self, images: list) -> list:
-        return [prepare_image(as_rgb(image), self.image_size) for image in images]
-
     @torch.no_grad()
     def encode(self, inputs: list, n_images: Optional[int] = None) -> torch.Tensor:
         """SAM embeddings (B, C, h, w), float32, `settings.batch_size` images per encoder call."""
@@ -142,70 +157,167 @@ class Predictor:
         return out
 
     # ----- whole pipeline --------------------------------------------------------------------
+    def window_sources(self, images: list, postprocess: Postprocess, sources=(STUDENT,), given: Optional[list] = None,
+                       n_images: Optional[int] = None) -> list:
+        """Per image (each fitting one input at the model's scale), {source: raw `Instances`} from one
+        encoding and one detection (see `SOURCES`); `given`: per image the boxes (N, 4) that the
+        "...-gt-boxes" sources are prompted with. Batched as the settings say."""
+        unknown = set(sources) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"unknown mask source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)}")
+        detected = [s for s in sources if not s.endswith(GIVEN)]
+        out = []
+        for start in range(0, len(images), self.settings.batch_size):
+            batch = images[start:start + self.settings.batch_size]
+            inputs = self.prepare(batch)
+            embeddings = self.encode(inputs, n_images)
+            results = [{} for _ in batch]
+            if detected:
+                found = self.detect(embeddings, inputs, postprocess)
+                self._fill(results, detected, batch, inputs, embeddings, [b for b, _ in found], [s for _, s in found],
+                           n_images)
+            if given is not None and len(detected) < len(sources):
+                boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given[start:start + len(batch)]]
+                self._fill(results, [s for s in sources if s.endswith(GIVEN)], batch, inputs, embeddings, boxes,
+                           [np.ones(len(b)) for b in boxes], n_images)
+            out += results
+        return out
+
+    def _fill(self, results: list, sources: list, images: list, inputs: list, embeddings, boxes: list, scores: list,
+              n_images) -> None:
+        """Each source's `Instances` of every image of a batch, prompted with `boxes`."""
+        for source in sources:
+            kind = source[:-len(GIVEN)] if source.endswith(GIVEN) else source
+            if kind in ("sam", "teacher", STUDENT):
+                found = self.segment(embeddings, inputs, boxes, scores, use_token=kind == STUDENT, n_images=n_images)
+            elif kind == "box-as-mask":
+                found = [Instances.from_boxes(b, s, item.original_hw) for b, s, item in zip(boxes, scores, inputs)]
+            else:  # box-otsu
+                found = [box_otsu_instances(image, b, s) for image, b, s in zip(images, boxes, scores)]
+            for result, instances in zip(results, found):
+                result[source] = instances
+
+    def prepare(self, images: list) -> list:
+        fit = self.scale.mode == "fit"
+        return [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
+
+    def needs_tiling(self, image: np.ndarray, pixel_size_um: Optional[float] = None) -> bool:
+        """True when the image, at the model's scale, is larger than one model input."""
+        return self.scale.needs_windows(image.shape[:2], self.image_size, pixel_size_um)
+
+    def image_sources(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, sources=(STUDENT,),
+                      given_boxes: Optional[np.ndarray] = None, tile: Optional[bool] = None, overlap: int = 64,
+                      pixel_size_um: Optional[float] = None, progress: bool = False) -> dict:
+        """{source: raw `Instances`} of one image of any size, brought to the model's scale as
+        `predict` brings it (see `dessam.scale`): resampled, then whole, or in overlapping windows
+        whose nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where
+        they lie farthest from its inner edges. Instances come back in the image's own pixels."""
+        postprocess = postprocess or self.postprocess_settings()
+        image = as_rgb(image)
+        tiled = self.needs_tiling(image, pixel_size_um) if tile is None else bool(tile)
+        factor = self.scale.factor(pixel_size_um)
+        if not tiled and self.scale.mode == "fit":
+            given = None if given_boxes is None else [given_boxes]
+            return self.window_sources([image], postprocess, sources, given)[0]
+        working = resize_by(image, factor) if factor != 1.0 else image
+        scaled = None if given_boxes is None else np.asarray(given_boxes, np.float32).reshape(-1, 4) * np.float32(
+            [working.shape[1] / image.shape[1], working.shape[0] / image.shape[0]] * 2)
+        windows = tile_windows(working.shape[:2], self.image_size, overlap) if tiled else [whole_window(working.shape)]
+        owner = None if scaled is None else best_windows(scaled, windows)
+        found = []
+        bar = tqdm(total=len(windows), desc="tiles", unit="tile", disable=not progress or len(windows) == 1)
+        for start in range(0, len(windows), self.settings.batch_size):
+            batch = windows[start:start + self.settings.batch_size]
+            given = None if scaled is None else [window_boxes(scaled, owner == start + i, w) for i, w in enumerate(batch)]
+            found += self.window_sources([working[w.rows, w.cols] for w in batch], postprocess, sources, given,
+                                         n_images=len(windows))
+            bar.update(len(batch))
+        bar.close()
+        out = {}
+        for source in sources:
+            pairs = [(window, result[source]) for window, result in zip(windows, found)]
+            if source.endswith(GIVEN):
+                merged = gather_given(pairs, owner, working.shape[:2])
+            else:
+                merged = merge_windows(pairs, working.shape[:2]) if tiled else pairs[0][1]
+            out[source] = merged if working.shape[:2] == image.shape[:2] else rescale_instances(merged, image.shape[:2])
+        return out
+
     def raw_instances(self, images: list, postprocess: Optional[Postprocess] = None, use_token: bool = True,
                       n_images: Optional[int] = None) -> list:
         """Detected and segmented `Instances` of images that each fit one model input, before
         post-processing; batched as the settings say."""
-        postprocess = postprocess or self.postprocess_settings()
-        out = []
-        for start in range(0, len(images), self.settings.batch_size):
-            inputs = self.prepare(images[start:start + self.settings.batch_size])
-            embeddings = self.encode(inputs, n_images)
-            found = self.detect(embeddings, inputs, postprocess)
-            out += self.segment(embeddings, inputs, [b for b, _ in found], [s for _, s in found], use_token, n_images)
-        return out
-
-    def needs_tiling(self, image: np.ndarray) -> bool:
-        """True when the image, at the training scale, is larger than one model input."""
-        if not self.input_scale:
-            return False
-        return max(image.shape[:2]) * self.input_scale > self.image_size * 1.05
+        source = STUDENT if use_token else "sam"
+        found = self.window_sources(images, postprocess or self.postprocess_settings(), (source,), n_images=n_images)
+        return [result[source] for result in found]
 
     def predict(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
-                overlap: int = 64, progress: bool = False) -> Prediction:
+                overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None) -> Prediction:
         """Nuclei of `image` (H x W x 3 uint8 RGB; gray, RGBA and 16-bit are converted) at its own size.
 
-        tile: None = automatic (tile when the image is larger than the training scale allows),
-        True / False to force. postprocess: how results are read (default: the model's config;
-        `Postprocess(score_threshold=None, remove_holes=False, remove_islands=False)` gives the raw
-        instances).
+        tile: None = automatic (windows when the image is larger than one input at the model's
+        scale), True / False to force. postprocess: how results are read (default: the model's
+        config; `Postprocess(score_threshold=None, remove_holes=False, remove_islands=False)` gives
+        the raw instances). pixel_size_um: the image's pixel size, when known (see `dessam.scale`).
         """
-        return self.predict_batch([image], postprocess, tile, overlap, progress)[0]
+        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um)[0]
 
     def predict_batch(self, images: list, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
-                      overlap: int = 64, progress: bool = False) -> list:
-        """`predict` for several images: those that fit one input share encoder and decoder calls."""
+                      overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None) -> list:
+        """`predict` for several images: those that are fitted whole share encoder and decoder calls."""
         postprocess = postprocess or self.postprocess_settings()
         images = [as_rgb(image) for image in images]
-        tiled = [self.needs_tiling(image) if tile is None else bool(tile) for image in images]
         raw = [None] * len(images)
-        whole = [i for i, t in enumerate(tiled) if not t]
-        for index, instances in zip(whole, self.raw_instances([images[i] for i in whole], postprocess,
-                                                              n_images=len(images))):
+        whole = (self.scale.mode == "fit" or self.scale.factor(pixel_size_um) == 1.0)
+        together = [i for i, image in enumerate(images) if whole and not (
+            self.needs_tiling(image, pixel_size_um) if tile is None else tile)]
+        for index, instances in zip(together, self.raw_instances([images[i] for i in together], postprocess,
+                                                                 n_images=len(images))):
             raw[index] = instances
-        for index in (i for i, t in enumerate(tiled) if t):
-            raw[index] = self._tiled_instances(images[index], postprocess, overlap, progress)
+        for index in (i for i in range(len(images)) if raw[i] is None):
+            raw[index] = self.image_sources(images[index], postprocess, (STUDENT,), tile=tile, overlap=overlap,
+                                            pixel_size_um=pixel_size_um, progress=progress)[STUDENT]
         return [Prediction.from_instances(instances.postprocessed(postprocess), postprocess.overlap_winner, image)
                 for instances, image in zip(raw, images)]
 
-    def _tiled_instances(self, image: np.ndarray, postprocess: Postprocess, overlap: int, progress: bool) -> Instances:
-        """Raw instances of a large image: windows at the training scale, merged without duplicates."""
-        scale = self.input_scale or 1.0
-        height, width = image.shape[:2]
-        working = resize_longest(image, int(round(max(height, width) * scale))) if scale != 1.0 else image
-        windows = tile_windows(working.shape[:2], self.image_size, overlap)
-        found = []
-        bar = tqdm(total=len(windows), desc="tiles", unit="tile", disable=not progress or len(windows) == 1)
-        step = self.settings.batch_size
-        for start in range(0, len(windows), step):
-            batch = windows[start:start + step]
-            found += self.raw_instances([working[w.rows, w.cols] for w in batch], postprocess, n_images=len(windows))
-            bar.update(len(batch))
-        bar.close()
-        merged = merge_windows(list(zip(windows, found)), working.shape[:2])
-        if working.shape[:2] == (height, width):
-            return merged
-        return rescale_instances(merged, (height, width))
+
+def whole_window(shape: tuple) -> Window:
+    return Window(0, 0, shape[0], shape[1], (False, False, False, False))
+
+
+def best_windows(boxes: np.ndarray, windows: list) -> np.ndarray:
+    """For each box (N, 4, x1y1x2y2), the window in which it lies farthest from the window's inner
+    edges (edges on the image border do not count), as the merge of detected nuclei chooses."""
+    margins = np.full((len(boxes), len(windows)), -np.inf)
+    for index, window in enumerate(windows):
+        top, bottom, left, right = window.inner
+        gaps = np.stack([
+            boxes[:, 1] - window.y0 if top else np.full(len(boxes), np.inf),
+            window.y1 - boxes[:, 3] if bottom else np.full(len(boxes), np.inf),
+            boxes[:, 0] - window.x0 if left else np.full(len(boxes), np.inf),
+            window.x1 - boxes[:, 2] if right else np.full(len(boxes), np.inf),
+        ])
+        inside = (boxes[:, 0] < window.x1) & (boxes[:, 2] > window.x0) & (boxes[:, 1] < window.y1) & (boxes[:, 3] > window.y0)
+        margins[inside, index] = gaps.min(axis=0)[inside]
+    return np.argmax(margins, axis=1) if len(windows) else np.zeros(len(boxes), np.int64)
+
+
+def window_boxes(boxes: np.ndarray, mine: np.ndarray, window: Window) -> np.ndarray:
+    """The boxes a window is to be prompted with, clipped to it and in its pixels."""
+    shift = np.float32([window.x0, window.y0, window.x0, window.y0])
+    limit = np.float32([window.x1, window.y1, window.x1, window.y1])
+    return np.clip(boxes[mine], shift, limit) - shift
+
+
+def gather_given(pairs: list, owner: np.ndarray, shape: tuple) -> Instances:
+    """The instances of given boxes, each from its own window, back in the boxes' order."""
+    crops, origins, boxes, scores = [None] * len(owner), [None] * len(owner), [None] * len(owner), [None] * len(owner)
+    for index, (window, instances) in enumerate(pairs):
+        placed = instances.shifted(window.y0, window.x0, shape)
+        for k, box_index in enumerate(np.flatnonzero(owner == index)):
+            crops[box_index], origins[box_index] = placed.crops[k], tuple(placed.origins[k])
+            boxes[box_index], scores[box_index] = placed.boxes[k], placed.scores[k]
+    return Instances(np.array(boxes).reshape(-1, 4), np.array(scores, dtype=np.float64), crops, origins, shape)
 
 
 def _nearest_sources(n_in: int, n_out: int, first: int, last: int) -> np.ndarray:

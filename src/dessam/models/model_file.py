@@ -1,7 +1,8 @@
 """The files training writes, and the record of which SAM weights a model was trained on.
 
 - `RUN/model.pt` (`MODEL_FORMAT`): what training changed (neck, detector, token), the full
-  configuration, the SAM weights' name and SHA-256, and the scale the model saw its images at.
+  configuration, the SAM weights' name and SHA-256, and the scale the model saw its images at
+  (`dessam.scale.ModelScale`).
 - `RUN/checkpoints/*.pt` (`CHECKPOINT_FORMAT`): the same plus the optimizer, the position in the
   schedule and the random state, to resume training.
 
@@ -19,6 +20,7 @@ import torch
 from ..atomic import atomic_path
 from ..config import Config
 from ..errors import DessamError
+from ..scale import ModelScale
 from .checkpoints import file_sha256, safe_torch_load, weights_sha256
 from .default_teacher import DEFAULT_TEACHER_PATH
 from .fetch import find_sam_checkpoint
@@ -38,9 +40,10 @@ def sam_identity(name: str, checkpoint: Optional[str], sam) -> dict:
 
 
 def save_model_file(path: Path, trainable_state: dict, config: Config, identity: dict, epoch: int, iteration: int,
-                    input_scale: float) -> None:
+                    scale: ModelScale) -> None:
     payload = {
-        "input_scale": input_scale,  # training images were resized by this factor (median)
+        "input_scale": scale.input_scale,  # training images were resized by this factor (median); older readers
+        "scale": scale.to_dict(),
         "format": MODEL_FORMAT,
         "version": 1,
         "config": config.to_dict(),
@@ -87,7 +90,7 @@ class ModelFile:
     config: Config
     identity: dict
     state_dict: dict
-    input_scale: Optional[float]
+    scale: ModelScale
 
 
 # What a setting that an older model file does not carry meant when that file was written: dessam's
@@ -126,7 +129,8 @@ def read_model_file(path) -> ModelFile:
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise DessamError(f"{path}: not a dessam model file (expected RUN/model.pt written by `dessam train`)")
     config = Config.from_dict(with_earlier_behaviour(payload["config"]), str(path))
-    return ModelFile(path, config, payload["sam"], payload["state_dict"], payload.get("input_scale"))
+    scale = ModelScale.from_dict(payload.get("scale"), payload.get("input_scale"))
+    return ModelFile(path, config, payload["sam"], payload["state_dict"], scale)
 
 
 def find_sam_weights(identity: dict, model_path: Path, sam_checkpoint=None) -> Optional[Path]:

@@ -1,53 +1,66 @@
 """Training images as the model sees them: embeddings computed once and cached, then batches.
 
-The encoder is frozen and there is no photometric augmentation, so each image's embedding is
-computed once (`encode_training_set`) and read back from the cache for every batch.
+The encoder is frozen and there is no photometric augmentation, so each view's embedding (the whole
+image fitted to the input, or a window of it: `dessam.training.views`) is computed once
+(`encode_training_set`) and read back from the cache for every batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.coco import ImageRecord, read_record_image
 from ..data.images import read_image
-from ..inference.inputs import prepare_image
 from ..models.dessam import DESSAM
 from .cache import EmbeddingCache
+from .views import TrainingView, training_views
 
 
 @dataclass
 class TrainingImage:
-    record: ImageRecord
+    view: TrainingView
     cache_key: str
     boxes: torch.Tensor       # (N, 4) input frame
     resized_hw: tuple
 
+    @property
+    def record(self) -> ImageRecord:
+        return self.view.record
 
-def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True) -> list:
-    """Cache every image's embedding (running the encoder only for images not cached yet)."""
+
+def embedding_shape(model: DESSAM) -> tuple:
     grid = model.sam.prompt_encoder.image_embedding_size
-    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
+    return (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
+
+
+def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True,
+                        factor: Optional[float] = None) -> list:
+    """Every view of every record (see `training_views`; `factor` None: fitted), its embedding cached
+    (the encoder runs only for views not cached yet)."""
+    shape = embedding_shape(model)
     items = []
     for record in tqdm(records, desc="Embedding images", disable=not progress, unit="img"):
-        inputs = prepare_image(read_record_image(record), model.image_size)
-        key = cache.key(inputs.resized)
-        cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
-        boxes = torch.from_numpy(record.boxes * inputs.scale).float()
-        items.append(TrainingImage(record, key, boxes, inputs.resized_hw))
+        image = None
+        for view in training_views(record, model.image_size, factor):
+            image = read_record_image(record) if image is None else image
+            inputs = view.inputs(image, model.image_size)
+            key = cache.key(inputs.resized)
+            cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
+            items.append(TrainingImage(view, key, torch.from_numpy(view.boxes).float(), inputs.resized_hw))
     return items
 
 
 def batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
     """The arguments of `DESSAM.forward` for `items`: cached embeddings, padded RGB and normalised
     images, boxes (input frame) and valid sizes."""
-    grid = model.sam.prompt_encoder.image_embedding_size
-    shape = (model.sam.prompt_encoder.embed_dim, grid[0], grid[1])
+    shape = embedding_shape(model)
     embeddings, rgb, normalised = [], [], []
     for item in items:
-        inputs = prepare_image(read_image(item.record.path), model.image_size)
+        inputs = item.view.inputs(read_image(item.record.path), model.image_size)
         # verified cached embedding; a damaged or removed entry is recomputed, never trusted
         embedding = cache.get_or_compute(
             item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape

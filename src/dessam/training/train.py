@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from ..errors import DessamError
 from ..models.dessam import DESSAM, LOSS_NAMES
 from ..models.model_file import read_checkpoint, sam_identity, save_checkpoint, save_model_file
 from ..models.sam import build_sam, recognise_variant
+from ..scale import ModelScale, check_pixel_size
 from . import distributed
 from .batches import batch_tensors, encode_training_set
 from .cache import EmbeddingCache
@@ -51,6 +53,32 @@ def build_model(config: Config, device: torch.device):
     torch.manual_seed(config.train.seed)
     model = DESSAM(sam, config).to(device)
     return model, identity
+
+
+def training_factor(config: Config) -> Optional[float]:
+    """How much training images are resampled: None with `fit` scaling (each fitted to the input),
+    else the training images' pixel size over the model's (1: native resolution)."""
+    if config.model.input_scaling == "fit":
+        return None
+    check_pixel_size(config.train.pixel_size_um, "train.pixel_size_um")
+    check_pixel_size(config.model.pixel_size_um, "model.pixel_size_um")
+    if config.train.pixel_size_um and config.model.pixel_size_um:
+        return config.train.pixel_size_um / config.model.pixel_size_um
+    return 1.0
+
+
+def model_scale(config: Config, items: list, factor: Optional[float]) -> ModelScale:
+    """The scale the model is trained at, as recorded in model.pt."""
+    if factor is None:
+        input_scale = float(np.median([item.resized_hw[0] / item.record.height for item in items]))
+    else:
+        input_scale = float(factor)
+    pixel_size = config.train.pixel_size_um / input_scale if config.train.pixel_size_um else None
+    if pixel_size is None and factor is not None:
+        pixel_size = config.model.pixel_size_um  # fixed scaling at a stated pixel size
+    boxes = np.concatenate([item.boxes.numpy() for item in items])
+    sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    return ModelScale(config.model.input_scaling, input_scale, pixel_size, float(np.median(sides)))
 
 
 def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1) -> float:
@@ -122,9 +150,11 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
     cache_dir = Path(config.train.cache_dir) if config.train.cache_dir else out_dir / "cache"
     cache = EmbeddingCache(cache_dir, encoder_key=f"{identity['sha256']}:{model.image_size}")
     records = distributed.shard(annotated, dist)
-    items = encode_training_set(model, records, cache, device, progress and dist.is_main)
-
-    input_scale = float(np.median([item.resized_hw[0] / item.record.height for item in items]))
+    factor = training_factor(config)
+    items = encode_training_set(model, records, cache, device, progress and dist.is_main, factor)
+    if not items:
+        raise DessamError(f"{train_json}: no image keeps a box at the model's scale; check the boxes and --pixel-size")
+    scale = model_scale(config, items, factor)
     parameters = model.trainable_parameters()
     optimizer = make_optimizer(config, parameters, learning_rate(config, 0, 0, dist.world_size))
     trainer = distributed.wrap(model, dist)
@@ -199,14 +229,14 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                     save_checkpoint(checkpoint_dir / f"epoch_{epoch:03d}.pt", state_now, optimizer, config, identity,
                                     epoch, 0, iteration, nonfinite_run)
                     save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, 0, iteration, nonfinite_run)
-                    save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, input_scale)
+                    save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, scale)
                 continue
             break
         distributed.write_rank_digest(model.trainable_state_dict(), dist)
         if dist.is_main:
             state_now = model.trainable_state_dict()
             save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
-            save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, input_scale)
+            save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, scale)
             write_text_atomic(out_dir / "data_report.txt",
                               f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
                               f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
