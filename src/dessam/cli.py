@@ -144,7 +144,10 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from .data.convert import convert
 
-    print(convert(args.format, args.src, args.images, args.out, mat_key=args.mat_key, label_suffix=args.label_suffix))
+    options = {"classes": args.classes, "tile_size": args.tile_size, "pixel_size_um": args.pixel_size,
+               "tiles_dir": args.tiles}
+    print(convert(args.format, args.src, args.images, args.out, mat_key=args.mat_key, label_suffix=args.label_suffix,
+                  **{k: v for k, v in options.items() if v is not None}))
     return 0
 
 
@@ -303,12 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert annotations to COCO JSON")
-    p.add_argument("--from", dest="format", required=True, choices=("labels", "labelme", "mat", "voc", "yolo", "coco"))
+    p.add_argument("--from", dest="format", required=True,
+                   choices=("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv"))
     p.add_argument("src", help="annotation file or folder")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True, help="COCO JSON to write")
     p.add_argument("--mat-key", help="variable name in .mat files (default inst_map)")
     p.add_argument("--label-suffix", help="suffix of label images after the image stem")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="keep only these classes (labelme, voc, geojson: names; yolo: class numbers)")
+    p.add_argument("--pixel-size", type=float, help="slides: microns per pixel of the training tiles "
+                   "(default: the slide's level 0)")
+    p.add_argument("--tile-size", type=int, help="slides: side of the training tiles in pixels (default 512)")
+    p.add_argument("--tiles", help="slides: folder for the training tiles (default: OUT_tiles beside --out)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("validate", help="check a COCO file and its images before training")
