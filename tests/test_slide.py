@@ -170,3 +170,21 @@ def test_openslide_reads_the_same_svs(tmp_path):
         assert theirs.pixel_size_um == pytest.approx(0.5)
         a, b = (s.read_region((-5, 100), 1, (60, 30)).astype(int) for s in (theirs, ours))
         assert np.abs(a - b).max() <= 3  # two JPEG decoders
+
+
+def test_pixel_size_notes_for_the_command_line(tmp_path):
+    from dessam.data.slide import resolve_pixel_size
+
+    known, unknown = tmp_path / "known.ome.tif", tmp_path / "unknown.png"
+    _pyramid(known, _image(), layout="ome", pixel_size_um=0.25)
+    write_png(unknown, _image(32, 32))
+    with open_slide(known) as slide:
+        assert resolve_pixel_size(slide) == (pytest.approx(0.25), None)
+        assert resolve_pixel_size(slide, 0.251) == (0.251, None)
+        size, note = resolve_pixel_size(slide, 0.5)
+        assert size == 0.5 and "overrides the 0.25 um" in note
+        with pytest.raises(DessamError, match="--pixel-size"):
+            resolve_pixel_size(slide, -1)
+    with open_slide(unknown) as slide:
+        size, note = resolve_pixel_size(slide)
+        assert size is None and "unknown.png: the file does not say its pixel size" in note and "\n" not in note

@@ -18,6 +18,7 @@ colour of empty glass in bright field, so padding is skipped as glass and never 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -60,9 +61,7 @@ class _TiffSlideReader:
     name = "tiffslide"
 
     def __init__(self, path: Path):
-        import tiffslide
-
-        self._slide = tiffslide.TiffSlide(path)
+        self._slide = _tiffslide_at_level()(path)
         self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.pixel_size = tiff_pixel_size_um(self._slide.ts_tifffile) or self._vendor_pixel_size()
@@ -77,23 +76,24 @@ class _TiffSlideReader:
         return float(mpp[0]), float(mpp[1])
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        ds = self.level_downsamples[level]
-        location = (_level0_coordinate(x, ds), _level0_coordinate(y, ds))
-        return np.asarray(self._slide.read_region(location, level, (w, h), as_array=True, padding=False))
+        return np.asarray(self._slide.read_region((x, y), level, (w, h), as_array=True, padding=False))
 
     def close(self) -> None:
         self._slide.close()
 
 
-def _level0_coordinate(value: int, downsample: float) -> int:
-    """The level-0 coordinate that tiffslide maps to level coordinate `value` (it takes
-    ``int(x / downsample)``), so that regions start exactly where asked."""
-    x = math.ceil(value * downsample)
-    while int(x / downsample) > value:
-        x -= 1
-    while int(x / downsample) < value:
-        x += 1
-    return x
+@functools.lru_cache(maxsize=None)
+def _tiffslide_at_level():
+    """tiffslide's TiffSlide whose `read_region` takes the origin in the level's own pixels, through
+    the method tiffslide documents for changing how the location is read (so regions start exactly
+    where asked, with no level-0 rounding)."""
+    import tiffslide
+
+    class TiffSlideAtLevel(tiffslide.TiffSlide):
+        def _read_region_loc_transform(self, location, level):
+            return int(location[0]), int(location[1])
+
+    return TiffSlideAtLevel
 
 
 class _OpenSlideReader:
@@ -251,6 +251,26 @@ class Slide:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def resolve_pixel_size(slide: Slide, override_um: Optional[float] = None) -> tuple[Optional[float], Optional[str]]:
+    """(pixel size to use, one line to tell the user or None).
+
+    A given `override_um` (``--pixel-size``) wins, with a note when the file says otherwise; a
+    slide whose file has no pixel size and no override gives None: lengths stay in pixels.
+    """
+    found = slide.pixel_size_um
+    if override_um is not None:
+        if not override_um > 0:
+            raise DessamError(f"--pixel-size {override_um}: the pixel size must be a positive number of microns")
+        if found is not None and abs(override_um / found - 1) > 0.05:
+            return override_um, (f"{slide.path}: --pixel-size {override_um} um overrides the {found:.4g} um per pixel "
+                                 "written in the file")
+        return override_um, None
+    if found is None:
+        return None, (f"{slide.path}: the file does not say its pixel size; measurements are in pixels "
+                      "(give --pixel-size UM for microns)")
+    return found, None
 
 
 def _first_page(path: Path) -> Optional[tuple[np.dtype, int, int, int, int]]:
