@@ -4,8 +4,9 @@ Level 0 arrives as an iterator of bands: ``tile`` rows each (the last one may be
 full width. Each band is cut into tiles as it arrives. Every further level is a quarter of the
 one above (its size rounded up), and levels are added while the level above is larger than one
 tile. Images shrink by the mean of each 4 x 4 block; label maps (``labels=True``) by taking every
-4th pixel, so the ids stay exact. Level 1 waits in a temporary file next to the output while
-level 0 is written (1/16 of the image's size); the smaller levels are made from it in memory.
+4th pixel, so the ids stay exact. Level 1 is written row by row to a temporary file next to the
+output while level 0 passes (1/16 of the image's size), then read back band by band; the smaller
+levels (1/256 of the image and less) are made from it in memory.
 
 Two layouts:
 
@@ -71,17 +72,15 @@ def _aperio_description(width: int, height: int, tile: int, quality: int, pixel_
 
 
 class _Pyramid:
-    """Writes one file: level 0 from the bands, the rest from the level-1 copy."""
+    """Level 0 from the bands, level 1 written row by row to a temporary file as level 0 passes
+    and read back from it, the smaller levels made from level 1 in memory."""
 
-    def __init__(self, tif: tifffile.TiffWriter, shapes, channels, dtype, tile, labels, workdir):
-        self.tif, self.shapes, self.channels, self.dtype = tif, shapes, channels, np.dtype(dtype)
+    def __init__(self, shapes, channels, dtype, tile, labels, workdir):
+        self.shapes, self.channels, self.dtype = shapes, channels, np.dtype(dtype)
         self.tile, self.labels = tile, labels
-        self.level1 = None
-        if len(shapes) > 1:
-            self._level1_file = tempfile.TemporaryFile(dir=workdir)
-            self.level1 = np.memmap(self._level1_file, dtype=self.dtype, mode="w+", shape=self._shape(1))
+        self._level1 = tempfile.TemporaryFile(dir=workdir) if len(shapes) > 1 else None
 
-    def _shape(self, level: int) -> tuple[int, ...]:
+    def shape(self, level: int) -> tuple[int, ...]:
         return self.shapes[level] + ((self.channels,) if self.channels > 1 else ())
 
     def level0_tiles(self, bands: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -90,32 +89,50 @@ class _Pyramid:
         for band in bands:
             band = np.asarray(band, dtype=self.dtype)
             rows = min(self.tile, height - y)
-            if band.shape != (rows, width) + self._shape(0)[2:]:
-                raise ValueError(f"band at row {y} has shape {band.shape}; expected {(rows, width) + self._shape(0)[2:]}")
+            if band.shape != (rows,) + self.shape(0)[1:]:
+                raise ValueError(f"band at row {y} has shape {band.shape}; expected {(rows,) + self.shape(0)[1:]}")
             # before the tiles: tifffile stops pulling after the last tile
-            if self.level1 is not None:
-                self.level1[y // FACTOR:(y + rows + FACTOR - 1) // FACTOR] = shrink(band, FACTOR, self.labels)
+            if self._level1 is not None:
+                self._level1.write(np.ascontiguousarray(shrink(band, FACTOR, self.labels)).tobytes())
             yield from _tiles(band, self.tile)
             y += rows
         if y != height:  # reached only when tifffile wants more tiles than the bands gave
             raise ValueError(f"the bands covered {y} rows of {height}")
 
+    def _level1_bands(self) -> Iterator[np.ndarray]:
+        """Level 1 read back `tile` rows at a time."""
+        shape = self.shape(1)
+        row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+        self._level1.seek(0)
+        for y in range(0, shape[0], self.tile):
+            rows = min(self.tile, shape[0] - y)
+            yield np.frombuffer(self._level1.read(rows * row_bytes), self.dtype).reshape((rows,) + shape[1:])
+
+    def level1_tiles(self) -> Iterator[np.ndarray]:
+        for band in self._level1_bands():
+            yield from _tiles(band, self.tile)
+
+    def level1(self) -> np.ndarray:
+        """All of level 1 (only for small images)."""
+        return np.concatenate(list(self._level1_bands()))
+
     def smaller_levels(self) -> list[np.ndarray]:
-        """Levels 1, 2, ...: level 1 from its file, the next ones made from it."""
-        levels = [self.level1] if self.level1 is not None else []
+        """Levels 2, 3, ...: level 2 from the level-1 file, each next one from the one above."""
+        levels = []
         for level in range(2, len(self.shapes)):
-            above = levels[-1]
-            out = np.empty(self._shape(level), self.dtype)
-            step = FACTOR * 1024  # rows of the level above per chunk
-            for y in range(0, above.shape[0], step):
-                out[y // FACTOR:(y + step) // FACTOR] = shrink(np.asarray(above[y:y + step]), FACTOR, self.labels)
+            out = np.empty(self.shape(level), self.dtype)
+            above = self._level1_bands() if level == 2 else (levels[-1][y:y + self.tile]
+                                                             for y in range(0, levels[-1].shape[0], self.tile))
+            y = 0
+            for band in above:
+                out[y // FACTOR:(y + len(band) + FACTOR - 1) // FACTOR] = shrink(band, FACTOR, self.labels)
+                y += len(band)
             levels.append(out)
         return levels
 
     def close(self) -> None:
-        if self.level1 is not None:
-            del self.level1
-            self._level1_file.close()
+        if self._level1 is not None:
+            self._level1.close()
 
 
 def write_pyramid_tiff(
@@ -155,29 +172,34 @@ def write_pyramid_tiff(
         resolution = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um), "resolutionunit": "CENTIMETER"}
     raw_bytes = height * width * channels * np.dtype(dtype).itemsize
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31, ome=layout == "ome") as tif:
-        pyramid = _Pyramid(tif, shapes, channels, dtype, tile, labels, path.parent)
+        pyramid = _Pyramid(shapes, channels, dtype, tile, labels, path.parent)
         try:
-            first = {"shape": pyramid._shape(0), "dtype": dtype, **common, **resolution}
+            first = {"shape": pyramid.shape(0), "dtype": dtype, **common, **resolution}
+            level1 = {"shape": pyramid.shape(1), "dtype": dtype, **common} if len(shapes) > 1 else None
             if layout == "ome":
                 metadata = {"axes": "YXS" if channels > 1 else "YX"}
                 if pixel_size_um:
                     metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                                     PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
                 tif.write(pyramid.level0_tiles(bands), subifds=len(shapes) - 1, metadata=metadata, **first)
+                if level1:
+                    tif.write(pyramid.level1_tiles(), subfiletype=1, metadata=None, **level1)
                 for level in pyramid.smaller_levels():
                     tif.write(_tiles(level, tile), shape=level.shape, dtype=dtype, subfiletype=1, metadata=None,
                               **common)
             else:
                 description = _aperio_description(width, height, tile, quality, pixel_size_um)
                 tif.write(pyramid.level0_tiles(bands), description=description, metadata=None, **first)
-                levels = pyramid.smaller_levels()
-                thumbnail = next((lv for lv in levels if max(lv.shape[:2]) <= THUMBNAIL_SIDE), levels[-1] if levels else None)
-                if thumbnail is not None:
-                    tif.write(np.asarray(thumbnail), photometric="rgb", compression="jpeg", compressionargs={"level": quality},
+                if level1:
+                    smaller = pyramid.smaller_levels()
+                    thumbnail = next((lv for lv in smaller if max(lv.shape[:2]) <= THUMBNAIL_SIDE), None)
+                    tif.write(pyramid.level1() if thumbnail is None else thumbnail, photometric="rgb",
+                              compression="jpeg", compressionargs={"level": quality},
                               description="Aperio Image Library dessam\r\nthumbnail", metadata=None)
-                for level in levels:
-                    tif.write(_tiles(level, tile), shape=level.shape, dtype=dtype, metadata=None,
-                              description="Aperio Image Library dessam", **common)
+                    levels = [(pyramid.level1_tiles(), level1["shape"])] + [(_tiles(lv, tile), lv.shape) for lv in smaller]
+                    for tiles, shape in levels:
+                        tif.write(tiles, shape=shape, dtype=dtype, metadata=None,
+                                  description="Aperio Image Library dessam", **common)
         finally:
             pyramid.close()
     return path
