@@ -203,6 +203,6 @@ def test_coco_polygons_become_rle(tmp_path):
 
 def test_unknown_format_and_missing_source(tmp_path):
     with pytest.raises(DessamError, match="unknown format"):
-        convert("csv", tmp_path, tmp_path, tmp_path / "o.json")
+        convert("xlsx", tmp_path, tmp_path, tmp_path / "o.json")
     with pytest.raises(DessamError, match="nowhere"):
         convert("labels", tmp_path / "nowhere", tmp_path, tmp_path / "o.json")

@@ -108,9 +108,35 @@ def cmd_fetch_sam(args) -> int:
     return 0
 
 
+def _synth_slide(args) -> int:
+    from .data.synth_slide import make_synthetic_slide, truth_paths
+    from .export_slide import GeoJSONWriter
+
+    if args.out:
+        raise DessamError(f"--out {args.out} and --slide {args.slide}: give one (--out DIR for fields, --slide FILE "
+                          "for a whole slide)")
+    if len(args.slide_size) not in (1, 2):
+        raise DessamError(f"--slide-size {' '.join(map(str, args.slide_size))}: give WIDTH HEIGHT or one side in pixels")
+    width, height = args.slide_size * (3 - len(args.slide_size))
+    if min(width, height) < 1 or not args.pixel_size > 0 or not 0 <= args.cell_fraction <= 0.5:
+        raise DessamError("--slide-size and --pixel-size must be positive and --cell-fraction between 0 and 0.5; "
+                          "fix the numbers")
+    labels, boxes, geojson = truth_paths(args.slide)
+    with GeoJSONWriter(geojson) as truth:
+        result = make_synthetic_slide(args.slide, width, height, args.pixel_size, on_nucleus=truth.add,
+                                      cell_fraction=args.cell_fraction, seed=args.seed, layout=args.slide_format)
+    print(result)
+    print(f"ground truth: {labels} (label image), {boxes} (boxes), {geojson} (QuPath: File > Import objects)")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .data.synth import make_dataset
 
+    if args.slide:
+        return _synth_slide(args)
+    if not args.out:
+        raise DessamError("give --out DIR for a dataset of fields, or --slide FILE for a whole slide")
     out = make_dataset(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, scene=args.scene,
                        shift=args.shift, seed=args.seed, size=args.size)
     print(f"synthetic cytology written to {out} (preview: {Path(out) / 'preview.png'})")
@@ -120,7 +146,10 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from .data.convert import convert
 
-    print(convert(args.format, args.src, args.images, args.out, mat_key=args.mat_key, label_suffix=args.label_suffix))
+    options = {"classes": args.classes, "tile_size": args.tile_size, "pixel_size_um": args.pixel_size,
+               "tiles_dir": args.tiles}
+    print(convert(args.format, args.src, args.images, args.out, mat_key=args.mat_key, label_suffix=args.label_suffix,
+                  **{k: v for k, v in options.items() if v is not None}))
     return 0
 
 
@@ -263,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", help="a name per report (default: the folder names)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("synth", help="write a synthetic cervical cytology dataset")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("synth", help="write a synthetic cervical cytology dataset, or a synthetic whole slide")
+    p.add_argument("--out", help="dataset folder")
     p.add_argument("--n-train", type=int, default=100)
     p.add_argument("--n-val", type=int, default=10)
     p.add_argument("--n-test", type=int, default=20)
@@ -272,15 +301,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", action="store_true", help="another stain palette, scale, blur and noise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="field size in pixels")
+    p.add_argument("--slide", metavar="FILE", help="write one pyramidal whole slide instead (.svs, .tif or .ome.tif), "
+                   "its ground truth beside it")
+    p.add_argument("--slide-size", nargs="+", type=int, default=[8192], metavar="PX",
+                   help="slide WIDTH HEIGHT in pixels, or one side of a square (default 8192)")
+    p.add_argument("--pixel-size", type=float, default=0.5,
+                   help="microns per pixel written in the slide (default 0.5, at which the synthetic cells are life-size)")
+    p.add_argument("--cell-fraction", type=float, default=0.03, help="share of the slide covered by cell groups "
+                   "(default 0.03; the rest is glass)")
+    p.add_argument("--slide-format", choices=("svs", "ome"),
+                   help="Aperio SVS layout or OME-TIFF (default: OME-TIFF for .ome.tif names, else SVS)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert annotations to COCO JSON")
-    p.add_argument("--from", dest="format", required=True, choices=("labels", "labelme", "mat", "voc", "yolo", "coco"))
+    p.add_argument("--from", dest="format", required=True,
+                   choices=("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv"))
     p.add_argument("src", help="annotation file or folder")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True, help="COCO JSON to write")
     p.add_argument("--mat-key", help="variable name in .mat files (default inst_map)")
     p.add_argument("--label-suffix", help="suffix of label images after the image stem")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="keep only these classes (labelme, voc, geojson: names; yolo: class numbers)")
+    p.add_argument("--pixel-size", type=float, help="slides: microns per pixel of the training tiles "
+                   "(default: the slide's level 0)")
+    p.add_argument("--tile-size", type=int, help="slides: side of the training tiles in pixels (default 512)")
+    p.add_argument("--tiles", help="slides: folder for the training tiles (default: OUT_tiles beside --out)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("validate", help="check a COCO file and its images before training")

@@ -15,6 +15,15 @@
 - ``yolo``: a folder of YOLO ``.txt`` files, one object per line: ``class cx cy w h`` normalised
   to 0..1 (boxes only); segmentation lines ``class x1 y1 x2 y2 ...`` become polygon masks.
 - ``coco``: a COCO file; polygon or uncompressed-RLE segmentations become compressed RLE.
+- ``geojson``: a folder of GeoJSON files exported from QuPath (or one file), one per image,
+  matched by file stem (``NAME.geojson``, ``NAME.svs.geojson``, ``NAME.geojson.gz``); polygons
+  become masks, rectangles boxes (see `dessam.data.qupath_geojson`).
+- ``csv``: box tables, one per image or with an image column (see `dessam.data.box_table`).
+
+With ``geojson`` and ``csv`` the images may be whole slides (`dessam.data.slide.is_slide`): then
+the annotated parts are cut out as training tiles (see `dessam.data.slide_tiles`) into
+``tiles_dir`` (default: FILE_tiles beside the output FILE.json), whose file names the COCO file
+lists; options ``tile_size`` (default 512) and ``pixel_size_um`` (default: level 0).
 
 Option ``classes`` (list of names; labelme, voc) keeps only those object names; for yolo it is a
 list of class indices. Everything kept is written as the single category ``nucleus``.
@@ -42,9 +51,14 @@ from .coco import (
     segmentation_to_mask,
     write_coco,
 )
+from .box_table import read_box_table
 from .images import IMAGE_SUFFIXES, image_shape, read_image_raw
+from .qupath_geojson import read_qupath_geojson
+from .slide import SLIDE_SUFFIXES, is_slide
+from .slide_tiles import check_slide, cut_training_tiles
 
-FORMATS = ("labels", "labelme", "mat", "voc", "yolo", "coco")
+FORMATS = ("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv")
+_SLIDE_FORMATS = ("geojson", "csv")  # formats whose images may be whole slides
 
 
 @dataclass
@@ -54,6 +68,7 @@ class ConvertSummary:
     annotations: int = 0
     with_masks: int = 0
     notes: list[str] = field(default_factory=list)  # skipped files and shapes, one line each
+    sources: Optional[int] = None  # images annotated, when not one COCO image each (slides cut in tiles)
 
     def __str__(self) -> str:
         lines = [f"wrote {self.out_json}: {self.images} images, {self.annotations} nuclei "
@@ -82,13 +97,13 @@ class _Collected:
         self.annotations.append(ann)
 
 
-def _index_images(images_dir: Path) -> dict[str, Path]:
+def _index_images(images_dir: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """stem -> image path (searched recursively); two images with one stem is an error."""
     if not images_dir.is_dir():
         raise DessamError(f"{images_dir}: images folder not found; pass the folder holding the images")
     index: dict[str, Path] = {}
     for path in sorted(images_dir.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):
+        if path.suffix.lower() in suffixes and path.is_file() and not path.name.startswith("."):
             if path.stem in index:
                 raise DessamError(
                     f"{path}: same file stem as {index[path.stem]}; image stems must be unique for matching"
@@ -323,7 +338,80 @@ def _coco(src: Path, images_dir: Path, index: Optional[dict], out: _Collected, s
             out.add(image_id, ann["bbox"], None, ann.get("area"))
 
 
-_CONVERTERS = {"labels": _labels, "labelme": _labelme, "mat": _mat, "voc": _voc, "yolo": _yolo, "coco": _coco}
+def _annotation_stem(path: Path) -> str:
+    """The image stem an annotation file names: NAME of NAME.geojson, NAME.svs.geojson, NAME.geojson.gz."""
+    name = path.name
+    for suffix in (".gz", ".geojson", ".json", ".csv"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES else name
+
+
+def _add_shapes(targets: list, images_dir: Path, out: _Collected, summary: ConvertSummary, out_json: Path,
+                tile_size: int = 512, pixel_size_um: Optional[float] = None, tiles_dir=None, **_):
+    """Annotations (annotation file, image, shapes, regions) -> COCO, slides cut into tiles."""
+    slides = [t for t in targets if is_slide(t[1])]
+    if slides and len(slides) < len(targets):
+        raise DessamError(f"{images_dir}: the annotations are on both whole slides ({slides[0][1].name}) and plain "
+                          "images; convert them separately (slide tiles go to their own folder)")
+    if not slides:
+        if pixel_size_um is not None:
+            raise DessamError(f"--pixel-size {pixel_size_um}: resampling is for whole slides and {images_dir} holds "
+                              "plain images; leave it out")
+        for ann_path, image_path, shapes, regions in targets:
+            if regions:
+                summary.notes.append(f"{ann_path.name}: {len(regions)} Region* annotations are only used on slides, "
+                                     "skipped")
+            hw = image_shape(image_path)
+            image_id = out.add_image(_rel(image_path, images_dir), *hw)
+            for shape in shapes:
+                x1, y1, x2, y2 = shape.box
+                if shape.polygons is None:
+                    out.add(image_id, [x1, y1, x2 - x1, y2 - y1])
+                    continue
+                bbox, rle, area = _mask_annotation(shape.mask(*hw))
+                if area == 0:
+                    summary.notes.append(f"{shape.where}: polygon covers no pixel, skipped")
+                else:
+                    out.add(image_id, bbox, rle, area)
+        return
+    tiles_dir = Path(tiles_dir) if tiles_dir else out_json.with_name(f"{out_json.stem}_tiles")
+    for _, slide_path, _, _ in targets:  # every slide readable before the first tile is written
+        check_slide(slide_path, pixel_size_um)
+    for ann_path, slide_path, shapes, regions in targets:
+        for tile in cut_training_tiles(slide_path, shapes, regions, tiles_dir, tile_size, pixel_size_um, summary.notes):
+            image_id = out.add_image(tile.file_name, tile.size, tile.size)
+            for annotation in tile.annotations:
+                if annotation.mask is None:
+                    out.add(image_id, annotation.box)
+                else:
+                    out.add(image_id, *_mask_annotation(annotation.mask))
+    summary.sources = len(targets)
+    summary.notes.append(f"tiles written to {tiles_dir}; train and validate with --images {tiles_dir}")
+
+
+def _geojson(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, classes=None,
+             **options):
+    targets = []
+    for path in tqdm(_source_files(src, (".geojson", ".json", ".gz")), desc="reading GeoJSON", unit="file", disable=None):
+        objects = read_qupath_geojson(path, classes)
+        summary.notes.extend(objects.notes(path))
+        targets.append((path, _match(path, _annotation_stem(path), index, images_dir), objects.shapes, objects.regions))
+    _add_shapes(targets, images_dir, out, summary, **options)
+
+
+def _csv(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, **options):
+    per_image: dict[Path, tuple[Path, list]] = {}
+    for path in _source_files(src, (".csv",)):
+        for stem, shapes in read_box_table(path).items():
+            image_path = _match(path, stem, index, images_dir)
+            per_image.setdefault(image_path, (path, []))[1].extend(shapes)
+    targets = [(path, image, shapes, []) for image, (path, shapes) in sorted(per_image.items())]
+    _add_shapes(targets, images_dir, out, summary, **options)
+
+
+_CONVERTERS = {"labels": _labels, "labelme": _labelme, "mat": _mat, "voc": _voc, "yolo": _yolo, "coco": _coco,
+               "geojson": _geojson, "csv": _csv}
 
 
 def convert(fmt: str, src: str | os.PathLike, images_dir: str | os.PathLike, out_json: str | os.PathLike,
@@ -336,10 +424,12 @@ def convert(fmt: str, src: str | os.PathLike, images_dir: str | os.PathLike, out
         raise DessamError(f"{src}: annotation source not found; check the path")
     summary = ConvertSummary(out_json)
     out = _Collected()
-    index = None if fmt == "coco" else _index_images(images_dir)
-    _CONVERTERS[fmt](src, images_dir, index, out, summary, **options)
-    if index is not None and len(index) > len(out.images):
-        summary.notes.append(f"{len(index) - len(out.images)} image(s) in {images_dir} have no annotation file "
+    suffixes = IMAGE_SUFFIXES + SLIDE_SUFFIXES if fmt in _SLIDE_FORMATS else IMAGE_SUFFIXES
+    index = None if fmt == "coco" else _index_images(images_dir, suffixes)
+    _CONVERTERS[fmt](src, images_dir, index, out, summary, out_json=out_json, **options)
+    annotated = len(out.images) if summary.sources is None else summary.sources
+    if index is not None and len(index) > annotated:
+        summary.notes.append(f"{len(index) - annotated} image(s) in {images_dir} have no annotation file "
                              "and were left out")
     write_coco(out_json, out.images, out.annotations)
     summary.images, summary.annotations = len(out.images), len(out.annotations)
