@@ -80,7 +80,8 @@ def _load(args):
 
 
 def cmd_predict(args) -> int:
-    from .inference.files import FORMATS, predict_files
+    from .inference.files import FORMATS, parse_shard, predict_files
+    from .inference.slide_stream import SlideOptions
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
     model = _load(args)
@@ -88,9 +89,12 @@ def cmd_predict(args) -> int:
                                                ("max_detections", args.max_detections)) if value is not None}
     postprocess = model.postprocess_settings(**overrides)
     tile = None if args.tile == "auto" else args.tile == "on"
+    slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
+                                 roi=args.roi,
+                                 tissue={"min_od": args.tissue_threshold} if args.tissue_threshold is not None else {})
     run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
                         pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet,
-                        postprocess=postprocess)
+                        postprocess=postprocess, slide_options=slide_options, shard=parse_shard(args.shard))
     print(f"{len(run.written)} images predicted into {args.out}"
           + (f", {len(run.skipped)} kept existing outputs (use --overwrite)" if run.skipped else ""))
     if run.failed:
@@ -268,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-detections", type=int, help="most nuclei per image or tile (default: the model's, 120)")
     p.add_argument("--image-size", type=int, help="run at another input size than trained")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--roi", help="whole slides: only this region, x,y,w,h in full-resolution pixels")
+    p.add_argument("--no-skip-glass", action="store_true",
+                   help="whole slides: run every window, not only those touching the tissue/cell mask")
+    p.add_argument("--tissue-threshold", type=float,
+                   help="whole slides: the lowest optical density that counts as cells (default 0.02)")
+    p.add_argument("--gzip", action="store_true", help="whole slides: write NAME.geojson.gz")
+    p.add_argument("--resume", action="store_true", help="whole slides: continue an interrupted run from its last row")
+    p.add_argument("--shard", metavar="K/N", help="only the K-th of every N inputs (array jobs: K = the task index)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -2,7 +2,8 @@
 
 `LabelPyramidWriter` keeps each nucleus as its box and bit-packed mask in an unnamed temporary
 file, indexed by the band of rows where it starts. On `close` it paints level 0 band by band
-from that file (a nucleus added later paints over an earlier one where they overlap) and writes
+from that file (where nuclei overlap, the one added later wins, or, with `overlap_winner`, the
+lower- or the higher-scoring one, as `dessam.postprocess.masks_to_labels` paints) and writes
 a tiled, pyramidal OME-TIFF (uint32, 0 = background, zlib; see `dessam.data.pyramid_tiff`).
 Memory: one band of level 0 (``tile`` rows x the slide width x 4 bytes) plus one 8-byte index
 entry per nucleus; the temporary file holds about an eighth of a byte per mask pixel.
@@ -22,7 +23,7 @@ import numpy as np
 from .nucleus import Nucleus
 from .pyramid_tiff import write_pyramid_tiff
 
-_HEADER = struct.Struct("<Iqqii")  # id, x1, y1, width, height
+_HEADER = struct.Struct("<Iqqiid")  # id, x1, y1, width, height, score
 MAX_ID = np.iinfo(np.uint32).max
 
 
@@ -31,7 +32,10 @@ class LabelPyramidWriter:
     success and leaves nothing behind after an error."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, pixel_size_um: Optional[float] = None,
-                 tile: int = 512):
+                 tile: int = 512, overlap_winner: Optional[str] = None):
+        if overlap_winner not in (None, "lower-score", "higher-score"):
+            raise ValueError(f"overlap_winner must be lower-score, higher-score or None; got {overlap_winner!r}")
+        self.overlap_winner = overlap_winner
         self.path = Path(path)
         self.width, self.height, self.tile = int(width), int(height), int(tile)
         self.pixel_size_um = pixel_size_um
@@ -46,22 +50,30 @@ class LabelPyramidWriter:
             raise ValueError(f"nucleus id {nucleus.id} does not fit a uint32 label image")
         x1, y1, x2, y2 = nucleus.box
         offset = self._spill.seek(0, os.SEEK_END)
-        self._spill.write(_HEADER.pack(nucleus.id, x1, y1, x2 - x1, y2 - y1))
+        self._spill.write(_HEADER.pack(nucleus.id, x1, y1, x2 - x1, y2 - y1, float(nucleus.score)))
         self._spill.write(np.packbits(nucleus.mask, axis=None).tobytes())
         self._bands.setdefault(max(y1, 0) // self.tile, array("q")).append(offset)
         self._tallest = max(self._tallest, y2 - y1)
         self.count += 1
 
     def _records(self, y0: int, y1: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
-        """(id, x1, y1, mask) of the nuclei reaching into rows [y0, y1), in the order added."""
+        """(id, x1, y1, mask) of the nuclei reaching into rows [y0, y1), in the order to paint them."""
+        records = list(self._reach(y0, y1))
+        if self.overlap_winner is not None:  # stable: equal scores keep the order added
+            records.sort(key=lambda record: -record[1] if self.overlap_winner == "lower-score" else record[1])
+        for record in records:
+            yield record[0], *record[2:]
+
+    def _reach(self, y0: int, y1: int) -> Iterator[tuple]:
+        """(id, score, x1, y1, mask) of the nuclei reaching into rows [y0, y1), in the order added."""
         first = max(0, (y0 - self._tallest) // self.tile)
         offsets = sorted(o for band in range(first, (y1 - 1) // self.tile + 1) for o in self._bands.get(band, ()))
         for offset in offsets:
             self._spill.seek(offset)
-            nucleus_id, bx, by, w, h = _HEADER.unpack(self._spill.read(_HEADER.size))
+            nucleus_id, bx, by, w, h, score = _HEADER.unpack(self._spill.read(_HEADER.size))
             if by < y1 and by + h > y0:
                 bits = np.frombuffer(self._spill.read((w * h + 7) // 8), np.uint8)
-                yield nucleus_id, bx, by, np.unpackbits(bits, count=w * h).reshape(h, w).astype(bool)
+                yield nucleus_id, score, bx, by, np.unpackbits(bits, count=w * h).reshape(h, w).astype(bool)
 
     def _band(self, y0: int, y1: int) -> np.ndarray:
         out = np.zeros((y1 - y0, self.width), np.uint32)

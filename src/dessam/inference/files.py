@@ -16,7 +16,8 @@ from __future__ import annotations
 import csv
 import glob
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -26,9 +27,11 @@ from ..data.images import read_image_raw, to_rgb, to_uint8
 from ..errors import DessamError
 from ..export import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
                       write_measurements_csv, write_overlay_png, write_summary_csv)
+from ..data.slide import SLIDE_SUFFIXES, is_slide
 from ..postprocess import Postprocess
+from .slide_stream import SlideOptions, predict_slide, slide_outputs
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | set(SLIDE_SUFFIXES)
 FORMATS = ("labels", "overlay", "geojson", "csv")
 
 
@@ -111,15 +114,30 @@ class PredictRun:
         return 1 if self.failed else 0
 
 
+def parse_shard(text: Optional[str]) -> Optional[tuple]:
+    """"K/N" (1 <= K <= N) -> (K, N); None stays None."""
+    if text is None:
+        return None
+    k, sep, n = str(text).partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise DessamError(f"--shard {text}: give K/N with 1 <= K <= N, e.g. --shard 3/8 (the K-th of N array jobs)")
+    return int(k), int(n)
+
+
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
-                  progress: bool = True, postprocess: Optional[Postprocess] = None) -> PredictRun:
+                  progress: bool = True, postprocess: Optional[Postprocess] = None,
+                  slide_options: Optional[SlideOptions] = None, shard: Optional[tuple] = None) -> PredictRun:
     """`model` (a `Predictor`) over every image of `inputs`, writing `formats` into `out_dir`;
-    `postprocess`: how results are read (default: the model's own)."""
+    `postprocess`: how results are read (default: the model's own). Whole slides are streamed
+    (`dessam.inference.slide_stream`, with `slide_options`). `shard` (K, N): only the K-th of every N
+    inputs in sorted order, so that N array jobs share a list with no coordination."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise DessamError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
     paths = expand_inputs(inputs)
+    if shard is not None:
+        paths = sorted(paths)[shard[0] - 1::shard[1]]
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +157,10 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     results, summary = [], []
     previous_results, previous_rows = previous_run(out_dir) if not overwrite else ({}, {})
     for image_id, path in enumerate(tqdm(paths, desc="Predicting", unit="img", disable=not progress), start=1):
+        if is_slide(path):
+            summary.append(_predict_one_slide(model, path, out_dir, formats, overwrite, pixel_size_um, overlap,
+                                              postprocess, slide_options, run, progress))
+            continue
         targets = output_paths(out_dir, path)
         wanted = {name: targets[name] for name in formats}
         if not overwrite and all(p.exists() for p in wanted.values()):
@@ -173,3 +195,25 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     write_json(out_dir / "coco_results.json", results)
     write_summary_csv(out_dir / "summary.csv", summary)
     return run
+
+
+def _predict_one_slide(model, path: Path, out_dir: Path, formats, overwrite: bool, pixel_size_um, overlap: int,
+                       postprocess, options: Optional[SlideOptions], run: PredictRun, progress: bool) -> dict:
+    """Stream one slide; its summary row. A slide's COCO results are left out (they would hold every
+    mask of the slide in one JSON file): its GeoJSON and label image hold them."""
+    options = replace(options or SlideOptions(), pixel_size_um=pixel_size_um, overlap=overlap,
+                      formats=tuple(f for f in formats if f != "overlay") or ("geojson",))
+    outputs = slide_outputs(out_dir, path, options.formats, options.compress_geojson)
+    if not overwrite and not options.resume and all(p.exists() for p in outputs.values()):
+        run.skipped.append(path)
+        return {"image": path.name, "status": "kept existing outputs"}
+    try:
+        result = predict_slide(model, path, out_dir, options, postprocess, progress)
+    except DessamError as exc:
+        run.failed.append((path, str(exc)))
+        return {"image": path.name, "status": f"failed: {exc}"}
+    if result.note:
+        print(result.note, file=sys.stderr)
+    run.written.append(path)
+    return {"image": path.name, "nuclei": result.nuclei, "windows": result.windows,
+            "windows_run": result.windows_run, "seconds": round(result.seconds, 1), "status": "ok"}

@@ -98,31 +98,61 @@ def _shared_pixels(a_crop, a_origin, b_crop, b_origin) -> int:
     return int((a_crop[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & b_crop[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]).sum())
 
 
+@dataclass
+class Piece:
+    """One window's instance, placed in the image: a candidate of the merge."""
+
+    margin: float        # distance to the nearest inner window edge
+    score: float
+    window: int          # which window saw it
+    crop: np.ndarray
+    origin: tuple        # (row, column) of the crop in the image
+    box: np.ndarray      # x1y1x2y2 in the image
+
+    @property
+    def bottom(self) -> int:
+        return int(self.origin[0]) + self.crop.shape[0]
+
+
+def window_pieces(window: Window, instances: Instances, index: int, shape: tuple) -> list:
+    """The non-empty instances of one window (in its pixels) as merge candidates in the image."""
+    margins = _margins(window, instances)
+    shifted = instances.shifted(window.y0, window.x0, shape)
+    return [Piece(margins[k], float(shifted.scores[k]), index, shifted.crops[k], tuple(shifted.origins[k]),
+                  shifted.boxes[k])
+            for k in range(len(instances)) if instances.crops[k].size and instances.crops[k].any()]
+
+
+def unique_pieces(pieces: list) -> list:
+    """The indices of the pieces the merge keeps, in the order it takes them (largest margin first,
+    then score; a piece is dropped when it shares more than half of its own or a kept piece's pixels
+    with a kept piece of another window)."""
+    order = sorted(range(len(pieces)), key=lambda i: (-pieces[i].margin, -pieces[i].score))
+    kept, extents = [], np.zeros((len(pieces), 4), dtype=np.int64)
+    areas = [int(piece.crop.sum()) for piece in pieces]
+    for index in order:
+        piece = pieces[index]
+        y0, x0 = piece.origin
+        y1, x1 = y0 + piece.crop.shape[0], x0 + piece.crop.shape[1]
+        near = np.nonzero((extents[:len(kept), 0] < y1) & (extents[:len(kept), 2] > y0)
+                          & (extents[:len(kept), 1] < x1) & (extents[:len(kept), 3] > x0))[0]
+        if any(pieces[kept[i]].window != piece.window
+               and _shared_pixels(piece.crop, piece.origin, pieces[kept[i]].crop, pieces[kept[i]].origin)
+               > 0.5 * min(areas[index], areas[kept[i]]) for i in near):
+            continue
+        extents[len(kept)] = (y0, x0, y1, x1)
+        kept.append(index)
+    return kept
+
+
+def pieces_to_instances(pieces: list, shape: tuple) -> Instances:
+    return Instances(np.array([p.box for p in pieces]).reshape(-1, 4), np.array([p.score for p in pieces]),
+                     [p.crop for p in pieces], [p.origin for p in pieces], shape)
+
+
 def merge_windows(found: list, shape: tuple) -> Instances:
     """One `Instances` of the image from `(Window, Instances in window pixels)` pairs, without
     duplicates across windows (see the module docstring); highest score first."""
-    pieces = []  # (margin, score, window index, crop, origin in the image, box in the image)
-    for index, (window, instances) in enumerate(found):
-        margins = _margins(window, instances)
-        shifted = instances.shifted(window.y0, window.x0, shape)
-        for k in range(len(instances)):
-            if instances.crops[k].size and instances.crops[k].any():  # an empty mask cannot be matched
-                pieces.append((margins[k], shifted.scores[k], index, shifted.crops[k], tuple(shifted.origins[k]),
-                               shifted.boxes[k]))
-    pieces.sort(key=lambda piece: (-piece[0], -piece[1]))
-    kept = []
-    extents = np.zeros((len(pieces), 4), dtype=np.int64)
-    for _, score, window, crop, origin, box in pieces:
-        y0, x0 = origin
-        y1, x1 = y0 + crop.shape[0], x0 + crop.shape[1]
-        near = np.nonzero((extents[:len(kept), 0] < y1) & (extents[:len(kept), 2] > y0)
-                          & (extents[:len(kept), 1] < x1) & (extents[:len(kept), 3] > x0))[0]
-        area = crop.sum()
-        if any(kept[i][2] != window and _shared_pixels(crop, origin, kept[i][3], kept[i][4])
-               > 0.5 * min(area, kept[i][3].sum()) for i in near):
-            continue
-        extents[len(kept)] = (y0, x0, y1, x1)
-        kept.append((None, score, window, crop, origin, box))
-    merged = Instances(np.array([k[5] for k in kept]).reshape(-1, 4), np.array([k[1] for k in kept]),
-                       [k[3] for k in kept], [k[4] for k in kept], shape)
-    return merged.by_score()
+    pieces = [piece for index, (window, instances) in enumerate(found)
+              for piece in window_pieces(window, instances, index, shape)]
+    return pieces_to_instances([pieces[i] for i in unique_pieces(pieces)], shape).by_score()
