@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
         config.model.sam_checkpoint = args.sam_checkpoint
     for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
                       ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir")):
+                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("mask_weight", "loss.mask_weight")):
         value = getattr(args, flag)
         if value is not None:
             config.set(key, value)
@@ -56,6 +56,7 @@ def cmd_train(args) -> int:
     print(f"model written to {result.model_path} ({result.iterations} iterations, {result.epochs_done} epochs; "
           f"{result.clipped_boxes} boxes clipped, {result.dropped_boxes} zero-size boxes dropped, "
           f"{result.skipped_nonfinite} non-finite steps skipped)")
+    print(f"annotations supervised with masks: {result.mask_annotations}, with boxes: {result.box_annotations}")
     return 0
 
 
@@ -196,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train DES-SAM from box annotations (COCO)")
-    p.add_argument("--train", required=True, help="COCO JSON with boxes (segmentations not needed)")
+    p.add_argument("--train", required=True,
+                   help="COCO JSON with boxes; segmentations, where given, supervise their nuclei's masks")
     p.add_argument("--images", required=True, help="folder of the images named in the JSON")
     p.add_argument("--sam", help="vit_b | vit_l | vit_h | default | tiny, or an official checkpoint path")
     p.add_argument("--sam-checkpoint", help="path of the SAM checkpoint (.pth) for --sam vit_*")
@@ -209,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size S (default: the SAM's own)")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
+    p.add_argument("--mask-weight", type=float,
+                   help="distillation weight of the prompts supervised by a given mask (default 1)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
         f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
     p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
