@@ -99,6 +99,40 @@ def cmd_predict(args) -> int:
     return run.exit_status
 
 
+def cmd_label(args) -> int:
+    from .devices import resolve_device
+    from .inference.loading import load_model, load_teacher
+    from .inference.settings import fast_settings
+    from .labeling.label import label_dataset
+
+    if args.model is None and args.sam is None:
+        raise DessamError(f"{args.data}: give --model RUN/model.pt (the trained student) or --sam NAME (the frozen "
+                          "teacher, e.g. --sam default) to label its boxes")
+    if args.model is not None and args.sam is not None:
+        raise DessamError(f"{args.model}: give --model or --sam, not both (the model names its own SAM)")
+    settings = fast_settings(resolve_device(args.device))
+    if args.model is not None:
+        model = load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                           image_size=args.image_size, settings=settings)
+    else:
+        model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
+                             settings=settings)
+    if args.input_scale is not None:
+        if not args.input_scale > 0:
+            raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
+        model.input_scale = args.input_scale
+    options = {key: value for key, value in (("outside_margin", args.outside_margin),
+                                             ("outside_limit", args.outside_fraction),
+                                             ("review_count", args.review_count)) if value is not None}
+    run = label_dataset(model, args.data, args.images, args.out, review_dir=args.review,
+                        use_token=args.model is not None, overlap=args.overlap, progress=not args.quiet, **options)
+    where = f"label_flags in {run.out_json}" + (f" and {run.review[1]}" if run.review else "")
+    print(f"{run.labelled} boxes of {run.images} images labelled into {run.out_json} "
+          f"({'student' if args.model else 'teacher'} masks); {run.empty} empty, {run.outside} leaving their box "
+          f"(listed in {where})" + (f"; {run.crowd} crowd annotations copied unchanged" if run.crowd else ""))
+    return 0
+
+
 def cmd_fetch_sam(args) -> int:
     from .models.fetch import fetch_sam
 
@@ -285,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--headers-only", action="store_true", help="read image headers only (faster)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("label", help="write a mask for every annotated box (COCO), with scores and a review sheet")
+    p.add_argument("--data", required=True, help="COCO JSON with boxes")
+    p.add_argument("--images", required=True, help="folder of the images named in the JSON")
+    p.add_argument("--out", required=True, help="COCO JSON to write, with an RLE mask per box")
+    p.add_argument("--model", help="a trained model (RUN/model.pt): masks of the student and its learned token")
+    p.add_argument("--sam", help="or the frozen teacher: vit_b | vit_l | vit_h | default, or a checkpoint path")
+    p.add_argument("--sam-checkpoint", help="the SAM checkpoint (.pth) of --sam, or of the model if not found")
+    p.add_argument("--review", help="folder for the review sheet (review.png, review.csv)")
+    p.add_argument("--review-count", type=int, help="masks in the review mosaic (default 48)")
+    p.add_argument("--image-size", type=int, help="model input size S (default: the model's or the SAM's own)")
+    p.add_argument("--input-scale", type=float,
+                   help="resize images by this factor; larger ones are cut into windows of the input size "
+                        "(default: the model's training scale; the teacher: 1)")
+    p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default 64)")
+    p.add_argument("--outside-fraction", type=float,
+                   help="flag masks with more than this share of their pixels outside the grown box (default 0.2)")
+    p.add_argument("--outside-margin", type=float,
+                   help="the box grows by this fraction of its width and height on each side (default 0.1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("fetch-sam", help="download an official SAM checkpoint")
     p.add_argument("variant", choices=("vit_b", "vit_l", "vit_h"))
