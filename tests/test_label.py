@@ -179,8 +179,12 @@ def test_large_images_are_labelled_in_windows(tmp_path):
     assert min(ious) > 0.3 and np.mean(ious) > 0.6
 
 
-def test_label_needs_a_model_or_a_sam_in_one_line(box_dataset, tmp_path, capsys):
+def test_label_needs_a_model_or_a_sam_in_one_line(box_dataset, tmp_path, capsys, monkeypatch):
     boxes_json, _, images = box_dataset
+    monkeypatch.setenv("DESSAM_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert _label("--data", boxes_json, "--images", images, "--out", tmp_path / "masks.json", "--sam", "vit_b") == 2
+    assert "dessam fetch-sam vit_b" in capsys.readouterr().err
     assert _label("--data", boxes_json, "--images", images, "--out", tmp_path / "masks.json") == 2
     err = capsys.readouterr().err
     assert "--model" in err and "--sam" in err and len(err.strip().splitlines()) == 1
