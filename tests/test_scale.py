@@ -46,8 +46,9 @@ def test_fixed_scaling_cuts_large_images_into_windows_at_native_resolution():
 
 def test_a_box_cut_by_a_window_is_kept_clipped_when_mostly_inside():
     window = Window(0, 0, 100, 100, (False, True, False, True))
-    kept = clip_to_window(np.array([[90, 10, 110, 20], [95, 30, 130, 40], [10, 10, 20, 20]], np.float32), window)
+    kept, index = clip_to_window(np.array([[90, 10, 110, 20], [95, 30, 130, 40], [10, 10, 20, 20]], np.float32), window)
     np.testing.assert_allclose(kept, [[90, 10, 100, 20], [10, 10, 20, 20]])  # half inside stays, a sliver goes
+    assert index.tolist() == [0, 2]
 
 
 def test_model_scale_factor_and_windows():

@@ -30,7 +30,8 @@ def cmd_train(args) -> int:
         config.model.sam_checkpoint = args.sam_checkpoint
     for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
                       ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um")):
+                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um"),
+                      ("mask_weight", "loss.mask_weight")):
         value = getattr(args, flag)
         if value is not None:
             config.set(key, value)
@@ -58,6 +59,7 @@ def cmd_train(args) -> int:
     print(f"model written to {result.model_path} ({result.iterations} iterations, {result.epochs_done} epochs; "
           f"{result.clipped_boxes} boxes clipped, {result.dropped_boxes} zero-size boxes dropped, "
           f"{result.skipped_nonfinite} non-finite steps skipped)")
+    print(f"annotations supervised with masks: {result.mask_annotations}, with boxes: {result.box_annotations}")
     return 0
 
 
@@ -102,6 +104,40 @@ def cmd_predict(args) -> int:
         for path, message in run.failed:
             print(f"  {path}: {message}", file=sys.stderr)
     return run.exit_status
+
+
+def cmd_label(args) -> int:
+    from .devices import resolve_device
+    from .inference.loading import load_model, load_teacher
+    from .inference.settings import fast_settings
+    from .labeling.label import label_dataset
+
+    if args.model is None and args.sam is None:
+        raise DessamError(f"{args.data}: give --model RUN/model.pt (the trained student) or --sam NAME (the frozen "
+                          "teacher, e.g. --sam default) to label its boxes")
+    if args.model is not None and args.sam is not None:
+        raise DessamError(f"{args.model}: give --model or --sam, not both (the model names its own SAM)")
+    settings = fast_settings(resolve_device(args.device))
+    if args.model is not None:
+        model = load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                           image_size=args.image_size, settings=settings)
+    else:
+        model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
+                             settings=settings)
+    if args.input_scale is not None:
+        if not args.input_scale > 0:
+            raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
+        model.input_scale = args.input_scale
+    options = {key: value for key, value in (("outside_margin", args.outside_margin),
+                                             ("outside_limit", args.outside_fraction),
+                                             ("review_count", args.review_count)) if value is not None}
+    run = label_dataset(model, args.data, args.images, args.out, review_dir=args.review,
+                        use_token=args.model is not None, overlap=args.overlap, progress=not args.quiet, **options)
+    where = f"label_flags in {run.out_json}" + (f" and {run.review[1]}" if run.review else "")
+    print(f"{run.labelled} boxes of {run.images} images labelled into {run.out_json} "
+          f"({'student' if args.model else 'teacher'} masks); {run.empty} empty, {run.outside} leaving their box "
+          f"(listed in {where})" + (f"; {run.crowd} crowd annotations copied unchanged" if run.crowd else ""))
+    return 0
 
 
 def cmd_fetch_sam(args) -> int:
@@ -232,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train DES-SAM from box annotations (COCO)")
-    p.add_argument("--train", required=True, help="COCO JSON with boxes (segmentations not needed)")
+    p.add_argument("--train", required=True,
+                   help="COCO JSON with boxes; segmentations, where given, supervise their nuclei's masks")
     p.add_argument("--images", required=True, help="folder of the images named in the JSON")
     p.add_argument("--sam", help="vit_b | vit_l | vit_h | default | tiny, or an official checkpoint path")
     p.add_argument("--sam-checkpoint", help="path of the SAM checkpoint (.pth) for --sam vit_*")
@@ -246,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
     p.add_argument("--pixel-size", type=float, help="the training images' pixel size in microns (recorded in the model)")
+    p.add_argument("--mask-weight", type=float,
+                   help="distillation weight of the prompts supervised by a given mask (default 1)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
         f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
     p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
@@ -346,6 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--headers-only", action="store_true", help="read image headers only (faster)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("label", help="write a mask for every annotated box (COCO), with scores and a review sheet")
+    p.add_argument("--data", required=True, help="COCO JSON with boxes")
+    p.add_argument("--images", required=True, help="folder of the images named in the JSON")
+    p.add_argument("--out", required=True, help="COCO JSON to write, with an RLE mask per box")
+    p.add_argument("--model", help="a trained model (RUN/model.pt): masks of the student and its learned token")
+    p.add_argument("--sam", help="or the frozen teacher: vit_b | vit_l | vit_h | default, or a checkpoint path")
+    p.add_argument("--sam-checkpoint", help="the SAM checkpoint (.pth) of --sam, or of the model if not found")
+    p.add_argument("--review", help="folder for the review sheet (review.png, review.csv)")
+    p.add_argument("--review-count", type=int, help="masks in the review mosaic (default 48)")
+    p.add_argument("--image-size", type=int, help="model input size S (default: the model's or the SAM's own)")
+    p.add_argument("--input-scale", type=float,
+                   help="resize images by this factor; larger ones are cut into windows of the input size "
+                        "(default: the model's training scale; the teacher: 1)")
+    p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default 64)")
+    p.add_argument("--outside-fraction", type=float,
+                   help="flag masks with more than this share of their pixels outside the grown box (default 0.2)")
+    p.add_argument("--outside-margin", type=float,
+                   help="the box grows by this fraction of its width and height on each side (default 0.1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("fetch-sam", help="download an official SAM checkpoint")
     p.add_argument("variant", choices=("vit_b", "vit_l", "vit_h"))

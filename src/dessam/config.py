@@ -75,6 +75,7 @@ class LossConfig:
     distill_bce: float = 0.5
     distill_dice: float = 0.01
     distill_max_prompts: int = 128     # positive proposals distilled per image (the RoI sampler keeps <= 128)
+    mask_weight: float = 1.0           # distillation weight of prompts whose annotation has a given mask
     edge_aware: bool = True            # False turns the edge-aware loss off (ablation)
     edge_local: float = 1.0
     edge_global: float = 0.001

@@ -27,7 +27,8 @@ DICE_SMOOTH = 1e-3  # the authors' eps 1e-6 at their scale of 1000
 
 
 def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, images: int = 1,
-                        frame_pixels: Optional[int] = None):
+                        frame_pixels: Optional[int] = None, targets: Optional[torch.Tensor] = None,
+                        weights: Optional[torch.Tensor] = None):
     """(bce, dice) of student logits against the teacher's thresholded pseudo-mask.
 
     As in the official implementation, each prompt's BCE is the mean over its pixels and the
@@ -37,13 +38,17 @@ def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tens
     divides p and t by 1000 and adds 1e-6. With local decoding the logits cover a window of the
     low-resolution frame (the same window for student and teacher); `frame_pixels`, the frame's
     size, keeps BCE a mean over the whole frame (pixels beyond the window count as agreeing).
+    `targets` (0/1, the shape of the logits) replace the pseudo-mask where given masks supervise
+    some prompts (`dessam.models.frame_masks`); `weights` (N,) scale each prompt's two terms.
     """
-    pseudo = (teacher_logits > 0).to(student_logits.dtype)
+    pseudo = (teacher_logits > 0).to(student_logits.dtype) if targets is None else targets.to(student_logits.dtype)
     pixels = frame_pixels or student_logits[0, 0].numel()
     bce = F.binary_cross_entropy_with_logits(student_logits, pseudo, reduction="none").flatten(1).sum(1) / pixels
     prob = student_logits.sigmoid().flatten(1)
     target = pseudo.flatten(1)
     dice = 1 - (2 * (prob * target).sum(1) + DICE_SMOOTH) / (prob.sum(1) + target.sum(1) + DICE_SMOOTH)
+    if weights is not None:
+        bce, dice = bce * weights, dice * weights
     return bce.sum() / images, dice.sum() / images
 
 

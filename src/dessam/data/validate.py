@@ -38,6 +38,7 @@ class ValidationReport:
     images: int = 0
     annotations: int = 0
     with_masks: int = 0
+    boxes_only: int = 0
 
     @property
     def ok(self) -> bool:
@@ -45,7 +46,8 @@ class ValidationReport:
 
     def table(self, markdown: bool = True) -> str:
         """Summary as a Markdown table (or aligned plain text)."""
-        rows = [("images", self.images), ("annotations", self.annotations), ("annotations with masks", self.with_masks)]
+        rows = [("images", self.images), ("annotations", self.annotations), ("annotations with masks", self.with_masks),
+                ("annotations with boxes only", self.boxes_only)]
         rows += [(name, self.warnings.get(name, 0)) for name in (WARN_CLIPPED, WARN_ZERO, WARN_CROWD, WARN_EMPTY)]
         rows.append(("errors", len(self.errors)))
         if markdown:
@@ -122,6 +124,7 @@ def _check_annotation(report: ValidationReport, ann: dict, sizes: dict, categori
         return
     seg = ann.get("segmentation")
     report.with_masks += bool(seg)
+    report.boxes_only += not seg
     if sizes[ann["image_id"]] is None:  # image problem already reported
         return
     height, width = sizes[ann["image_id"]]

@@ -1,14 +1,20 @@
-"""`load_model`: a trained model file and the SAM weights it names, ready to predict."""
+"""`load_model`: a trained model file and the SAM weights it names, ready to predict;
+`load_teacher`: the frozen SAM alone, ready to segment given boxes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+from ..config import Config
 from ..devices import resolve_device
 from ..errors import DessamError
+from ..scale import ModelScale
 from ..models.dessam import DESSAM
-from ..models.model_file import read_model_file, sam_for_model
+from ..models.fetch import find_sam_checkpoint, sam_file_name
+from ..models.model_file import read_model_file, sam_for_model, sam_identity
+from ..models.promptable_sam import PromptableSam
+from ..models.sam import OFFICIAL_VARIANTS, build_sam, recognise_variant
 from .predictor import Predictor
 from .settings import InferenceSettings, fast_settings
 
@@ -38,3 +44,32 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
         raise DessamError(f"{path}: the model's weights do not fit its own config ({str(exc)[:120]}); re-train") from None
     model.to(device)
     return Predictor(model, config, model_file.identity, device, model_file.scale, settings, path)
+
+
+def load_teacher(sam_name: str, sam_checkpoint=None, device="cpu", image_size: Optional[int] = None,
+                 settings: Optional[InferenceSettings] = None, input_scale: float = 1.0) -> Predictor:
+    """SAM `sam_name` (vit_b / vit_l / vit_h with their checkpoint, an official checkpoint path,
+    `default` or `tiny`) as a `Predictor` without a detector: it segments given boxes
+    (`segment(..., use_token=False)`), as DES-SAM's teacher does.
+
+    An official variant without `sam_checkpoint` is looked for where `dessam fetch-sam` puts it.
+    input_scale: the factor images are resized by before windows of the input size are cut from
+    the larger ones (default 1: the images' own pixels).
+    """
+    checkpoint = sam_checkpoint
+    if checkpoint is None and Path(str(sam_name)).suffix in (".pth", ".pt"):
+        sam_name, checkpoint = recognise_variant(sam_name), sam_name
+    if checkpoint is None and sam_name in OFFICIAL_VARIANTS:
+        checkpoint = find_sam_checkpoint(sam_file_name(sam_name))
+        if checkpoint is None:
+            raise DessamError(f"{sam_file_name(sam_name)}: SAM {sam_name} not found; "
+                              f"run `dessam fetch-sam {sam_name}` or pass --sam-checkpoint PATH")
+    sam = build_sam(sam_name, checkpoint, image_size)
+    config = Config()
+    config.model.sam, config.model.sam_checkpoint = sam_name, None if checkpoint is None else str(checkpoint)
+    config.model.prompt_token = False
+    config.model.image_size = int(sam.image_encoder.img_size)
+    device = resolve_device(device)
+    identity = sam_identity(sam_name, checkpoint, sam)
+    model = PromptableSam(sam).to(device)
+    return Predictor(model, config, identity, device, ModelScale("fixed", input_scale), settings or fast_settings(device))

@@ -14,6 +14,7 @@ from torch import nn
 from ..config import Config
 from ..losses import distillation_losses, edge_aware_losses, valid_region
 from .detector import BoxDetector
+from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid
 from .prompted_decoder import PromptedMaskDecoder
 
@@ -65,20 +66,27 @@ class DESSAM(nn.Module):
         return self.sam.image_encoder(images_normalised)
 
     # ----- training --------------------------------------------------------------------------
-    def forward(self, embeddings, images_rgb, images_normalised, gt_boxes, image_sizes):
-        """All DES-SAM losses for one batch (a dict of scalar tensors, unweighted)."""
+    def forward(self, embeddings, images_rgb, images_normalised, gt_boxes, image_sizes, gt_masks=None):
+        """All DES-SAM losses for one batch (a dict of scalar tensors, unweighted).
+
+        gt_masks: per image, the given masks of its annotations (`FrameMasks`, or None for boxes
+        only): the proposals matched to a masked annotation learn its mask, not the teacher's.
+        """
         loss_config = self.config.loss
         features = self.neck(embeddings)
         losses, rois = self.detector.forward_train(features, image_sizes, self.image_size, gt_boxes)
 
-        proposals, matched, image_index = [], [], []
-        for i, (props, labels, gts) in enumerate(zip(rois.proposals, rois.labels, rois.matched_gt_boxes)):
+        proposals, matched, matched_index, image_index = [], [], [], []
+        for i, (props, labels, gts, idx) in enumerate(zip(rois.proposals, rois.labels, rois.matched_gt_boxes,
+                                                          rois.matched_index)):
             positive = torch.where(labels > 0)[0][: loss_config.distill_max_prompts]
             proposals.append(props[positive])
             matched.append(gts[positive])
+            matched_index.append(idx[positive])
             image_index.append(torch.full((len(positive),), i, dtype=torch.long, device=props.device))
         proposals = torch.cat(proposals).detach()
         matched = torch.cat(matched)
+        matched_index = torch.cat(matched_index)
         image_index = torch.cat(image_index)
 
         zero = embeddings.sum() * 0
@@ -93,8 +101,16 @@ class DESSAM(nn.Module):
             teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size)
         student = self.decoder(embeddings, proposals, image_index, use_token=True, origins=origins, size=size)
         frame_pixels = student.frame[0] * student.frame[1]
+        targets = weights = None
+        if gt_masks is not None:
+            targets, supervised = distillation_targets(teacher, image_index, matched_index, gt_masks)
+            if supervised.any():
+                weights = torch.where(supervised, loss_config.mask_weight, 1.0).to(student.logits.dtype)
+            else:
+                targets = None
         losses["distill_bce"], losses["distill_dice"] = distillation_losses(
-            student.logits, teacher.logits, images=len(image_sizes), frame_pixels=frame_pixels)
+            student.logits, teacher.logits, images=len(image_sizes), frame_pixels=frame_pixels,
+            targets=targets, weights=weights)
         if loss_config.edge_aware:
             crop_boxes = {"annotated": matched, "proposal": proposals}
             if loss_config.edge_crop_box not in crop_boxes:

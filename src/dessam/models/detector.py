@@ -84,6 +84,7 @@ class SampledRois:
     proposals: list          # per image (K, 4), input frame
     labels: list             # per image (K,), 1 = nucleus, 0 = background
     matched_gt_boxes: list   # per image (K, 4), the annotated box each proposal is matched to
+    matched_index: list      # per image (K,), that box's index among the image's annotated boxes
 
 
 class BoxDetector(nn.Module):
@@ -169,7 +170,7 @@ class BoxDetector(nn.Module):
             "roi_cls": roi_cls,
             "roi_box": roi_box,
         }
-        return losses, SampledRois(proposals, labels, matched)
+        return losses, SampledRois(proposals, labels, matched, matched_idxs)
 
     @torch.no_grad()
     def detect(self, features: dict, image_sizes: list, padded_size: int, score_threshold: float,

@@ -2,7 +2,8 @@
 
 The encoder is frozen and there is no photometric augmentation, so each view's embedding (the whole
 image fitted to the input, or a window of it: `dessam.training.views`) is computed once
-(`encode_training_set`) and read back from the cache for every batch.
+(`encode_training_set`) and read back from the cache for every batch. Given masks travel with their
+view as crops of the low-resolution frame (`dessam.training.mask_targets`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from tqdm.auto import tqdm
 from ..data.coco import ImageRecord, read_record_image
 from ..data.images import read_image
 from ..models.dessam import DESSAM
+from ..models.frame_masks import FrameMasks
+from ..models.prompted_decoder import UPSCALE
 from .cache import EmbeddingCache
+from .mask_targets import view_frame_masks
 from .views import TrainingView, training_views
 
 
@@ -26,6 +30,7 @@ class TrainingImage:
     cache_key: str
     boxes: torch.Tensor       # (N, 4) input frame
     resized_hw: tuple
+    masks: Optional[FrameMasks] = None  # the given masks, when any annotation has one
 
     @property
     def record(self) -> ImageRecord:
@@ -38,9 +43,10 @@ def embedding_shape(model: DESSAM) -> tuple:
 
 
 def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True,
-                        factor: Optional[float] = None) -> list:
+                        factor: Optional[float] = None, given_masks: bool = False) -> list:
     """Every view of every record (see `training_views`; `factor` None: fitted), its embedding cached
-    (the encoder runs only for views not cached yet)."""
+    (the encoder runs only for views not cached yet); with `given_masks`, the annotations' masks as
+    distillation targets."""
     shape = embedding_shape(model)
     items = []
     for record in tqdm(records, desc="Embedding images", disable=not progress, unit="img"):
@@ -50,7 +56,8 @@ def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, dev
             inputs = view.inputs(image, model.image_size)
             key = cache.key(inputs.resized)
             cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
-            items.append(TrainingImage(view, key, torch.from_numpy(view.boxes).float(), inputs.resized_hw))
+            masks = view_frame_masks(view, model.image_size, UPSCALE * shape[1]) if given_masks else None
+            items.append(TrainingImage(view, key, torch.from_numpy(view.boxes).float(), inputs.resized_hw, masks))
     return items
 
 
@@ -75,3 +82,10 @@ def batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
         [item.boxes.to(device) for item in items],
         [item.resized_hw for item in items],
     )
+
+
+def batch_masks(items: list, device) -> Optional[list]:
+    """The given masks of `items` for `DESSAM.forward` (None when no image of the batch has any)."""
+    if all(item.masks is None for item in items):
+        return None
+    return [None if item.masks is None else item.masks.to(device) for item in items]

@@ -1,7 +1,8 @@
 """Box-supervised DES-SAM training.
 
 One call of `train()`:
-1. reads the COCO file (boxes only are enough) and checks it;
+1. reads the COCO file (boxes only are enough; masks given on any annotations supervise the
+   proposals matched to them, see `dessam.training.mask_targets`) and checks it;
 2. builds SAM and the DES-SAM model; computes each training image's SAM embedding once and caches
    it (float16, keyed by image content and encoder weights), so no epoch runs the encoder;
 3. runs the official schedule (SGD, linear warm-up, step decay), logging every iteration to
@@ -34,9 +35,10 @@ from ..models.model_file import read_checkpoint, sam_identity, save_checkpoint, 
 from ..models.sam import build_sam, recognise_variant
 from ..scale import ModelScale, check_pixel_size
 from . import distributed
-from .batches import batch_tensors, encode_training_set
+from .batches import batch_masks, batch_tensors, encode_training_set
 from .cache import EmbeddingCache
 from .loss_log import LossLog
+from .mask_targets import supervision_counts
 from .validation_loss import write_validation_losses
 
 
@@ -114,6 +116,8 @@ class TrainResult:
     clipped_boxes: int
     dropped_boxes: int
     encoder_runs: int
+    mask_annotations: int = 0    # annotations supervised with their given masks
+    box_annotations: int = 0     # ... and with their boxes (the teacher's pseudo-masks)
 
 
 def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
@@ -151,10 +155,11 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
     cache = EmbeddingCache(cache_dir, encoder_key=f"{identity['sha256']}:{model.image_size}")
     records = distributed.shard(annotated, dist)
     factor = training_factor(config)
-    items = encode_training_set(model, records, cache, device, progress and dist.is_main, factor)
+    items = encode_training_set(model, records, cache, device, progress and dist.is_main, factor, given_masks=True)
     if not items:
         raise DessamError(f"{train_json}: no image keeps a box at the model's scale; check the boxes and --pixel-size")
     scale = model_scale(config, items, factor)
+    mask_annotations, box_annotations = supervision_counts(annotated)
     parameters = model.trainable_parameters()
     optimizer = make_optimizer(config, parameters, learning_rate(config, 0, 0, dist.world_size))
     trainer = distributed.wrap(model, dist)
@@ -189,7 +194,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 embeddings, rgb, normalised, boxes, sizes = batch_tensors(model, chosen, cache, device)
-                losses = trainer(embeddings, rgb, normalised, boxes, sizes)
+                losses = trainer(embeddings, rgb, normalised, boxes, sizes, gt_masks=batch_masks(chosen, device))
                 total_loss = model.weighted_total(losses)
                 finite = distributed.all_finite(dist, total_loss)  # every rank takes part, every step
                 optimizer.zero_grad(set_to_none=True)
@@ -240,6 +245,8 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
             write_text_atomic(out_dir / "data_report.txt",
                               f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
                               f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
+                              f"annotations supervised with masks: {mask_annotations}\n"
+                              f"annotations supervised with boxes: {box_annotations}\n"
                               f"skipped non-finite iterations: {skipped_total}\n")
         if val_json is not None and dist.is_main:
             write_validation_losses(model, config, val_json, images_dir, cache, device, out_dir / "val.csv", progress)
@@ -248,7 +255,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
         if log is not None:
             log.close()
     return TrainResult(out_dir / "model.pt", iteration, epoch, skipped_total, dataset.clipped_boxes,
-                       dataset.dropped_boxes, encoder_runs())
+                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations)
 
 
 def _count_calls(module: torch.nn.Module):

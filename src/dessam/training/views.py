@@ -29,6 +29,9 @@ class TrainingView:
     factor: Optional[float]       # None: fitted (longest side = S); else the resampling factor
     window: Optional[Window]      # in the resampled image; None: the whole image
     boxes: np.ndarray             # (N, 4) in the model's input frame
+    annotations: np.ndarray       # (N,) which of the record's boxes they are
+    scale: tuple                  # (y, x) input pixels per original pixel
+    offset: tuple = (0, 0)        # (y, x) input pixels: where the window starts in the resampled image
 
     def inputs(self, image: np.ndarray, size: int) -> ModelInput:
         """The model input of this view, from the record's image."""
@@ -42,29 +45,31 @@ class TrainingView:
 
 def training_views(record: ImageRecord, size: int, factor: Optional[float]) -> list:
     """The views of one record (`factor` None: fitted); views left without a box are dropped."""
+    every = np.arange(len(record.boxes))
     if factor is None:
         scale = size / max(record.height, record.width)
         resized = (int(record.height * scale + 0.5), int(record.width * scale + 0.5))
         sx, sy = resized[1] / record.width, resized[0] / record.height
-        return [TrainingView(record, None, None, record.boxes * np.float32([sx, sy, sx, sy]))]
+        return [TrainingView(record, None, None, record.boxes * np.float32([sx, sy, sx, sy]), every, (sy, sx))]
     shape = (max(int(record.height * factor + 0.5), 1), max(int(record.width * factor + 0.5), 1))
     sx, sy = shape[1] / record.width, shape[0] / record.height
     boxes = record.boxes * np.float32([sx, sy, sx, sy])
     if max(shape) <= size:
-        return [TrainingView(record, factor, None, boxes)]
+        return [TrainingView(record, factor, None, boxes, every, (sy, sx))]
     views = []
     for window in tile_windows(shape, size, int(size * WINDOW_OVERLAP)):
-        kept = clip_to_window(boxes, window)
+        kept, index = clip_to_window(boxes, window)
         if len(kept):
-            views.append(TrainingView(record, factor, window, kept))
+            views.append(TrainingView(record, factor, window, kept, index, (sy, sx), (window.y0, window.x0)))
     return views
 
 
-def clip_to_window(boxes: np.ndarray, window: Window) -> np.ndarray:
-    """Boxes (N, 4) clipped to `window` and shifted into it; those less than `MIN_VISIBLE` inside go."""
+def clip_to_window(boxes: np.ndarray, window: Window) -> tuple:
+    """(boxes clipped to `window` and shifted into it, their indices); those less than
+    `MIN_VISIBLE` inside go."""
     lo = np.array([window.x0, window.y0, window.x0, window.y0], dtype=np.float32)
     clipped = np.clip(boxes, [window.x0, window.y0] * 2, [window.x1, window.y1] * 2).astype(np.float32)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (inside > 0) & (inside >= MIN_VISIBLE * np.maximum(area, 1e-6))
-    return (clipped[keep] - lo).reshape(-1, 4)
+    return (clipped[keep] - lo).reshape(-1, 4), np.flatnonzero(keep)
