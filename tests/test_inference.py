@@ -1,6 +1,7 @@
 """The inference pipeline: settings, acceleration, batching, local decoding and masks as crops."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,9 +178,10 @@ def test_predict_is_predict_batch_of_one(tiny, images):
         assert alone.labels.shape == image.shape[:2]
 
 
-@pytest.mark.parametrize("settings", [fast_settings("cpu"), InferenceSettings(precision="fp32", batch_size=3,
-                                                                              decoder_chunk=7)])
+@pytest.mark.parametrize("settings", [replace(fast_settings("cpu"), precision="fp32"),
+                                      InferenceSettings(precision="fp32", batch_size=3, decoder_chunk=7)])
 def test_fast_path_masks_agree_with_reference(tiny, images, settings):
+    """Batching and chunking change nothing (random weights: reduced precision is tested with the teacher)."""
     fast = _model(settings=settings)
     fast.model.load_trainable_state_dict(tiny.model.trainable_state_dict())
     postprocess = tiny.postprocess_settings(**KEEP_ALL)
@@ -270,6 +272,22 @@ def test_memory_of_a_prediction_does_not_hold_nuclei_x_area(tiny):
     assert len(prediction) > 100 and prediction.labels.shape == field.shape[:2]
     assert all(crop.shape[0] <= 128 and crop.shape[1] <= 128 for crop in prediction.instances.crops)
     assert peak < len(prediction) * field.shape[0] * field.shape[1] / 10
+
+
+def test_cpu_fast_path_uses_bf16_only_with_matrix_units(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_settings("cpu").precision == "bf16" and fast_settings("cpu").decoder_precision == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fast_settings("cpu").precision == "fp32"
+
+
+@needs_teacher
+def test_cpu_fast_path_agrees_with_the_reference_on_the_teacher(nuclei):
+    reference = _model("default", 256, mask_threshold=0.5)
+    fast = _model("default", 256, mask_threshold=0.5, local_decoding=True,
+                  settings=replace(fast_settings("cpu"), precision="bf16"))
+    fast.model.load_trainable_state_dict(reference.model.trainable_state_dict())
+    assert _agreement(reference, fast, *nuclei) >= 0.98
 
 
 @needs_teacher

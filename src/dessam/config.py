@@ -57,7 +57,7 @@ class ModelConfig:
     prompt_token: bool = True          # False drops the learnable token (ablation)
     prompt_token_init: str = "not-a-point"  # not-a-point (SAM's padding token; dessam) | normal (official N(0, 1))
     local_decoding: bool = False       # decode each box on a window of the embedding around it (training and prediction)
-    local_margin: int = 8              # the window: the box plus this many embedding tokens on every side
+    local_margin: int = 10             # the window: the box plus this many embedding tokens on every side
     mask_threshold: float = 0.5        # test-time masks: logit > this (official 0.5; SAM's own is 0)
     min_object_size: int = 70          # post-processing: holes and islands under this are removed
     connectivity: int = 8              # of holes and islands: 8 (official, OpenCV) | 4
@@ -139,6 +139,7 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
         "max_detections": 300,           # crowded clusters hold more than the official 120
         "min_object_size": 10,           # the official 70 px is for nuclei of 30-60 px; these are 8-20 px
         "anchor_scale": 4.0,             # anchors 8-64 px: these nuclei are 8-20 px (official 8 x stride)
+        "local_decoding": True,          # agrees with full decoding on the bundled teacher (docs: Speed)
     },
     "loss": {"distill_max_prompts": 16},
     "train": {
@@ -155,6 +156,7 @@ PRESETS["cpu"] = {  # `--sam default` on a CPU: the bundled teacher at native re
         "neck_channels": 32, "rpn_convs": 1, "box_head_convs": 2, "box_head_fc": 128,
         "roi_batch_per_image": 256, "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
         "max_detections": 300, "min_object_size": 10, "anchor_scale": 4.0,
+        "local_decoding": True,
     },
     "loss": {"distill_max_prompts": 32},
     "train": {
