@@ -1,6 +1,6 @@
 """Peak memory of `dessam predict` on large fields: it must grow with the field, not with nuclei x area.
 
-Square mosaics of synthetic crowded cytology fields (256 px each; 1024, 2048 and 4096 px a side)
+Square mosaics of the most crowded of many synthetic cluster fields (256 px each; 1024, 2048 and 4096 px a side)
 are written as PNG and predicted by `dessam predict`, each in its own process, whose peak resident
 set size GNU time reports (`/usr/bin/time`, Debian's `time` package). The table gives, per field,
 the nuclei found, the peak, and what N x H x W boolean masks alone would have taken.
@@ -25,10 +25,16 @@ from dessam.data.synth import make_scene
 FIELD = 256
 
 
-def mosaic(side: int, seed: int = 0) -> np.ndarray:
+def mosaic(side: int, seed: int = 0, candidates: int = 3) -> np.ndarray:
+    """Crowded fields: of `candidates` x as many cluster scenes as the mosaic holds, the most crowded,
+    in the order they were drawn."""
     tiles = side // FIELD
-    rows = [np.concatenate([make_scene(np.random.default_rng([seed, r, c]), scene="cluster", size=(FIELD, FIELD))[0]
-                            for c in range(tiles)], axis=1) for r in range(tiles)]
+    scenes = [make_scene(np.random.default_rng([seed, k]), scene="cluster", size=(FIELD, FIELD))
+              for k in range(candidates * tiles * tiles)]
+    crowd = np.array([len(np.unique(labels)) - 1 for _, labels in scenes])
+    kept = np.sort(np.argsort(-crowd, kind="stable")[:tiles * tiles])
+    fields = [scenes[k][0] for k in kept]
+    rows = [np.concatenate(fields[r * tiles:(r + 1) * tiles], axis=1) for r in range(tiles)]
     return np.concatenate(rows, axis=0)
 
 

@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+def _file_mode() -> int:
+    """The permissions `open()` would give a new file: 0o666 less the process's umask (a temporary
+    file from `mkstemp` is 0o600, readable by its owner alone)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed to `path`.
@@ -26,6 +34,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
