@@ -25,7 +25,7 @@ from dessam.data.synth import make_scene
 FIELD = 256
 
 
-def mosaic(side: int, seed: int = 0, candidates: int = 3) -> np.ndarray:
+def mosaic(side: int, seed: int = 0, candidates: int = 5) -> np.ndarray:
     """Crowded fields: of `candidates` x as many cluster scenes as the mosaic holds, the most crowded,
     in the order they were drawn."""
     tiles = side // FIELD

@@ -173,3 +173,22 @@ def test_write_coco_is_atomic_and_valid_json(tmp_path):
     with pytest.raises(TypeError):
         write_coco(tmp_path / "y.json", [{"id": object()}], [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_rle_from_a_crop_is_the_rle_of_the_full_mask():
+    """Instances encode their masks from crops; the string must be what pycocotools gives for the
+    full mask, including runs that continue from one column into the next."""
+    from dessam.data.coco import crop_to_rle, mask_to_rle
+
+    rng = np.random.default_rng(0)
+    cases = [((5, 4), np.ones((5, 2), bool), (0, 1)), ((5, 4), np.ones((5, 4), bool), (0, 0)),
+             ((6, 3), np.zeros((2, 2), bool), (4, 1)), ((1, 1), np.ones((1, 1), bool), (0, 0))]
+    for _ in range(500):
+        height, width = rng.integers(1, 30, 2)
+        h, w = rng.integers(1, height + 1), rng.integers(1, width + 1)
+        crop = rng.random((h, w)) < rng.choice([0.0, 0.4, 0.8, 1.0])
+        cases.append(((height, width), crop, (rng.integers(0, height - h + 1), rng.integers(0, width - w + 1))))
+    for shape, crop, (y0, x0) in cases:
+        full = np.zeros(shape, bool)
+        full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        assert crop_to_rle(crop, (y0, x0), shape) == mask_to_rle(full)

@@ -139,7 +139,7 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
         "max_detections": 300,           # crowded clusters hold more than the official 120
         "min_object_size": 10,           # the official 70 px is for nuclei of 30-60 px; these are 8-20 px
         "anchor_scale": 4.0,             # anchors 8-64 px: these nuclei are 8-20 px (official 8 x stride)
-        "local_decoding": True,          # agrees with full decoding on the bundled teacher (docs: Speed)
+        "local_decoding": True,          # agrees with full decoding on the bundled teacher (README: Speed)
     },
     "loss": {"distill_max_prompts": 16},
     "train": {

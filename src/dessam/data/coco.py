@@ -235,6 +235,32 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def crop_to_rle(crop: np.ndarray, origin: tuple, shape: tuple) -> dict:
+    """The compressed COCO RLE of a mask of `shape` that is `crop` placed at `origin` (row, column)
+    and empty elsewhere, the same as `mask_to_rle` of the full mask, computed without building it:
+    the cost grows with the crop, not with the image."""
+    height, width = (int(v) for v in shape)
+    y0, x0 = (int(v) for v in origin)
+    columns = np.zeros((crop.shape[1], crop.shape[0] + 2), dtype=np.int8)  # COCO runs go down the columns
+    columns[:, 1:-1] = np.asarray(crop, dtype=bool).T
+    steps = np.diff(columns, axis=1)
+    start_col, start_row = np.nonzero(steps == 1)
+    _, end_row = np.nonzero(steps == -1)  # the same columns in the same order: each run starts, then ends
+    first = x0 * height + y0
+    starts = first + start_col * height + start_row
+    ends = first + start_col * height + end_row
+    edges = np.empty(2 * len(starts), dtype=np.int64)
+    edges[0::2], edges[1::2] = starts, ends
+    if len(edges):  # a run that reaches the bottom and one from the top of the next column are one run
+        joined = np.nonzero(edges[2::2] == edges[1:-1:2])[0]
+        edges = np.delete(edges, np.concatenate([2 * joined + 1, 2 * joined + 2]))
+    counts = np.diff(np.concatenate([[0], edges, [height * width]])).tolist()
+    if len(counts) > 1 and counts[-1] == 0:
+        counts.pop()  # pycocotools ends on the last run
+    rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
 def rle_to_mask(rle: dict) -> np.ndarray:
     """COCO RLE (str, bytes or list counts) -> bool (H, W)."""
     height, width = (int(v) for v in rle["size"])

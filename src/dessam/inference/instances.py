@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.coco import mask_to_rle
+from ..data.coco import crop_to_rle
 from ..postprocess import Postprocess, clean_crop, label_dtype, paint_ranks, score_order, tight
 
 
@@ -103,8 +103,8 @@ class Instances:
         return labels
 
     def rle(self, k: int) -> dict:
-        """COCO RLE of instance `k` (counts as str)."""
-        return mask_to_rle(self.mask(k))
+        """COCO RLE of instance `k` (counts as str), from its crop."""
+        return crop_to_rle(self.crops[k], self.origins[k], self.shape)
 
     def shifted(self, dy: int, dx: int, shape: tuple) -> "Instances":
         """The same instances moved by (dy, dx) into an image of `shape` (a window's instances
