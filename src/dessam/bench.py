@@ -306,7 +306,7 @@ def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.n
     record = ImageRecord(id=1, file_name="field.png", path=path, height=image.shape[0], width=image.shape[1],
                          boxes=boxes, annotation_ids=list(range(1, len(boxes) + 1)), segmentations=[None] * len(boxes))
     cache = EmbeddingCache(workdir / "cache", encoder_key="bench")
-    factor = None if predictor.scale.mode == "fit" else (predictor.scale.input_scale or 1.0)
+    factor = None if predictor.scale.mode == "fit" else predictor.scale.factor()
     items = encode_training_set(model, [record], cache, device, progress=False, factor=factor)
     item = max(items, key=lambda view: len(view.boxes))  # at the model's scale: the window with most boxes
     start = model.trainable_state_dict()
