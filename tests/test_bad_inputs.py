@@ -255,23 +255,32 @@ def unknown_setting(w, tmp):
 
 
 def _pretrain(tmp, *options):
-    return ["pretrain-teacher", "--out", str(tmp / "teacher.pt"), "--quiet", *options]
+    corpus = tmp / "corpus.yaml"
+    corpus.write_text("datasets:\n  - {name: pap, format: synthetic, generator: pap, licence: Apache-2.0}\n")
+    return ["pretrain-teacher", "--corpus", str(corpus), "--out", str(tmp / "teacher"), "--quiet", *options]
 
 
 def pretrain_negative_steps(w, tmp):
     return _pretrain(tmp, "--steps", "-5"), ["--steps -5", "0 or more"]
 
 
-def pretrain_point_fraction_above_one(w, tmp):
-    return _pretrain(tmp, "--point-fraction", "1.5"), ["--point-fraction 1.5", "between 0 and 1"]
+def pretrain_crop_not_a_multiple_of_16(w, tmp):
+    return _pretrain(tmp, "--crop", "100"), ["--crop 100", "multiple of 16"]
 
 
 def pretrain_negative_lr(w, tmp):
     return _pretrain(tmp, "--lr", "-0.001"), ["--lr -0.001", "positive learning rate"]
 
 
-def pretrain_missing_init(w, tmp):
-    return _pretrain(tmp, "--init", str(tmp / "stage1.pt")), ["stage1.pt", "--init file not found"]
+def pretrain_missing_corpus(w, tmp):
+    return ["pretrain-teacher", "--corpus", str(tmp / "corpus.yaml"), "--out", str(tmp / "t"), "--quiet"], [
+        "corpus.yaml", "corpus manifest not found"]
+
+
+def pretrain_model_missing_teacher(w, tmp):
+    argv = _pretrain(tmp)
+    return ["pretrain-model", "--corpus", argv[2], "--teacher", str(tmp / "teacher.pt"), "--out", str(tmp / "m"),
+            "--quiet"], ["teacher.pt", "teacher file not found"]
 
 
 ERROR_CASES: dict[str, Callable] = {
@@ -300,9 +309,10 @@ ERROR_CASES: dict[str, Callable] = {
     "--resume without a checkpoint": resume_without_checkpoint,
     "unknown --set key": unknown_setting,
     "pretrain-teacher --steps -5": pretrain_negative_steps,
-    "pretrain-teacher --point-fraction 1.5": pretrain_point_fraction_above_one,
+    "pretrain-teacher --crop 100": pretrain_crop_not_a_multiple_of_16,
     "pretrain-teacher --lr -0.001": pretrain_negative_lr,
-    "pretrain-teacher --init missing": pretrain_missing_init,
+    "pretrain-teacher without its corpus": pretrain_missing_corpus,
+    "pretrain-model without its teacher": pretrain_model_missing_teacher,
 }
 
 TABLE: dict = {}

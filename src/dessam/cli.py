@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
     for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
                       ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
                       ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um"),
-                      ("mask_weight", "loss.mask_weight")):
+                      ("mask_weight", "loss.mask_weight"), ("init", "train.init")):
         value = getattr(args, flag)
         if value is not None:
             config.set(key, value)
@@ -60,6 +60,7 @@ def cmd_train(args) -> int:
           f"{result.clipped_boxes} boxes clipped, {result.dropped_boxes} zero-size boxes dropped, "
           f"{result.skipped_nonfinite} non-finite steps skipped)")
     print(f"annotations supervised with masks: {result.mask_annotations}, with boxes: {result.box_annotations}")
+    print(f"weights {result.start}")
     return 0
 
 
@@ -74,10 +75,25 @@ def _settings(args):
     return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
 
 
+def _model_path(args) -> str:
+    """--model, or the bundled pretrained model (said in one line on stderr)."""
+    if args.model:
+        return args.model
+    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card
+
+    path = bundled_models().get(PRETRAINED_NAME)
+    if path is None:
+        raise DessamError("no --model given and this installation has no bundled pretrained model; "
+                          "pass --model RUN/model.pt")
+    print(f"dessam: using the bundled pretrained model ({path.name}; what it was trained on and its licence: "
+          f"{model_card(path)}); pass --model RUN/model.pt for your own", file=sys.stderr)
+    return str(path)
+
+
 def _load(args):
     from .inference.loading import load_model
 
-    return load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+    return load_model(_model_path(args), device=args.device, sam_checkpoint=args.sam_checkpoint,
                       image_size=getattr(args, "image_size", None), settings=_settings(args))
 
 
@@ -205,7 +221,7 @@ def cmd_validate(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluation.evaluate import evaluate_model_file
 
-    evaluate_model_file(args.model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+    evaluate_model_file(_model_path(args), args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
                         device=args.device, settings=_settings(args), baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
@@ -228,16 +244,29 @@ def cmd_demo(args) -> int:
 
 
 def cmd_pretrain_teacher(args) -> int:
-    from .training.pretrain_teacher import pretrain_teacher
+    from .training.pretrain_teacher import Recipe, pretrain_teacher
 
-    options = {}
-    for key in ("steps", "point_fraction", "lr", "init"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    result = pretrain_teacher(args.out, seed=args.seed, device=args.device, threads=args.threads,
-                              minutes=args.minutes, progress=not args.quiet, **options)
-    for key, value in result.items():
-        print(f"{key}: {value}")
+    options = {key: getattr(args, key) for key in ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch",
+                                                   "eval_every") if getattr(args, key) is not None}
+    if args.resume and options:
+        raise DessamError(f"--resume continues {args.out} with its own recipe; leave out {', '.join(sorted(options))}")
+    result = pretrain_teacher(args.corpus, args.out, None if args.resume else Recipe(**options), resume=args.resume,
+                              device=args.device, threads=args.threads, command=" ".join(["dessam"] + sys.argv[1:]),
+                              progress=not args.quiet)
+    scores = ", ".join(f"{name} {value:.3f}" for name, value in result.validation.items())
+    print(f"teacher written to {result.teacher_path} after {result.steps_done} steps; held-out box-prompt IoU: "
+          f"{scores}; model card: {result.card_path}")
+    return 0
+
+
+def cmd_pretrain_model(args) -> int:
+    from .training.pretrain_model import pretrain_model
+
+    result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
+                            synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
+                            command=" ".join(["dessam"] + sys.argv[1:]), progress=not args.quiet)
+    scores = "; ".join(f"{name}: AJI {m['aji']:.3f}, detection F1 {m['f1']:.3f}" for name, m in result.validation.items())
+    print(f"model written to {result.model_path}; held-out sets: {scores or 'none'}; model card: {result.card_path}")
     return 0
 
 
@@ -251,7 +280,7 @@ def cmd_bench(args) -> int:
 
 # ----- parser --------------------------------------------------------------------------------
 def _model_options(parser):
-    parser.add_argument("--model", required=True, help="a trained model (RUN/model.pt)")
+    parser.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model")
     parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -285,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, help="the training images' pixel size in microns (recorded in the model)")
     p.add_argument("--mask-weight", type=float,
                    help="distillation weight of the prompts supervised by a given mask (default 1)")
+    p.add_argument("--init", metavar="auto|pretrained|scratch|MODEL.pt",
+                   help="where the detector and token start: auto (default: the bundled pretrained model with "
+                        "--sam default), pretrained, scratch (random, the authors' way) or a model.pt to fine-tune")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
         f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
     p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
@@ -366,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert annotations to COCO JSON")
     p.add_argument("--from", dest="format", required=True,
-                   choices=("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv"))
-    p.add_argument("src", help="annotation file or folder")
-    p.add_argument("--images", required=True)
+                   choices=("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml"))
+    p.add_argument("src", help="annotation file or folder (dsb: the folder of ID/images, ID/masks folders)")
+    p.add_argument("--images", help="folder holding the images (dsb: default the source folder)")
     p.add_argument("--out", required=True, help="COCO JSON to write")
     p.add_argument("--mat-key", help="variable name in .mat files (default inst_map)")
     p.add_argument("--label-suffix", help="suffix of label images after the image stem")
@@ -420,20 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pretrain-teacher", help="train the small default SAM teacher on generic shapes")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, help="training steps (default 4000; the step count, not the clock, decides "
-                   "the result; 0 writes the starting weights unchanged)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
-    p.add_argument("--minutes", type=float, help="stop early after this many minutes (not reproducible)")
-    p.add_argument("--point-fraction", type=float,
-                   help="share of prompts that are one foreground point instead of a box (0 to 1)")
+    p = sub.add_parser("pretrain-teacher", help="pre-train the default teacher on a corpus of nucleus datasets")
+    p.add_argument("--corpus", required=True, help="corpus manifest (YAML: each dataset's path, format, licence, weight)")
+    p.add_argument("--out", required=True, help="run folder (teacher.pt, teacher.md, log.csv, checkpoints/)")
+    p.add_argument("--steps", type=int, help="training steps (default 6000; the step count, not the clock, decides the result)")
+    p.add_argument("--batch-size", type=int, help="crops per step (default 8)")
+    p.add_argument("--crop", type=int, help="crop side in pixels, a multiple of 16 (default 192)")
+    p.add_argument("--max-prompts", type=int, help="boxes prompted per crop (default 12)")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule; default 2e-3)")
-    p.add_argument("--init", help="start from this default-teacher file instead of random weights")
+    p.add_argument("--arch", choices=("small", "medium"), help="encoder capacity (default small)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, help="validate and save every this many steps (default 500)")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")
+    p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_teacher)
+
+    p = sub.add_parser("pretrain-model", help="pre-train a whole DES-SAM model on a corpus, from its boxes only")
+    p.add_argument("--corpus", required=True, help="corpus manifest (YAML), as for pretrain-teacher")
+    p.add_argument("--teacher", required=True, help="the default-teacher file to train on (pretrain-teacher's teacher.pt)")
+    p.add_argument("--out", required=True, help="run folder (model.pt, model.md, corpus/, val/, checkpoints/)")
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations (default: the cpu preset's epochs)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--synthetic-images", type=int, default=200, help="scenes drawn per synthetic dataset (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain_model)
 
     p = sub.add_parser("bench", help="speed of the fast and the reference paths, measured in one run")
     p.add_argument("--device", default="auto")

@@ -26,6 +26,7 @@ class ModelConfig:
     input_scaling: str = "fit"         # fit: every image resized to S (official) | fixed: one scale, large images in windows
     pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
+    neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
     anchor_scale: float = 8.0          # anchor side = anchor_scale x level stride
     anchor_octave_scales: tuple = (1.0,)  # extra sizes per level, x anchor side (e.g. 1, 1.41: two per octave)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)
@@ -107,6 +108,7 @@ class TrainConfig:
     lr_steps: tuple = (30, 36)         # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     max_iters: Optional[int] = None    # stop after this many iterations (all epochs together)
+    init: str = "auto"                 # where training starts: auto | pretrained | scratch | a model.pt (dessam.training.init)
     seed: int = 0
     pixel_size_um: Optional[float] = None  # of the training images, in microns (recorded; drives fixed scaling)
     device: str = "auto"               # auto | cpu | cuda
@@ -131,6 +133,7 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
     "model": {
         "sam": "default", "image_size": 256,
         "neck_channels": 32,             # official 256
+        "neck_finest_stride": 2,         # pyramid at strides 2-16: these nuclei are 8-20 px
         "rpn_convs": 1,                  # official 2
         "box_head_convs": 2,             # official 4
         "box_head_fc": 128,              # official 1024
@@ -139,7 +142,8 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
         "max_detections": 300,           # crowded clusters hold more than the official 120
         "min_object_size": 10,           # the official 70 px is for nuclei of 30-60 px; these are 8-20 px
         "anchor_scale": 4.0,             # anchors 8-64 px: these nuclei are 8-20 px (official 8 x stride)
-        "local_decoding": True,          # agrees with full decoding on the bundled teacher (README: Speed)
+        "local_decoding": True,          # the default teacher decodes each box on a window around it
+        "local_margin": 4,
     },
     "loss": {"distill_max_prompts": 16},
     "train": {
@@ -147,16 +151,17 @@ PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px
         "lr_steps": [20], "warmup_iters": 50, "batch_size": 1,
         "optimizer": "adamw",            # official SGD needs the 50-epoch schedule; AdamW copes with a short one
         "lr": 2e-4, "lr_reference_batch": 1, "weight_decay": 0.05, "grad_clip": 5.0, "device": "cpu", "seed": 0,
+        "init": "scratch",               # the demo shows training from boxes, not the pretrained model
     },
 }
 PRESETS["cpu"] = {  # `--sam default` on a CPU: the bundled teacher at native resolution, in an hour or less
     "model": {
-        "sam": "default", "image_size": 256,
-        "input_scaling": "fixed",        # images at their own resolution, cut into 256 px windows (nuclei stay 2+ tokens)
-        "neck_channels": 32, "rpn_convs": 1, "box_head_convs": 2, "box_head_fc": 128,
+        "sam": "default", "image_size": 512,
+        "input_scaling": "fixed",        # images at their own resolution, cut into 512 px windows
+        "neck_channels": 32, "neck_finest_stride": 4, "rpn_convs": 1, "box_head_convs": 2, "box_head_fc": 128,
         "roi_batch_per_image": 256, "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
         "max_detections": 300, "min_object_size": 10, "anchor_scale": 4.0,
-        "local_decoding": True,
+        "local_decoding": True, "local_margin": 4,
     },
     "loss": {"distill_max_prompts": 32},
     "train": {
@@ -178,9 +183,9 @@ PRESETS["tiny"] = {  # the tests' model: a tiny random SAM at 128 px, a narrow d
 PRESET_HELP = {
     "patchseg": "the authors' PatchSeg config (the default): box L1 weight 1.0, test NMS 0.7 (RPN) / 0.5",
     "clusterseg": "the authors' ClusterSeg config: box L1 weight 0.1, test NMS 0.5 (RPN) / 0.2",
-    "demo": "the CPU demo: the bundled teacher at 256 px, a narrow detector, 24 epochs of AdamW",
-    "cpu": "--sam default's own (applied when no preset or config is given): native resolution in 256 px "
-           "windows, a narrow detector, 12 epochs of AdamW",
+    "demo": "the CPU demo: the bundled teacher at 256 px, a narrow detector, 24 epochs of AdamW from random weights",
+    "cpu": "--sam default's own (applied when no preset or config is given): native resolution in 512 px "
+           "windows, a narrow detector, 12 epochs of AdamW, from the bundled pretrained model",
     "tiny": "for tests only: a tiny random SAM at 128 px",
 }
 
@@ -275,13 +280,9 @@ def _plain(obj: Any) -> Any:
 
 def load_config(path: str | Path, base: Optional[Config] = None) -> Config:
     """The YAML file's settings on top of `base` (default: the defaults)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DessamError(f"{path}: config file not found; check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DessamError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    from .yaml_file import read_yaml
+
+    data = read_yaml(path, "config file")
     return (base or Config()).update(data or {}, str(path))
 
 

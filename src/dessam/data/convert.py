@@ -19,6 +19,11 @@
   matched by file stem (``NAME.geojson``, ``NAME.svs.geojson``, ``NAME.geojson.gz``); polygons
   become masks, rectangles boxes (see `dessam.data.qupath_geojson`).
 - ``csv``: box tables, one per image or with an image column (see `dessam.data.box_table`).
+- ``dsb``: the Data Science Bowl 2018 layout, one folder per image with ``images/`` and ``masks/``
+  (one binary PNG per nucleus; see `dessam.data.dsb_folders`). The images are inside the source
+  folder, so ``images_dir`` may be that folder (the default) or any folder above it.
+- ``aperio-xml``: Aperio ImageScope XML files of nucleus polygons (MoNuSeg's format; see
+  `dessam.data.aperio_xml`), matched to images by file stem; the pixel size they state is reported.
 
 With ``geojson`` and ``csv`` the images may be whole slides (`dessam.data.slide.is_slide`): then
 the annotated parts are cut out as training tiles (see `dessam.data.slide_tiles`) into
@@ -51,13 +56,16 @@ from .coco import (
     segmentation_to_mask,
     write_coco,
 )
+from .aperio_xml import rasterise, read_aperio_xml
 from .box_table import read_box_table
+from .dsb_folders import dsb_images, dsb_label_map
 from .images import IMAGE_SUFFIXES, image_shape, read_image_raw
 from .qupath_geojson import read_qupath_geojson
 from .slide import SLIDE_SUFFIXES, is_slide
 from .slide_tiles import check_slide, cut_training_tiles
 
-FORMATS = ("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv")
+FORMATS = ("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml")
+_UNINDEXED = ("coco", "dsb")  # formats whose annotations name their images themselves
 _SLIDE_FORMATS = ("geojson", "csv")  # formats whose images may be whole slides
 
 
@@ -410,22 +418,60 @@ def _csv(src: Path, images_dir: Path, index: dict, out: _Collected, summary: Con
     _add_shapes(targets, images_dir, out, summary, **options)
 
 
+def _dsb(src: Path, images_dir: Path, index: Optional[dict], out: _Collected, summary: ConvertSummary, **_):
+    root = images_dir.resolve()
+    for item in tqdm(dsb_images(src), desc="converting DSB folders", unit="image", disable=None):
+        try:
+            file_name = item.image.resolve().relative_to(root).as_posix()
+        except ValueError:
+            raise DessamError(f"{item.image}: not inside --images {images_dir}; pass the DSB folder itself "
+                              "(or one above it) as --images") from None
+        labels = dsb_label_map(item)
+        image_id = out.add_image(file_name, *labels.shape)
+        out.annotations.extend(label_map_to_annotations(labels, image_id, first_ann_id=len(out.annotations) + 1))
+        if not item.masks:
+            summary.notes.append(f"{item.folder.name}: no masks, written as an image without nuclei")
+
+
+def _aperio_xml(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, **_):
+    sizes = set()
+    for path in tqdm(_source_files(src, (".xml",)), desc="converting Aperio XML", unit="file", disable=None):
+        image_path = _match(path, path.stem, index, images_dir)
+        regions = read_aperio_xml(path)
+        if regions.pixel_size_um:
+            sizes.add(round(regions.pixel_size_um, 4))
+        if regions.skipped:
+            summary.notes.append(f"{path.name}: {regions.skipped} regions of fewer than 3 vertices skipped")
+        labels = rasterise(regions.polygons, *image_shape(image_path))
+        image_id = out.add_image(_rel(image_path, images_dir), *labels.shape)
+        out.annotations.extend(label_map_to_annotations(labels, image_id, first_ann_id=len(out.annotations) + 1))
+    if sizes:
+        stated = ", ".join(f"{size:g}" for size in sorted(sizes))
+        summary.notes.append(f"the XML files state a pixel size of {stated} um/px: pass --pixel-size to train and "
+                             "predict at that scale")
+
+
 _CONVERTERS = {"labels": _labels, "labelme": _labelme, "mat": _mat, "voc": _voc, "yolo": _yolo, "coco": _coco,
-               "geojson": _geojson, "csv": _csv}
+               "geojson": _geojson, "csv": _csv, "dsb": _dsb, "aperio-xml": _aperio_xml}
 
 
-def convert(fmt: str, src: str | os.PathLike, images_dir: str | os.PathLike, out_json: str | os.PathLike,
+def convert(fmt: str, src: str | os.PathLike, images_dir: Optional[str | os.PathLike], out_json: str | os.PathLike,
             **options) -> ConvertSummary:
-    """Convert annotations in format `fmt` (see module docstring) to a COCO file at `out_json`."""
+    """Convert annotations in format `fmt` (see module docstring) to a COCO file at `out_json`.
+    `images_dir` may be None for ``dsb`` (the source folder holds the images)."""
     if fmt not in _CONVERTERS:
         raise DessamError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if images_dir is None:
+        if fmt != "dsb":
+            raise DessamError(f"--from {fmt} needs --images FOLDER, the folder holding the images")
+        images_dir = src
     src, images_dir, out_json = Path(src), Path(images_dir), Path(out_json)
     if not src.exists():
         raise DessamError(f"{src}: annotation source not found; check the path")
     summary = ConvertSummary(out_json)
     out = _Collected()
     suffixes = IMAGE_SUFFIXES + SLIDE_SUFFIXES if fmt in _SLIDE_FORMATS else IMAGE_SUFFIXES
-    index = None if fmt == "coco" else _index_images(images_dir, suffixes)
+    index = None if fmt in _UNINDEXED else _index_images(images_dir, suffixes)
     _CONVERTERS[fmt](src, images_dir, index, out, summary, out_json=out_json, **options)
     annotated = len(out.images) if summary.sources is None else summary.sources
     if index is not None and len(index) > annotated:

@@ -17,7 +17,10 @@ Methods (`baselines=True` adds all but `des-sam`), all from one encoding per win
 - `des-sam`           the student: the detected boxes plus the learned token;
 - the same four from the ground-truth boxes (scores 1), where the detector plays no part:
   `box-as-mask-gt-boxes`, `box-otsu-gt-boxes`, `teacher-gt-boxes` (training-free SAM, the frozen
-  teacher: the pseudo-label ceiling) and `des-sam-gt-boxes`.
+  teacher: the pseudo-label ceiling) and `des-sam-gt-boxes`;
+- `pretrained (bundled)` (`dessam eval --baselines`, when dessam ships a pretrained model and it is
+  not the model evaluated): that model as `dessam predict` runs it without `--model`, so that a
+  trained model is seen beside what one gets without training.
 
 Every method gets the same post-processing as `dessam predict` (the official one): detections
 under the score threshold are dropped (not for ground-truth boxes, which are not detections),
@@ -48,6 +51,7 @@ from ..errors import DessamError
 from ..export import write_json, write_overlay_png
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
 from ..inference.loading import load_model
+from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..inference.prediction import Prediction
 from ..inference.predictor import GIVEN, STUDENT
 from ..postprocess import Postprocess
@@ -56,6 +60,7 @@ from ..postprocess import Postprocess
 # `dessam.inference.predictor.SOURCES`); "teacher-gt-boxes" is training-free SAM on the annotated boxes.
 METHODS = ("box-as-mask", "box-otsu", "sam", STUDENT,
            "box-as-mask" + GIVEN, "box-otsu" + GIVEN, "teacher" + GIVEN, STUDENT + GIVEN)
+PRETRAINED = "pretrained (bundled)"  # the bundled pretrained model's DES-SAM, a row of `eval --baselines`
 COUNT_KEYS = ("n_gt", "n_pred", "tp", "fp", "fn")
 N_OVERLAYS = 5
 
@@ -203,13 +208,15 @@ def _load_test_set(data_json, images_dir):
 def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, score_threshold: Optional[float] = None,
              pixel_size_um: Optional[float] = None,
              remove_small: bool = True, min_size: Optional[int] = None, progress: bool = True,
-             model_path=None) -> dict:
+             model_path=None, reference=None) -> dict:
     """Score `model` (a `Predictor`) on a COCO test set with masks and write the report to `out_dir`.
 
     score_threshold: None = the model's own (official 0.55); 0 keeps every detection.
     pixel_size_um: the test images' pixel size, when known (brings them to the model's scale).
     remove_small / min_size: hole and island removal (min_size None = the model's, official 70 px).
     model_path: recorded in the report (defaults to the model's `path` attribute, if any).
+    reference: another `Predictor` (the bundled pretrained model) whose DES-SAM masks are scored
+    too, as the row `PRETRAINED`, each with its own settings, on the same images.
     Returns the content of metrics.json.
     """
     out_dir = Path(out_dir)
@@ -222,22 +229,26 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     if min_size < 0:
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
     methods = METHODS if baselines else (STUDENT,)
+    rows = methods + ((PRETRAINED,) if reference is not None else ())
     records = dataset.images
     postprocess = model.postprocess_settings(score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
                                              remove_islands=remove_small)
 
-    per_image = {method: [] for method in methods}
-    predictions = {method: [] for method in methods}  # per image: (RLEs, scores)
+    per_image = {method: [] for method in rows}
+    predictions = {method: [] for method in rows}  # per image: (RLEs, scores)
     csv_rows, worst, oversized = [], [], 0
     for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
         image = read_record_image(record)
         oversized += bool(model.needs_tiling(image, pixel_size_um))
         gt_labels = record_label_map(record)
         raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um)
-        for method in methods:
-            cut = threshold if threshold > 0 and not method.endswith(GIVEN) else None
-            prediction = Prediction.from_instances(raw[method].postprocessed(replace(postprocess, score_threshold=cut)),
-                                                   postprocess.overlap_winner)
+        for method in rows:
+            if method == PRETRAINED:
+                prediction = reference.predict(image, pixel_size_um=pixel_size_um)
+            else:
+                cut = threshold if threshold > 0 and not method.endswith(GIVEN) else None
+                prediction = Prediction.from_instances(
+                    raw[method].postprocessed(replace(postprocess, score_threshold=cut)), postprocess.overlap_winner)
             result = evaluate_pair(gt_labels, prediction.labels)
             per_image[method].append(result)
             instances = prediction.instances
@@ -249,7 +260,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
 
     gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
     summaries = {method: _method_summary(per_image[method], coco_mask_ap(gt_maps, predictions[method]))
-                 for method in methods}
+                 for method in rows}
 
     model_path = model_path if model_path is not None else getattr(model, "path", None)
     report = {
@@ -259,7 +270,8 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             "data": str(data_json),
             "images": str(images_dir),
             "n_images": len(records),
-            "methods": list(methods),
+            "methods": list(rows),
+            "reference": None if reference is None else str(getattr(reference, "path", None)),
             "score_threshold": threshold,
             "remove_small": bool(remove_small),
             "min_size": min_size,
@@ -286,9 +298,14 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
 
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
                         settings=None, **options) -> dict:
-    """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`."""
+    """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`; with
+    baselines, the bundled pretrained model gets a row too (unless it is the model evaluated)."""
     model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
-    return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, **options)
+    reference = None
+    bundled = bundled_models().get(PRETRAINED_NAME)
+    if options.get("baselines") and bundled is not None and Path(model_path).resolve() != bundled.resolve():
+        reference = load_model(bundled, device=device, settings=settings)
+    return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, reference=reference, **options)
 
 
 def evaluate_label_maps(gt_maps: Sequence[np.ndarray], pred_maps: Sequence[np.ndarray]) -> dict:

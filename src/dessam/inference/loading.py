@@ -65,11 +65,31 @@ def load_teacher(sam_name: str, sam_checkpoint=None, device="cpu", image_size: O
             raise DessamError(f"{sam_file_name(sam_name)}: SAM {sam_name} not found; "
                               f"run `dessam fetch-sam {sam_name}` or pass --sam-checkpoint PATH")
     sam = build_sam(sam_name, checkpoint, image_size)
+    device = resolve_device(device)
+    return teacher_predictor(sam.to(device), sam_identity(sam_name, checkpoint, sam), teacher_margin(sam_name, checkpoint),
+                             settings, input_scale, checkpoint)
+
+
+def teacher_predictor(sam, identity: dict, margin: Optional[int] = None, settings: Optional[InferenceSettings] = None,
+                      input_scale: float = 1.0, checkpoint=None) -> Predictor:
+    """A built SAM (on its device) as a `Predictor` without a detector (see `load_teacher`);
+    `margin`: decode each box on a window of the embedding with this many tokens around it (None:
+    the whole embedding)."""
     config = Config()
-    config.model.sam, config.model.sam_checkpoint = sam_name, None if checkpoint is None else str(checkpoint)
+    config.model.sam, config.model.sam_checkpoint = identity["name"], None if checkpoint is None else str(checkpoint)
     config.model.prompt_token = False
     config.model.image_size = int(sam.image_encoder.img_size)
-    device = resolve_device(device)
-    identity = sam_identity(sam_name, checkpoint, sam)
+    if margin is not None:
+        config.model.local_decoding, config.model.local_margin = True, int(margin)
+    device = sam.pixel_mean.device
     model = PromptableSam(sam).to(device)
     return Predictor(model, config, identity, device, ModelScale("fixed", input_scale), settings or fast_settings(device))
+
+
+def teacher_margin(sam_name: str, checkpoint=None) -> Optional[int]:
+    """The decoding window margin a default-teacher file asks for (None: decode the whole embedding)."""
+    if sam_name != "default":
+        return None
+    from ..models.default_teacher import DEFAULT_TEACHER_PATH, teacher_architecture
+
+    return teacher_architecture(checkpoint or DEFAULT_TEACHER_PATH).get("local_margin")

@@ -1,10 +1,19 @@
-"""The default teacher that ships with dessam: a small promptable segmenter of SAM's design.
+"""The default teacher that ships with dessam: a small promptable nucleus segmenter of SAM's design.
 
 Official SAM weights cannot always be downloaded, so `--sam default` uses this model: a small
-convolutional image encoder (`ConvEncoder`, stride 8) in front of the *official*
-`segment_anything` prompt encoder, two-way transformer and mask decoder, at a narrower width.
-It is pre-trained on generic synthetic scenes by `dessam.training.pretrain_teacher` and stored in
-`assets/default_teacher.pt` as ``{"format": "dessam-sam", "arch": {...}, "state_dict": {...}}``.
+convolutional image encoder in front of the *official* `segment_anything` prompt encoder, two-way
+transformer and mask decoder, at a narrower width. It is pre-trained on a corpus of public nucleus
+data and dessam's synthetic scenes by `dessam.training.pretrain_teacher` and stored in
+`assets/default_teacher.pt` as ``{"format": "dessam-sam", "arch": {...}, "state_dict": {...}}``,
+with its model card beside it (`default_teacher.md`).
+
+Two encoders exist (`arch["encoder"]`):
+- ``unet`` (`UNetEncoder`, stride 4): today's teacher. One token per 4 pixels, so SAM's decoder
+  draws each mask at one logit per input pixel; it decodes every box on a window of the embedding
+  around it (`arch["local_margin"]` tokens on each side), so the cost of a box does not grow with
+  the image.
+- ``conv`` (`ConvEncoder`, stride 8): the first bundled teacher, pre-trained on synthetic shapes
+  only; kept so that models trained on it still load (`assets/default_teacher_v1.pt`).
 """
 
 from __future__ import annotations
@@ -15,16 +24,33 @@ from typing import Optional
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import DessamError
-from .checkpoints import read_sam_state_dict, safe_torch_load
-from .conv_encoder import STRIDE, ConvEncoder
+from .checkpoints import file_sha256, read_sam_state_dict, safe_torch_load
+from .conv_encoder import ConvEncoder
 from .pixels import PIXEL_MEAN, PIXEL_STD
+from .unet_encoder import UNetEncoder
 
-DEFAULT_TEACHER_PATH = Path(__file__).resolve().parent.parent / "assets" / "default_teacher.pt"
-DEFAULT_IMAGE_SIZE = 256
-DEFAULT_STRIDE = STRIDE
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_TEACHER_PATH = ASSETS / "default_teacher.pt"
+# Earlier bundled teachers: a model trained on one of them is run with it (found by SHA-256).
+EARLIER_TEACHER_PATHS = (ASSETS / "default_teacher_v1.pt",)
+ENCODERS = {"unet": UNetEncoder, "conv": ConvEncoder}
+STRIDES = {"unet": 4, "conv": 8}
 DEFAULT_ARCH = {
-    "image_size": DEFAULT_IMAGE_SIZE,
-    "stride": STRIDE,
+    "encoder": "unet",
+    "image_size": 512,
+    "widths": [16, 32, 64, 128],
+    "depths": [1, 2, 2, 2],
+    "prompt_dim": 64,
+    "decoder_mlp_dim": 256,
+    "decoder_heads": 4,
+    "iou_hidden": 64,
+    "mask_in_chans": 16,
+    "local_margin": 4,       # tokens of context around each box when decoding
+}
+# What a teacher file without an "encoder" entry was built as (the first bundled teacher).
+CONV_ARCH = {
+    "encoder": "conv",
+    "image_size": 256,
     "widths": [24, 48, 96],
     "depths": [1, 2, 3],
     "prompt_dim": 64,
@@ -32,24 +58,37 @@ DEFAULT_ARCH = {
     "decoder_heads": 4,
     "iou_hidden": 64,
     "mask_in_chans": 16,
+    "local_margin": None,    # decoded over the whole embedding unless a model says otherwise
 }
 
 
+def full_arch(arch: Optional[dict] = None) -> dict:
+    """`arch` completed with the defaults of its encoder (default: unet)."""
+    arch = dict(arch or {})
+    base = CONV_ARCH if arch.get("encoder", "unet") == "conv" else DEFAULT_ARCH
+    spec = {**base, **arch}
+    if spec["encoder"] not in ENCODERS:
+        raise DessamError(f"unknown teacher encoder '{spec['encoder']}'; use {' or '.join(ENCODERS)}")
+    spec["stride"] = STRIDES[spec["encoder"]]
+    return spec
+
+
 def build_default_architecture(image_size: Optional[int] = None, arch: Optional[dict] = None) -> Sam:
-    """The default teacher's `Sam` with random weights; `image_size` must be a multiple of 8.
+    """The default teacher's `Sam` with random weights; `image_size` must be a multiple of 16.
 
     `arch` overrides entries of `DEFAULT_ARCH` (checkpoint files carry theirs).
     """
-    spec = {**DEFAULT_ARCH, **(arch or {})}
+    spec = full_arch(arch)
     size = int(image_size or spec["image_size"])
-    if size <= 0 or size % STRIDE:
-        raise DessamError(f"image size {size} is not a positive multiple of the default teacher's stride {STRIDE}")
+    multiple = 16 if spec["encoder"] == "unet" else spec["stride"]
+    if size <= 0 or size % multiple:
+        raise DessamError(f"image size {size} is not a positive multiple of {multiple}, as the default teacher needs")
     dim = int(spec["prompt_dim"])
-    grid = size // STRIDE
+    grid = size // spec["stride"]
+    encoder = ENCODERS[spec["encoder"]](img_size=size, out_chans=dim, widths=tuple(spec["widths"]),
+                                        depths=tuple(spec["depths"]))
     return Sam(
-        image_encoder=ConvEncoder(
-            img_size=size, out_chans=dim, widths=tuple(spec["widths"]), depths=tuple(spec["depths"])
-        ),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=dim,
             image_embedding_size=(grid, grid),
@@ -72,16 +111,34 @@ def build_default_architecture(image_size: Optional[int] = None, arch: Optional[
 
 def teacher_file(sam: Sam, arch: Optional[dict] = None, **extra) -> dict:
     """The object saved to a default-teacher file (plain tensors and containers only)."""
-    spec = {**DEFAULT_ARCH, **(arch or {}), "image_size": int(sam.image_encoder.img_size)}
+    spec = {**full_arch(arch), "image_size": int(sam.image_encoder.img_size)}
+    spec.pop("stride")
     state = {key: value.detach().cpu().clone() for key, value in sam.state_dict().items()}
     return {"format": "dessam-sam", "arch": spec, "state_dict": state, **extra}
 
 
+def is_teacher_file(path: str | Path) -> bool:
+    """True when `path` is a default-teacher file (not an official SAM checkpoint)."""
+    try:
+        obj = safe_torch_load(path)
+    except DessamError:
+        return False
+    return isinstance(obj, dict) and obj.get("format") == "dessam-sam"
+
+
 def teacher_architecture(path: str | Path) -> dict:
-    """The architecture entries stored in a default-teacher file (`DEFAULT_ARCH` where absent)."""
+    """The complete architecture of a default-teacher file."""
     obj = safe_torch_load(path)
     arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) else {}
-    return {**DEFAULT_ARCH, **arch}
+    return full_arch({"encoder": "conv", **arch})  # files from before the unet teacher name no encoder
+
+
+def teacher_for_digest(sha256: str) -> Optional[Path]:
+    """The bundled teacher file (today's or an earlier one) whose SHA-256 is `sha256`, if any."""
+    for path in (DEFAULT_TEACHER_PATH, *EARLIER_TEACHER_PATHS):
+        if path.is_file() and file_sha256(path) == sha256:
+            return path
+    return None
 
 
 def load_default_teacher(image_size: Optional[int] = None, path: Optional[str | Path] = None) -> Sam:
@@ -90,7 +147,7 @@ def load_default_teacher(image_size: Optional[int] = None, path: Optional[str | 
     if not path.is_file():
         raise DessamError(
             f"{path}: the default teacher's weights are missing; create them with "
-            f"`dessam pretrain-teacher --out {path}`"
+            f"`dessam pretrain-teacher --corpus CORPUS.yaml --out DIR` and pass DIR/teacher.pt"
         )
     arch = teacher_architecture(path)
     sam = build_default_architecture(image_size or arch["image_size"], arch)
@@ -99,7 +156,7 @@ def load_default_teacher(image_size: Optional[int] = None, path: Optional[str | 
     if missing or unexpected:
         raise DessamError(
             f"{path}: not a default-teacher file ({len(missing)} missing, {len(unexpected)} unexpected keys); "
-            f"re-create it with `dessam pretrain-teacher --out {path}`"
+            f"re-create it with `dessam pretrain-teacher`"
         )
     sam.eval()
     return sam

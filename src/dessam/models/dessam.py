@@ -35,7 +35,7 @@ class DESSAM(nn.Module):
         self.embedding_stride = self.image_size // grid
         channels = int(sam.prompt_encoder.embed_dim)
         model = config.model
-        self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride)
+        self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride, model.neck_finest_stride)
         self.detector = BoxDetector(model, model.neck_channels, self.neck.strides)
         self.decoder = PromptedMaskDecoder(sam, model.prompt_token, model.prompt_token_init)
 

@@ -22,7 +22,7 @@ from ..config import Config
 from ..errors import DessamError
 from ..scale import ModelScale
 from .checkpoints import file_sha256, safe_torch_load, weights_sha256
-from .default_teacher import DEFAULT_TEACHER_PATH
+from .default_teacher import DEFAULT_TEACHER_PATH, teacher_for_digest
 from .fetch import find_sam_checkpoint
 from .sam import OFFICIAL_VARIANTS, build_sam
 
@@ -163,12 +163,17 @@ def sam_for_model(model: ModelFile, sam_checkpoint=None, image_size: Optional[in
     elif sam_checkpoint:
         checkpoint = Path(sam_checkpoint)
         digest = file_sha256(checkpoint)
+    elif sam_name == "default":  # today's bundled teacher, or an earlier one the model was trained on
+        checkpoint = teacher_for_digest(identity["sha256"])
+        if checkpoint is None:
+            raise DessamError(
+                f"{path}: was trained on the teacher file {identity.get('checkpoint')} (sha256 "
+                f"{identity['sha256'][:12]}...), which is not bundled with this dessam; pass it with --sam-checkpoint PATH"
+            )
+        digest = identity["sha256"]
     sam = build_sam(sam_name, checkpoint, size)
     if digest is None:
-        if sam_name == "default":
-            digest = file_sha256(DEFAULT_TEACHER_PATH)
-        else:
-            digest = weights_sha256(sam if size == trained_size else build_sam(sam_name, None, trained_size))
+        digest = weights_sha256(sam if size == trained_size else build_sam(sam_name, None, trained_size))
     if digest != identity["sha256"]:
         where = checkpoint or sam_name
         raise DessamError(

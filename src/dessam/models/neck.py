@@ -3,7 +3,9 @@
 From the embedding E (stride s of the input) it makes four maps at strides s/4, s/2, s and 2s
 (4x and 2x transposed-convolution upsampling, identity, 2x max-pooling), each projected to
 `out_channels` by a 1x1 conv + LayerNorm and a 3x3 conv + LayerNorm. With SAM ViT at 1024 px
-(s = 16) these are the strides 4, 8, 16, 32 of DESIGN.md.
+(s = 16) these are the strides 4, 8, 16, 32 of DESIGN.md. An embedding that is already fine (the
+default teacher's, s = 4) can start the pyramid at another stride (`model.neck_finest_stride`):
+levels coarser than s are max-pooled from it.
 """
 
 from __future__ import annotations
@@ -15,23 +17,36 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 
+def _rescale(channels: int, factor: float) -> tuple:
+    """(module, output channels) taking the embedding to `factor` x its stride: 4x / 2x transposed
+    convolutions (halving channels each time, as ViTDet), identity, or max-pooling by `factor`."""
+    c = channels
+    if factor == 0.25:
+        return nn.Sequential(
+            nn.ConvTranspose2d(c, c // 2, 2, stride=2), LayerNorm2d(c // 2), nn.GELU(),
+            nn.ConvTranspose2d(c // 2, c // 4, 2, stride=2),
+        ), c // 4
+    if factor == 0.5:
+        return nn.ConvTranspose2d(c, c // 2, 2, stride=2), c // 2
+    if factor == 1:
+        return nn.Identity(), c
+    if factor in (2, 4, 8, 16):
+        return nn.MaxPool2d(int(factor), stride=int(factor)), c
+    raise ValueError(f"a pyramid level at {factor} x the embedding's stride is not supported")
+
+
 class SimpleFeaturePyramid(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, embedding_stride: int):
+    """Four levels at strides f, 2f, 4f, 8f of the input; f (`finest_stride`) defaults to the
+    embedding's stride / 4, ViTDet's choice."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_stride: int, finest_stride: int | None = None):
         super().__init__()
-        c = in_channels
-        self.strides = [embedding_stride // 4, embedding_stride // 2, embedding_stride, embedding_stride * 2]
-        if self.strides[0] < 1 or embedding_stride % 4:
+        finest = embedding_stride // 4 if finest_stride is None else int(finest_stride)
+        self.strides = [finest, 2 * finest, 4 * finest, 8 * finest]
+        if finest < 1 or (finest_stride is None and embedding_stride % 4):
             raise ValueError(f"embedding stride {embedding_stride} must be a multiple of 4")
-        self.scales = nn.ModuleList([
-            nn.Sequential(
-                nn.ConvTranspose2d(c, c // 2, 2, stride=2), LayerNorm2d(c // 2), nn.GELU(),
-                nn.ConvTranspose2d(c // 2, c // 4, 2, stride=2),
-            ),
-            nn.ConvTranspose2d(c, c // 2, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2, stride=2),
-        ])
-        level_channels = [c // 4, c // 2, c, c]
+        scales, level_channels = zip(*(_rescale(in_channels, stride / embedding_stride) for stride in self.strides))
+        self.scales = nn.ModuleList(scales)
         self.projections = nn.ModuleList([
             nn.Sequential(
                 nn.Conv2d(ch, out_channels, 1, bias=False), LayerNorm2d(out_channels),

@@ -116,7 +116,7 @@ def build_sam(name: str, checkpoint: Optional[str | Path] = None, image_size: Op
 
     `name` may also be a checkpoint path when the file is an official checkpoint whose variant is
     recognised. ``tiny`` without a checkpoint gets deterministic random weights; ``default`` without a
-    checkpoint loads the bundled teacher.
+    checkpoint loads the bundled teacher (with one: that default-teacher file).
     """
     if name not in SAM_NAMES and Path(str(name)).suffix in (".pth", ".pt") and checkpoint is None:
         checkpoint, name = name, recognise_variant(name)
@@ -124,8 +124,8 @@ def build_sam(name: str, checkpoint: Optional[str | Path] = None, image_size: Op
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
             sam = build_sam_architecture(name, image_size)
-    elif checkpoint is None and name == "default":
-        sam = load_default_teacher(image_size)
+    elif name == "default":  # the bundled teacher, or a teacher file written by `dessam pretrain-teacher`
+        sam = load_default_teacher(image_size, checkpoint)
     else:
         state = None
         if checkpoint is not None:  # refuse a wrong file before allocating the model (ViT-H: 2.5 GB)

@@ -1,351 +1,410 @@
-"""Pre-train the bundled default teacher on generic synthetic scenes, and measure it.
+"""Pre-train the default teacher on a corpus: boxes in, the nucleus inside each box out.
 
-The teacher learns what SAM learns from SA-1B, on a small scale: given an image and a box around
-an object, draw that object's mask. Every step draws fresh "anything" scenes
-(`dessam.data.anything`), prompts the model with each of (up to
-`max_prompts`) objects per scene, as SAM is trained: either a jittered box (noise of 10 % of the box
-side, at most 20 px), trained on the first mask token (the single-mask output that dessam uses for
-box prompts), or -- for a `point_fraction` of the prompts -- one foreground point drawn inside the
-object, trained on the best of the three multimask outputs (a point is ambiguous). Losses: BCE +
-Dice on the low-resolution logits against the area-downsampled ground truth, plus MSE of the IoU
-head against the IoU it achieved. Point prompts make the image encoder say where whole objects are,
-not only which pixels of a given box belong to one, which is what dessam's detector reads.
-The result depends on the seed and the number of steps only, never on wall-clock time (except when
-`minutes` cuts a run short).
+The teacher learns what SAM learns from SA-1B, for nuclei: given an image and a box around a
+nucleus, draw that nucleus's mask. Every step draws `batch_size` crops from the corpus's datasets
+(each in proportion to its weight; `dessam.data.corpus`), each rescaled 0.5-2 x, turned and
+recoloured (`dessam.data.augment`), and prompts the model with up to `max_prompts` nuclei per
+crop. Prompts are the ground-truth boxes jittered the way a detector's boxes err (`jitter_boxes`).
+Each box is decoded on a window of the embedding around it, as prediction decodes it, with a
+margin drawn per crop so that the model also sees the larger windows that prompts sharing a
+decoder call get. Losses, on the logits of each window (one per input pixel): binary cross-entropy
+near the box and away from it (weighing the same, so that small nuclei are not drowned by the
+background) plus Dice, and the mean squared error of SAM's IoU head against the IoU it achieved.
+
+A run writes into its folder: `teacher.pt` (a default-teacher file, loadable with
+`--sam default --sam-checkpoint`), `teacher.md` (its model card), `log.csv` (loss and IoU per step,
+the validation IoU of every dataset at each evaluation), and `checkpoints/last.pt` to resume. The
+crops of step k depend only on (seed, k), so a resumed run is the run that was not interrupted.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
-from ..data.anything import instance_boxes, make_anything_scene
+from ..atomic import atomic_path, remove_stale_temporaries
+from ..data.augment import random_view
+from ..data.corpus import Corpus, LoadedDataset, load_dataset, read_manifest, synthetic_scene
 from ..errors import DessamError
-from ..models.default_teacher import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, build_default_architecture, teacher_file
+from ..models.checkpoints import safe_torch_load
+from ..models.default_teacher import build_default_architecture, full_arch, teacher_file
+from ..models.prompted_decoder import PromptedMaskDecoder, prompt_windows
 
-BOX_NOISE = 0.1  # of the box side
-POINT_FRACTION = 0.5  # of the prompts that are one foreground point instead of a box
-BOX_NOISE_MAX = 20.0  # pixels
-HELD_OUT_SEED_OFFSET = 1_000_003  # held-out scenes come from another random stream than training
-CYTOLOGY_EVAL_STREAM = 7_310_529  # cytology test scenes: a seed stream nothing else in dessam uses
-CYTOLOGY_SCENES = ("mixed", "cluster", "patch")
+MIN_PROMPT_AREA = 16    # pixels of a nucleus visible in a crop, for it to be prompted
+ARCH_SIZES = {          # encoder capacities to choose from (`--arch`); both keep SAM's decoder at width 64
+    "small": {"widths": [16, 32, 64, 128], "depths": [1, 2, 2, 2]},
+    "medium": {"widths": [24, 48, 96, 160], "depths": [1, 2, 3, 3]},
+}
 
 
-def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Boxes (N, 4) x1 y1 x2 y2 with SAM-style noise on every coordinate, kept inside the image."""
-    sides = np.repeat(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1), 2, axis=1)[:, [0, 2, 1, 3]]
-    noise = np.clip(rng.normal(0.0, 1.0, boxes.shape) * BOX_NOISE * sides, -BOX_NOISE_MAX, BOX_NOISE_MAX)
-    out = np.clip(boxes + noise, 0, size)
+@dataclass
+class Recipe:
+    """Everything a teacher pre-training run depends on, besides the corpus."""
+
+    steps: int = 6000
+    batch_size: int = 8
+    crop: int = 192
+    max_prompts: int = 12
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 200
+    seed: int = 0
+    arch: str = "small"
+    margins: tuple = (2, 6)        # tokens of window margin, drawn per crop
+    box_noise: float = 0.08        # std of each box edge's error, as a share of the box side
+    box_noise_wide: float = 0.2    # ... for the share `wide_errors` of boxes that a detector gets badly wrong
+    wide_errors: float = 0.15
+    eval_every: int = 500
+    val_limit: int = 24            # validation images per dataset (the first ones, in name order)
+
+    def __post_init__(self):
+        if self.arch not in ARCH_SIZES:
+            raise DessamError(f"--arch {self.arch}: choose {' or '.join(ARCH_SIZES)}")
+        for name in ("steps", "batch_size", "crop", "max_prompts", "eval_every"):
+            if int(getattr(self, name)) < (0 if name == "steps" else 1):
+                wanted = "0 or more" if name == "steps" else "a positive number"
+                raise DessamError(f"--{name.replace('_', '-')} {getattr(self, name)}: give {wanted}")
+        if self.crop % 16:
+            raise DessamError(f"--crop {self.crop}: give a multiple of 16")
+        if not self.lr > 0:
+            raise DessamError(f"--lr {self.lr}: give a positive learning rate")
+        self.margins = tuple(int(m) for m in self.margins)
+
+
+@dataclass
+class Prompted:
+    """One crop's prompts: jittered boxes, and each nucleus's id in the crop's labels."""
+
+    boxes: np.ndarray    # (N, 4) x1y1x2y2, jittered
+    exact: np.ndarray    # (N, 4) the nuclei's own boxes
+    ids: np.ndarray      # (N,)
+
+
+def nucleus_boxes(labels: np.ndarray, min_area: int = MIN_PROMPT_AREA) -> tuple:
+    """(ids, boxes x1y1x2y2 as pixel edges) of the nuclei of an instance map with at least
+    `min_area` pixels."""
+    from scipy import ndimage
+
+    ids, boxes = [], []
+    areas = np.bincount(labels.ravel())
+    for index, region in enumerate(ndimage.find_objects(labels)):
+        if region is None or areas[index + 1] < min_area:
+            continue
+        ids.append(index + 1)
+        boxes.append((region[1].start, region[0].start, region[1].stop, region[0].stop))
+    return np.asarray(ids, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, shape: tuple, noise: float = 0.08,
+                 wide_noise: float = 0.2, wide_share: float = 0.15) -> np.ndarray:
+    """Boxes (N, 4) with each edge moved by a normal error of `noise` x the box side (`wide_noise`
+    for a `wide_share` of the boxes), at most 40 % of the side, kept inside the image of `shape`
+    (H, W) and at least one pixel wide."""
+    sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1)
+    scale = np.where(rng.random(len(boxes)) < wide_share, wide_noise, noise)[:, None]
+    error = np.clip(rng.normal(0.0, 1.0, boxes.shape) * scale, -0.4, 0.4) * sides
+    out = boxes + error
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, shape[1])
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, shape[0])
     out[:, 2:] = np.maximum(out[:, 2:], out[:, :2] + 1)
     return out.astype(np.float32)
 
 
-def sample_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One point (x, y) at a pixel centre drawn uniformly inside each mask (N, H, W) -> (N, 2)."""
-    points = np.zeros((len(masks), 2), np.float32)
-    for index, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        pick = int(rng.integers(len(ys)))
-        points[index] = (xs[pick] + 0.5, ys[pick] + 0.5)
-    return points
-
-
-def sample_batch(rng: np.random.Generator, batch_size: int, size: int, max_prompts: int,
-                 point_fraction: float = 0.0):
-    """Images (B, 3, S, S) float 0-255 and per image a `Prompts` of its picked objects."""
-    images, prompts = [], []
-    while len(images) < batch_size:
-        image, labels = make_anything_scene(rng, size)
-        ids, boxes = instance_boxes(labels)
-        if len(ids) == 0:
+def draw_crops(rng: np.random.Generator, datasets: list, weights: np.ndarray, recipe: Recipe) -> tuple:
+    """`recipe.batch_size` augmented crops (B, 3, C, C float 0-255), their labels and prompts, and
+    the dataset each came from."""
+    images, labels, prompts, sources = [], [], [], []
+    while len(images) < recipe.batch_size:
+        which = int(rng.choice(len(datasets), p=weights))
+        dataset = datasets[which]
+        sample = (synthetic_scene(dataset.spec.generator, rng) if dataset.synthetic
+                  else dataset.train[int(rng.integers(len(dataset.train)))])
+        crop, crop_labels = random_view(rng, sample.image, sample.labels, recipe.crop)
+        ids, boxes = nucleus_boxes(crop_labels)
+        if not len(ids):
             continue
-        pick = rng.permutation(len(ids))[:max_prompts]
-        masks = labels[None] == ids[pick, None, None]
-        is_point = rng.random(len(pick)) < point_fraction if point_fraction > 0 else np.zeros(len(pick), bool)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
-        prompts.append(Prompts(
-            boxes=torch.from_numpy(jitter_boxes(boxes[pick], rng, size)),
-            exact_boxes=torch.from_numpy(boxes[pick].astype(np.float32)),
-            points=torch.from_numpy(sample_points(masks, rng) if is_point.any() else np.zeros((len(pick), 2), np.float32)),
-            is_point=torch.from_numpy(is_point),
-            masks=torch.from_numpy(masks),
-        ))
-    return torch.stack(images), prompts
+        pick = rng.permutation(len(ids))[:recipe.max_prompts]
+        jittered = jitter_boxes(boxes[pick], rng, crop_labels.shape, recipe.box_noise, recipe.box_noise_wide,
+                                recipe.wide_errors)
+        images.append(torch.from_numpy(crop).permute(2, 0, 1).float())
+        labels.append(crop_labels)
+        prompts.append(Prompted(jittered, boxes[pick], ids[pick]))
+        sources.append(which)
+    return torch.stack(images), labels, prompts, sources
 
 
-@dataclass
-class Prompts:
-    """The prompts of one training image: per object a jittered box or (where `is_point`) one point."""
-
-    boxes: torch.Tensor        # (N, 4) jittered
-    exact_boxes: torch.Tensor  # (N, 4) the objects' own boxes (where the loss looks closely)
-    points: torch.Tensor       # (N, 2) x, y (used where is_point)
-    is_point: torch.Tensor     # (N,) bool
-    masks: torch.Tensor        # (N, S, S) bool
-
-    def to(self, device) -> "Prompts":
-        return Prompts(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-
-def decode_boxes(sam: Sam, embedding: torch.Tensor, boxes: torch.Tensor):
-    """Low-res logits (N, 1, 4h, 4w) and IoU predictions (N, 1) of the first mask token for one image."""
-    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-    return _decode(sam, embedding, sparse, dense, multimask=False)
+def window_targets(labels: np.ndarray, ids: np.ndarray, origins: np.ndarray, size: int) -> torch.Tensor:
+    """(N, 1, size, size) float: nucleus `ids[i]`'s pixels in the window at `origins[i]` (row, col,
+    input pixels) of the instance map; 0 beyond the map."""
+    out = np.zeros((len(ids), 1, size, size), np.float32)
+    height, width = labels.shape
+    for index, (identity, (row, col)) in enumerate(zip(ids, origins)):
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + size, height), min(col + size, width)
+        if r1 > r0 and c1 > c0:
+            out[index, 0, r0 - row:r1 - row, c0 - col:c1 - col] = labels[r0:r1, c0:c1] == identity
+    return torch.from_numpy(out)
 
 
-def decode_points(sam: Sam, embedding: torch.Tensor, points: torch.Tensor):
-    """Low-res logits (N, 3, 4h, 4w) and IoU predictions (N, 3) of the three multimask tokens for
-    one foreground point (N, 2) per prompt."""
-    labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
-    sparse, dense = sam.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
-    return _decode(sam, embedding, sparse, dense, multimask=True)
-
-
-def _decode(sam: Sam, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool):
-    return sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
-
-
-def box_regions(boxes: torch.Tensor, shape: tuple, image_size: int, margin: float = 8.0) -> torch.Tensor:
-    """(N, 1, h, w) bool: the low-res pixels inside each box grown by `margin` image pixels."""
-    scale = shape[-1] / image_size
-    centres = (torch.arange(shape[-1], device=boxes.device) + 0.5) / scale
-    x1, y1, x2, y2 = [(boxes[:, i] + (margin if i > 1 else -margin))[:, None] for i in range(4)]
-    inside_x = (centres[None] >= x1) & (centres[None] <= x2)
-    inside_y = (centres[None] >= y1) & (centres[None] <= y2)
+def near_box(boxes: torch.Tensor, origins: torch.Tensor, size: int, pixels_per_logit: float,
+             margin: float = 8.0) -> torch.Tensor:
+    """(N, 1, size, size) bool: the logits whose pixel centre lies inside each box grown by `margin`
+    pixels; `origins` (N, 2) are each window's first logit as (row, col) input pixels."""
+    centres = (torch.arange(size, device=boxes.device) + 0.5) * pixels_per_logit
+    ys = origins[:, :1].float() + centres[None]
+    xs = origins[:, 1:].float() + centres[None]
+    inside_y = (ys >= boxes[:, 1:2] - margin) & (ys <= boxes[:, 3:4] + margin)
+    inside_x = (xs >= boxes[:, 0:1] - margin) & (xs <= boxes[:, 2:3] + margin)
     return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
-def multimask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                     image_size: int):
-    """Per prompt (loss (N,), achieved IoUs (N, K)) of low-res logits (N, K, h, w) against masks (N, H, W).
-
-    BCE is averaged separately near the object's box and away from it (the two halves weigh the same),
-    so that small objects are not drowned by the background; plus Dice. Of K outputs only the best
-    one's mask loss counts (SAM's rule for ambiguous prompts); the IoU head learns all K IoUs (MSE).
-    """
-    target = F.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
-    near = box_regions(boxes, logits.shape, image_size).float()
-    bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
-    bce_near = (bce * near).flatten(2).sum(2) / near.flatten(2).sum(2).clamp(min=1)
-    bce_far = (bce * (1 - near)).flatten(2).sum(2) / (1 - near).flatten(2).sum(2).clamp(min=1)
-    prob = logits.sigmoid().flatten(2)
-    flat = target.flatten(2)
-    dice = 1 - (2 * (prob * flat).sum(2) + 1) / (prob.sum(2) + flat.sum(2) + 1)
+def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, near: torch.Tensor) -> tuple:
+    """Per prompt (loss (N,), achieved IoU (N,)) of logits (N, 1, k, k) against target masks."""
+    near = near.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce_near = (bce * near).flatten(1).sum(1) / near.flatten(1).sum(1).clamp(min=1)
+    bce_far = (bce * (1 - near)).flatten(1).sum(1) / (1 - near).flatten(1).sum(1).clamp(min=1)
+    prob, flat = logits.sigmoid().flatten(1), target.flatten(1)
+    dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
     with torch.no_grad():
-        pred, truth = (logits > 0).flatten(2), (flat > 0.5)
-        iou = (pred & truth).sum(2) / (pred | truth).sum(2).clamp(min=1)
-    mask_loss = (bce_near + bce_far + dice).min(dim=1).values
-    iou_loss = ((iou_pred - iou.float()) ** 2).mean(dim=1)
-    return mask_loss + iou_loss, iou
+        pred, truth = (logits > 0).flatten(1), flat > 0.5
+        iou = (pred & truth).sum(1) / (pred | truth).sum(1).clamp(min=1)
+    return bce_near + bce_far + dice + (iou_pred[:, 0] - iou.float()) ** 2, iou
 
 
-def prompt_losses(sam: Sam, embedding: torch.Tensor, prompts: Prompts, image_size: int):
-    """Mean loss over one image's prompts, and the IoUs of the box prompts' masks."""
-    total = embedding.new_zeros(())
-    box = ~prompts.is_point
-    ious = embedding.new_zeros((0,))
-    if box.any():
-        logits, iou_pred = decode_boxes(sam, embedding, prompts.boxes[box])
-        loss, iou = multimask_losses(logits, iou_pred, prompts.masks[box], prompts.boxes[box], image_size)
-        total = total + loss.sum()
-        ious = iou[:, 0]
-    if prompts.is_point.any():
-        point = prompts.is_point
-        logits, iou_pred = decode_points(sam, embedding, prompts.points[point])
-        loss, _ = multimask_losses(logits, iou_pred, prompts.masks[point], prompts.exact_boxes[point], image_size)
-        total = total + loss.sum()
-    return total / len(prompts.masks), ious
+def in_frame(embedding: torch.Tensor, grid: int, offset: tuple) -> torch.Tensor:
+    """The crop's embedding (1, C, h, w) placed at `offset` (row, col tokens) of a zero grid x grid
+    frame: the decoder then sees the positional encoding of a place in the model's full input, as
+    in prediction, not of a small frame of the crop's own size."""
+    frame = embedding.new_zeros(embedding.shape[:2] + (grid, grid))
+    frame[:, :, offset[0]:offset[0] + embedding.shape[2], offset[1]:offset[1] + embedding.shape[3]] = embedding
+    return frame
 
 
-def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def crop_losses(decoder: PromptedMaskDecoder, embedding: torch.Tensor, labels: np.ndarray, prompted: Prompted,
+                margin: int, offset: tuple = (0, 0)) -> tuple:
+    """Summed loss and the achieved IoUs of one crop's prompts, each decoded on its window.
+
+    embedding: the crop's (1, C, h, w); it is placed at `offset` (tokens) of the model's input
+    frame, and every window stays inside the crop."""
+    device = embedding.device
+    boxes = torch.from_numpy(prompted.boxes).to(device)
+    exact = torch.from_numpy(prompted.exact).to(device)
+    window_boxes = torch.cat([torch.minimum(boxes[:, :2], exact[:, :2]), torch.maximum(boxes[:, 2:], exact[:, 2:])], 1)
+    origins, size = prompt_windows(window_boxes, decoder.stride, embedding.shape[-1], margin)
+    if origins is None:  # windows as large as the crop
+        origins = torch.zeros((len(boxes), 2), dtype=torch.long, device=device)
+    shift = torch.tensor(offset, dtype=torch.long, device=device)
+    pixels = (shift * decoder.stride).flip(0).float().repeat(2)  # x, y, x, y
+    decoded = decoder(in_frame(embedding, decoder.grid, offset), boxes + pixels, None, use_token=False,
+                      origins=origins + shift, size=size)
+    pixels_per_logit = decoder.stride / 4.0
+    starts = (origins * decoder.stride).long()  # window origins in crop pixels (row, col)
+    logits = decoded.logits
+    if pixels_per_logit != 1.0:  # a coarser teacher: compare at the logits' resolution
+        target = window_targets(labels, prompted.ids, starts.cpu().numpy(), int(logits.shape[-1] * pixels_per_logit))
+        target = F.adaptive_avg_pool2d(target, logits.shape[-2:])
+    else:
+        target = window_targets(labels, prompted.ids, starts.cpu().numpy(), logits.shape[-1])
+    near = near_box(exact, starts, logits.shape[-1], pixels_per_logit)
+    loss, iou = mask_losses(logits, decoded.iou, target.to(device), near)
+    return loss.sum(), iou
 
 
-@torch.no_grad()
-def evaluate_box_prompt_iou(sam: Sam, scenes: Iterable, chunk: int = 64, progress: bool = False) -> float:
-    """Mean mask IoU over all objects of `scenes` ((image HxWx3 uint8, labels HxW) pairs), each
-    prompted with its exact ground-truth box; masks are computed at the original image size."""
-    sam.eval()
-    device = sam.pixel_mean.device
-    resize = ResizeLongestSide(sam.image_encoder.img_size)
+def normalise(sam: Sam, images: torch.Tensor) -> torch.Tensor:
+    """SAM's pixel normalisation without its padding to the input size (`Sam.preprocess` pads)."""
+    return (images - sam.pixel_mean) / sam.pixel_std
+
+
+def learning_rate(step: int, recipe: Recipe) -> float:
+    """Linear warm-up, then a cosine decay to zero at the last step."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(recipe.steps - recipe.warmup, 1)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ----- validation ----------------------------------------------------------------------------
+def instance_iou(crop: np.ndarray, origin: tuple, labels: np.ndarray, identity: int, area: int) -> float:
+    """IoU of a mask (a boolean crop at `origin` of the image) with nucleus `identity` of `labels`."""
+    rows = slice(origin[0], origin[0] + crop.shape[0])
+    cols = slice(origin[1], origin[1] + crop.shape[1])
+    inter = int((crop & (labels[rows, cols] == identity)).sum()) if crop.size else 0
+    return inter / max(int(crop.sum()) + area - inter, 1)
+
+
+def box_prompt_iou(predictor, samples: list) -> float:
+    """Mean mask IoU over every nucleus of `samples`, each prompted with its exact box through the
+    prediction pipeline (`dessam label`'s engine: the image at its own scale, in windows of the
+    model's input size when larger, each box decoded as prediction decodes it)."""
+    from ..labeling.box_masks import box_masks
+
     ious = []
-    for image, labels in tqdm(scenes, desc="box-prompt IoU", disable=not progress, leave=False):
-        ids, boxes = instance_boxes(labels)
-        if len(ids) == 0:
+    for sample in samples:
+        ids, boxes = nucleus_boxes(sample.labels, min_area=1)
+        if not len(ids):
             continue
-        resized = resize.apply_image(np.ascontiguousarray(image))
-        tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).float()[None]
-        embedding = sam.image_encoder(sam.preprocess(tensor))
-        scaled = torch.as_tensor(resize.apply_boxes(boxes, labels.shape[:2]), device=device, dtype=torch.float32)
-        for start in range(0, len(ids), chunk):
-            low, _ = decode_boxes(sam, embedding, scaled[start : start + chunk])
-            masks = sam.postprocess_masks(low, tuple(resized.shape[:2]), tuple(labels.shape[:2]))[:, 0] > 0
-            truth = torch.as_tensor(labels.astype(np.int64), device=device)[None] == torch.as_tensor(
-                ids[start : start + chunk], device=device
-            )[:, None, None]
-            inter = (masks & truth).flatten(1).sum(1)
-            union = (masks | truth).flatten(1).sum(1).clamp(min=1)
-            ious.append((inter / union).cpu())
-    return float(torch.cat(ious).mean()) if ious else float("nan")
+        areas = np.bincount(sample.labels.ravel())
+        found = box_masks(predictor, sample.image, boxes, use_token=False).instances
+        ious += [instance_iou(found.crops[k], tuple(found.origins[k]), sample.labels, int(i), int(areas[i]))
+                 for k, i in enumerate(ids)]
+    return float(np.mean(ious)) if ious else float("nan")
 
 
-def held_out_anything_scenes(count: int, seed: int = 0, size: int = DEFAULT_IMAGE_SIZE) -> list:
-    """`count` anything-scenes from a random stream that training with `seed` never draws from."""
-    rng = np.random.default_rng(seed + HELD_OUT_SEED_OFFSET)
-    return [make_anything_scene(rng, size) for _ in range(count)]
+def validate(sam: Sam, datasets: list, recipe: Recipe) -> dict:
+    """{dataset name: box-prompt IoU on its held-out images} (the model is left in eval mode)."""
+    from ..inference.loading import teacher_predictor
+
+    sam.eval()
+    trainable = [p for p in sam.parameters() if p.requires_grad]
+    try:
+        with torch.no_grad():
+            predictor = teacher_predictor(sam, {"name": "default", "checkpoint": None, "sha256": ""},
+                                          full_arch(ARCH_SIZES[recipe.arch])["local_margin"])
+            return {d.spec.name: box_prompt_iou(predictor, d.val[:recipe.val_limit]) for d in datasets if d.val}
+    finally:  # the predictor freezes the model it wraps
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
-def cytology_test_scenes(scene: str, n: int = 20, seed: int = 0, size: int = DEFAULT_IMAGE_SIZE) -> list:
-    """`n` synthetic cytology scenes of kind `scene`, from a stream disjoint from every other use of
-    `dessam.data.synth` (its datasets seed with [seed, split, index]; here the key has four parts)."""
-    from ..data.synth import make_scene
-
-    code = CYTOLOGY_SCENES.index(scene)
-    return [make_scene(np.random.default_rng([CYTOLOGY_EVAL_STREAM, seed, code, i]), scene=scene, size=(size, size))
-            for i in range(n)]
-
-
-def evaluate_on_cytology(sam: Sam, n: int = 20, seed: int = 0, scenes: Iterable[str] = CYTOLOGY_SCENES,
-                         progress: bool = False) -> dict:
-    """Mean box-prompt mask IoU of `sam` on `n` unseen synthetic cytology scenes of each kind,
-    every nucleus prompted with its ground-truth box: {"mixed": ..., "cluster": ..., "patch": ...}.
-    The teacher never trains on these scenes: they only measure how well it transfers."""
-    size = int(sam.image_encoder.img_size)
-    return {scene: evaluate_box_prompt_iou(sam, cytology_test_scenes(scene, n, seed, size), progress=progress)
-            for scene in scenes}
+# ----- the run -------------------------------------------------------------------------------
+@dataclass
+class PretrainResult:
+    teacher_path: Path
+    card_path: Path
+    steps_done: int
+    validation: dict = field(default_factory=dict)
 
 
-def _check_options(steps, minutes, point_fraction, lr, init) -> None:
-    """Reject impossible settings before anything is built or written."""
-    if int(steps) < 0:
-        raise DessamError(f"--steps {steps}: give 0 or more training steps (0 writes the starting weights)")
-    if minutes is not None and minutes <= 0:
-        raise DessamError(f"--minutes {minutes}: give a positive number of minutes, or leave it out")
-    if not 0.0 <= point_fraction <= 1.0:
-        raise DessamError(f"--point-fraction {point_fraction}: give a share between 0 and 1")
-    if not lr > 0:
-        raise DessamError(f"--lr {lr}: give a positive learning rate")
-    if init is not None and not Path(init).is_file():
-        raise DessamError(f"{init}: --init file not found; give a file written by pretrain-teacher")
-
-
-def pretrain_teacher(
-    out_path: str | Path,
-    minutes: Optional[float] = None,
-    steps: int = 4000,
-    seed: int = 0,
-    device: str = "cpu",
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    batch_size: int = 2,
-    max_prompts: int = 24,
-    point_fraction: float = POINT_FRACTION,
-    lr: float = 2e-3,
-    weight_decay: float = 0.01,
-    warmup: int = 100,
-    arch: Optional[dict] = None,
-    eval_scenes: int = 24,
-    save_every: int = 250,
-    threads: Optional[int] = None,
-    init: Optional[str | Path] = None,
-    progress: bool = True,
-) -> dict:
-    """Train the default teacher for `steps` steps (or until `minutes` have passed, if sooner) and
-    write it to `out_path`. Returns the measured numbers (also stored in the file under "train").
-
-    `init`: a default-teacher file to start from (its architecture is kept) instead of random weights,
-    for a second stage with other prompts or a lower learning rate."""
-    _check_options(steps, minutes, point_fraction, lr, init)
+def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resume: bool = False, device: str = "cpu",
+                     threads: Optional[int] = None, command: str = "", progress: bool = True) -> PretrainResult:
+    """Pre-train the default teacher on the corpus at `corpus_path` into `out_dir` (see the module
+    docstring); `resume` continues from `out_dir/checkpoints/last.pt` with its recipe."""
+    out_dir = Path(out_dir)
+    last = out_dir / "checkpoints" / "last.pt"
+    state = None
+    if resume:
+        if not last.is_file():
+            raise DessamError(f"{last}: nothing to resume from; run without --resume")
+        remove_stale_temporaries(out_dir, last.parent)
+        state = safe_torch_load(last)
+        recipe = Recipe(**{**state["recipe"], "margins": tuple(state["recipe"]["margins"])})
+    recipe = recipe or Recipe()
+    corpus = read_manifest(corpus_path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DessamError(f"{out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
     if threads:
         torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    if init is not None:
-        from ..models.default_teacher import load_default_teacher, teacher_architecture
+    datasets = [load_dataset(spec, progress) for spec in corpus.datasets if "teacher" in spec.use]
+    if not datasets:
+        raise DessamError(f"{corpus.path}: no dataset is for the teacher; give one with use: [teacher]")
+    weights = np.array([d.spec.weight for d in datasets], np.float64)
+    weights /= weights.sum()
 
-        arch = {**teacher_architecture(init), "image_size": int(image_size)}
-        sam = load_default_teacher(image_size, init).to(device)
-    else:
-        arch = {**DEFAULT_ARCH, **(arch or {}), "image_size": int(image_size)}
-        sam = build_default_architecture(image_size, arch).to(device)
-    sam.train()
+    torch.manual_seed(recipe.seed)
+    arch = full_arch(ARCH_SIZES[recipe.arch])
+    sam = build_default_architecture(arch["image_size"], arch).to(device)
+    if recipe.crop > arch["image_size"]:
+        raise DessamError(f"--crop {recipe.crop}: at most the model's input size, {arch['image_size']}")
+    decoder = PromptedMaskDecoder(sam, prompt_token=False)
     params = [p for p in sam.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    start = time.monotonic()
-    deadline = start + 60.0 * minutes if minutes else None
-    running_loss = running_iou = None
-    losses = []
-    bar = tqdm(range(steps), desc="pretrain teacher", disable=not progress)
-    step = 0
-    for step in bar:
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
-        images, prompts = sample_batch(rng, batch_size, image_size, max_prompts, point_fraction)
-        embeddings = sam.image_encoder(sam.preprocess(images.to(device)))
-        loss, ious = 0.0, []
-        for index, prompt in enumerate(prompts):
-            image_loss, image_ious = prompt_losses(sam, embeddings[index : index + 1], prompt.to(device), image_size)
-            loss = loss + image_loss / len(prompts)
-            ious.append(image_ious)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        value, iou = float(loss.detach()), float(torch.cat(ious).float().mean()) if sum(map(len, ious)) else 0.0
-        losses.append(value)
-        running_loss = value if running_loss is None else 0.98 * running_loss + 0.02 * value
-        running_iou = iou if running_iou is None else 0.98 * running_iou + 0.02 * iou
-        bar.set_postfix(loss=f"{running_loss:.3f}", iou=f"{running_iou:.3f}")
-        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            _save(out_path, sam, arch, {"steps_done": step + 1, "seed": seed, "steps": steps})
-    else:
-        step = steps
-    bar.close()
-    wall = time.monotonic() - start
-    sam.eval()
-    held_out = evaluate_box_prompt_iou(sam, held_out_anything_scenes(eval_scenes, seed, image_size)) if eval_scenes else None
-    result = {
-        "steps_done": int(step),
-        "steps": int(steps),
-        "seed": int(seed),
-        "batch_size": int(batch_size),
-        "max_prompts": int(max_prompts),
-        "point_fraction": float(point_fraction),
-        "init": None if init is None else Path(init).name,
-        "lr": float(lr),
-        "train_seconds": round(wall, 1),
-        "first_loss": float(np.mean(losses[:20])) if losses else None,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
-        "final_train_iou": running_iou,
-        "held_out_anything_iou": held_out,
-        "held_out_scenes": int(eval_scenes),
-    }
-    _save(out_path, sam, arch, result)
-    return result
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    step, history = 0, []
+    if state is not None:
+        sam.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+    log = _open_log(out_dir / "log.csv", [d.spec.name for d in datasets if d.val], keep_until=step if state else None)
+    started = time.monotonic()
+    bar = tqdm(total=recipe.steps, initial=step, desc="pretrain teacher", unit="step", disable=not progress)
+    running = None
+    try:
+        sam.train()
+        while step < recipe.steps:
+            rng = np.random.default_rng([recipe.seed, step])
+            images, labels, prompts, _ = draw_crops(rng, datasets, weights, recipe)
+            margin = int(rng.integers(recipe.margins[0], recipe.margins[1] + 1))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, recipe)
+            embeddings = sam.image_encoder(normalise(sam, images.to(device)))  # the crops alone, unpadded
+            total, count, ious = 0.0, 0, []
+            free = decoder.grid - embeddings.shape[-1]  # where a crop may sit in the input frame
+            for index, (crop_labels, prompted) in enumerate(zip(labels, prompts)):
+                offset = (int(rng.integers(free + 1)), int(rng.integers(free + 1)))
+                loss, iou = crop_losses(decoder, embeddings[index:index + 1], crop_labels, prompted, margin, offset)
+                total, count = total + loss, count + len(prompted.ids)
+                ious.append(iou)
+            loss = total / max(count, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            step += 1
+            value, iou = float(loss.detach()), float(torch.cat(ious).mean())
+            running = (value, iou) if running is None else (0.98 * running[0] + 0.02 * value, 0.98 * running[1] + 0.02 * iou)
+            row = {"step": step, "lr": f"{learning_rate(step - 1, recipe):.6g}", "loss": f"{value:.5f}",
+                   "train_iou": f"{iou:.4f}"}
+            if step % recipe.eval_every == 0 or step == recipe.steps:
+                scores = validate(sam, datasets, recipe)
+                sam.train()
+                history.append({"step": step, **{k: round(v, 4) for k, v in scores.items()}})
+                row.update({f"val_{k}": f"{v:.4f}" for k, v in scores.items()})
+                _save(out_dir, sam, arch, recipe, corpus, datasets, history, step, optimizer, command, started)
+            log.write(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running[0]:.3f}", iou=f"{running[1]:.3f}")
+    finally:
+        bar.close()
+        log.close()
+    if not history or history[-1]["step"] != step:  # 0 steps, or a finished run resumed
+        scores = validate(sam, datasets, recipe)
+        history.append({"step": step, **{k: round(v, 4) for k, v in scores.items()}})
+        _save(out_dir, sam, arch, recipe, corpus, datasets, history, step, optimizer, command, started)
+    return PretrainResult(out_dir / "teacher.pt", out_dir / "teacher.md", step,
+                          {k: v for k, v in history[-1].items() if k != "step"})
 
 
-def _save(out_path: str | Path, sam: Sam, arch: dict, info: dict) -> None:
-    payload = teacher_file(sam, arch, train=dict(info))
-    with atomic_path(out_path) as tmp:
-        torch.save(payload, tmp)
+def _open_log(path: Path, val_names: list, keep_until: Optional[int]):
+    from .csv_log import CsvLog
+
+    columns = ["step", "lr", "loss", "train_iou"] + [f"val_{name}" for name in val_names]
+    return CsvLog(path, columns, key="step", keep_until=keep_until)
+
+
+def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, datasets: list, history: list,
+          step: int, optimizer, command: str, started: float) -> None:
+    """Write teacher.pt, its model card and the resumable checkpoint, each atomically."""
+    from .model_card import teacher_card
+
+    info = {"recipe": asdict(recipe), "steps_done": step, "validation": history[-1],
+            "datasets": [{"name": d.spec.name, "licence": d.spec.licence, **d.counts()} for d in datasets]}
+    with atomic_path(out_dir / "teacher.pt") as tmp:
+        torch.save(teacher_file(sam, arch, train=json.loads(json.dumps(info))), tmp)
+    seconds = time.monotonic() - started
+    card = teacher_card(corpus, datasets, recipe, history, step, arch, sam, command, seconds)
+    with atomic_path(out_dir / "teacher.md") as tmp:
+        tmp.write_text(card, encoding="utf-8")
+    state = {"recipe": {**asdict(recipe), "margins": list(recipe.margins)}, "step": step, "history": history,
+             "state_dict": {k: v.detach().cpu().clone() for k, v in sam.state_dict().items()},
+             "optimizer": optimizer.state_dict()}
+    with atomic_path(out_dir / "checkpoints" / "last.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def read_history(log_csv: Path) -> list:
+    """The rows of a pre-training log (for plots and reports)."""
+    with open(log_csv, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -37,6 +37,7 @@ from ..scale import ModelScale, check_pixel_size
 from . import distributed
 from .batches import batch_masks, batch_tensors, encode_training_set
 from .cache import EmbeddingCache
+from .init import Start, starting_weights
 from .loss_log import LossLog
 from .mask_targets import supervision_counts
 from .validation_loss import write_validation_losses
@@ -118,6 +119,7 @@ class TrainResult:
     encoder_runs: int
     mask_annotations: int = 0    # annotations supervised with their given masks
     box_annotations: int = 0     # ... and with their boxes (the teacher's pseudo-masks)
+    start: str = ""              # where the trained weights started from
 
 
 def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
@@ -150,6 +152,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
     if state is not None and state["sam"]["sha256"] != identity["sha256"]:
         raise DessamError(f"{last_path}: this run was trained on other SAM weights ({state['sam']['name']}); "
                           f"resume with the same --sam and --sam-checkpoint")
+    start = starting_weights(model, identity, config.train.init) if state is None else Start(last_path, "resumed")
     encoder_runs = _count_calls(model.sam.image_encoder)
     cache_dir = Path(config.train.cache_dir) if config.train.cache_dir else out_dir / "cache"
     cache = EmbeddingCache(cache_dir, encoder_key=f"{identity['sha256']}:{model.image_size}")
@@ -255,7 +258,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
         if log is not None:
             log.close()
     return TrainResult(out_dir / "model.pt", iteration, epoch, skipped_total, dataset.clipped_boxes,
-                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations)
+                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations, start.note)
 
 
 def _count_calls(module: torch.nn.Module):

@@ -1,0 +1,65 @@
+"""Where training starts: the bundled pretrained model, another model file, or random weights.
+
+`train.init` (`dessam train --init`):
+- ``auto`` (the default): the bundled pretrained model (`dessam.models.bundled`) when the run uses
+  the bundled default teacher and the same detector shape as that model (the `cpu` preset, which
+  `--sam default` applies), else random weights;
+- ``pretrained``: the bundled pretrained model, or a one-line error saying why it cannot be;
+- ``scratch``: freshly initialised detector and token (the authors' way);
+- a path to a `model.pt`: that model's detector and token (to fine-tune a model of one's own).
+Only what training changes is loaded (neck, detector, token); SAM is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DessamError
+from ..models.bundled import PRETRAINED_NAME, bundled_models
+
+CHOICES = ("auto", "pretrained", "scratch")
+
+
+@dataclass
+class Start:
+    source: Optional[Path]   # the model file the weights came from; None: random
+    note: str                # one line for the user
+
+
+def starting_weights(model, identity: dict, init: str) -> Start:
+    """Load the starting weights `init` asks for into `model` (a `DESSAM`) and say where they came from."""
+    from ..models.model_file import read_model_file
+
+    if init == "scratch":
+        return Start(None, "started from random weights (--init scratch)")
+    if init in ("auto", "pretrained"):
+        path = bundled_models().get(PRETRAINED_NAME)
+        if path is None:
+            if init == "pretrained":
+                raise DessamError("--init pretrained: this installation has no bundled pretrained model; "
+                                  "use --init scratch")
+            return Start(None, "started from random weights (no bundled pretrained model)")
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise DessamError(f"{path}: --init model file not found; give a RUN/model.pt, pretrained or scratch")
+    source = read_model_file(path)
+    label = "the bundled pretrained model" if init in ("auto", "pretrained") else str(path)
+    if source.identity["sha256"] != identity["sha256"]:
+        if init == "auto":
+            return Start(None, "started from random weights (the bundled pretrained model belongs to the bundled "
+                               "default teacher, not this SAM)")
+        raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
+                          f"({source.identity.get('checkpoint') or source.identity['name']}); train with those, "
+                          "or use --init scratch")
+    try:
+        model.load_trainable_state_dict(source.state_dict)
+    except (KeyError, RuntimeError):
+        if init == "auto":
+            return Start(None, "started from random weights (this configuration's detector differs from the bundled "
+                               "pretrained model's)")
+        raise DessamError(f"{path}: --init {init}: {label} has another detector shape than this configuration; "
+                          "train with its settings (the cpu preset for the bundled model), or use --init scratch") from None
+    return Start(path, f"started from {label} ({path}); --init scratch starts from random weights")

@@ -1,0 +1,118 @@
+"""Pre-training the default teacher on a corpus: prompts, targets, the run, its card and resuming."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from public_layouts import write_dsb
+
+from dessam.cli import main
+from dessam.models.checkpoints import read_sam_state_dict
+from dessam.models.default_teacher import load_default_teacher
+from dessam.models.sam import build_sam
+from dessam.training import pretrain_teacher as pt
+
+TINY = {"widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "prompt_dim": 16, "decoder_mlp_dim": 32, "decoder_heads": 2,
+        "iou_hidden": 16, "mask_in_chans": 4, "image_size": 128, "local_margin": 2}
+
+
+@pytest.fixture
+def tiny_arch(monkeypatch):
+    monkeypatch.setitem(pt.ARCH_SIZES, "tiny", TINY)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    write_dsb(tmp_path / "dsb", count=8, size=(48, 56))
+    path = tmp_path / "corpus.yaml"
+    path.write_text(yaml.safe_dump({"datasets": [
+        {"name": "dsb", "format": "dsb", "path": "dsb", "licence": "CC0-1.0", "val_fraction": 0.3,
+         "stain": "fluorescence"},
+        {"name": "pap", "format": "synthetic", "generator": "pap", "licence": "Apache-2.0", "weight": 0.5,
+         "val_images": 1},
+    ]}))
+    return path
+
+
+def _recipe(**changes):
+    return pt.Recipe(**{"steps": 4, "batch_size": 2, "crop": 32, "max_prompts": 3, "warmup": 2, "arch": "tiny",
+                        "eval_every": 2, "val_limit": 2, **changes})
+
+
+def test_jittered_boxes_stay_in_the_image_and_err_like_detections():
+    boxes = np.repeat(np.array([[10, 10, 40, 30]], np.float32), 2000, 0)
+    out = pt.jitter_boxes(boxes, np.random.default_rng(0), (48, 64), noise=0.08, wide_noise=0.2, wide_share=0.15)
+    assert out.min() >= 0 and out[:, 2].max() <= 64 and out[:, 3].max() <= 48
+    assert (out[:, 2:] >= out[:, :2] + 1).all()
+    errors = (out - boxes)[:, 0] / 30
+    assert 0.08 < errors.std() < 0.12  # the mixture of the two error sizes
+    assert np.abs(errors).max() <= 0.4 + 1e-6
+
+
+def test_nucleus_boxes_skip_tiny_pieces_and_window_targets_cut_each_nucleus():
+    labels = np.zeros((20, 20), np.uint32)
+    labels[2:6, 3:8] = 1
+    labels[10:12, 10:11] = 2  # 2 pixels: too small to prompt
+    ids, boxes = pt.nucleus_boxes(labels, min_area=4)
+    assert ids.tolist() == [1] and boxes.tolist() == [[3, 2, 8, 6]]
+    target = pt.window_targets(labels, np.array([1]), np.array([[-2, 1]]), 8)
+    assert target.shape == (1, 1, 8, 8)
+    np.testing.assert_array_equal(target[0, 0].numpy(), np.pad(labels == 1, ((2, 0), (0, 0)))[0:8, 1:9])
+
+
+def test_crop_losses_train_the_encoder_through_windows_placed_in_the_frame(tiny_arch):
+    sam = pt.build_default_architecture(128, pt.full_arch(TINY))
+    decoder = pt.PromptedMaskDecoder(sam, prompt_token=False)
+    labels = np.zeros((32, 32), np.uint32)
+    labels[4:14, 6:18] = 1
+    prompted = pt.Prompted(np.array([[5, 3, 19, 15]], np.float32), np.array([[6, 4, 18, 14]], np.float32),
+                           np.array([1]))
+    image = torch.rand(1, 3, 32, 32) * 255
+    embedding = sam.image_encoder(pt.normalise(sam, image))
+    assert embedding.shape[-2:] == (8, 8)
+    loss, iou = pt.crop_losses(decoder, embedding, labels, prompted, margin=1, offset=(3, 5))
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= float(iou[0]) <= 1
+    assert sam.image_encoder.stages[0][0][0].weight.grad.abs().sum() > 0
+    frame = pt.in_frame(embedding.detach(), 16, (3, 5))
+    assert torch.equal(frame[:, :, 3:11, 5:13], embedding.detach()) and frame[:, :, :3].abs().sum() == 0
+
+
+def test_a_run_writes_a_loadable_teacher_its_card_and_log(tmp_path, corpus, tiny_arch):
+    result = pt.pretrain_teacher(corpus, tmp_path / "run", _recipe(), progress=False, command="dessam pretrain-teacher")
+    assert result.steps_done == 4 and set(result.validation) == {"dsb", "pap"}
+    assert all(0 <= v <= 1 for v in result.validation.values())
+    sam = load_default_teacher(None, result.teacher_path)
+    assert sam.image_encoder.img_size == 128 and sam.prompt_encoder.image_embedding_size == (32, 32)
+    assert build_sam("default", result.teacher_path).prompt_encoder.embed_dim == 16
+    card = result.card_path.read_text()
+    assert "Apache-2.0, like dessam" in card and "| dsb | dsb | fluorescence |" in card
+    assert "dessam pretrain-teacher" in card and "| 4 |" in card  # the last validation row
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and rows[1]["val_dsb"] and not rows[0]["val_dsb"]
+
+
+def test_a_resumed_run_is_the_run_that_was_not_interrupted(tmp_path, corpus, tiny_arch):
+    whole = pt.pretrain_teacher(corpus, tmp_path / "whole", _recipe(), progress=False)
+    pt.pretrain_teacher(corpus, tmp_path / "cut", _recipe(steps=2), progress=False)
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    state["recipe"]["steps"] = 4  # as if the first run had been asked for 4 steps and stopped after 2
+    torch.save(state, tmp_path / "cut" / "checkpoints" / "last.pt")
+    resumed = pt.pretrain_teacher(corpus, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.steps_done == 4
+    a, b = read_sam_state_dict(whole.teacher_path), read_sam_state_dict(resumed.teacher_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "log.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+
+
+def test_command_line_mistakes_are_one_line(tmp_path, corpus, capsys):
+    assert main(["pretrain-teacher", "--corpus", str(corpus), "--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "nothing to resume from" in capsys.readouterr().err
+    assert main(["pretrain-teacher", "--corpus", str(corpus), "--out", str(tmp_path / "r"), "--crop", "40"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    assert main(["pretrain-teacher", "--corpus", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "corpus manifest not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,97 @@
+"""The bundled pretrained model: where training starts from it, predict and eval without --model."""
+
+import json
+
+import pytest
+import torch
+from scenes import tiny_config
+
+import dessam.models.bundled as bundled
+from dessam.cli import main
+from dessam.errors import DessamError
+from dessam.models.model_file import read_model_file
+from dessam.training.train import train
+
+
+@pytest.fixture
+def as_bundled(trained_tiny, monkeypatch):
+    """The tiny trained model stands in for the bundled pretrained model."""
+    monkeypatch.setitem(bundled.BUNDLED_MODEL_FILES, bundled.PRETRAINED_NAME, trained_tiny)
+    return trained_tiny
+
+
+def _same_weights(a, b) -> bool:
+    first, second = read_model_file(a).state_dict, read_model_file(b).state_dict
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_starts_from_the_model_it_is_told(box_dataset, trained_tiny, tmp_path):
+    boxes_json, _, images = box_dataset
+    config = tiny_config(max_iters=0)
+    config.train.init = str(trained_tiny)
+    result = train(config, boxes_json, images, tmp_path / "run", progress=False)
+    assert _same_weights(result.model_path, trained_tiny) and str(trained_tiny) in result.start
+    config.train.init = "scratch"
+    scratch = train(config, boxes_json, images, tmp_path / "scratch", progress=False)
+    assert not _same_weights(scratch.model_path, trained_tiny) and "random weights" in scratch.start
+
+
+def test_auto_starts_from_the_bundled_model_only_when_it_fits(box_dataset, as_bundled, tmp_path):
+    boxes_json, _, images = box_dataset
+    result = train(tiny_config(max_iters=0), boxes_json, images, tmp_path / "auto", progress=False)
+    assert _same_weights(result.model_path, as_bundled) and "bundled pretrained model" in result.start
+    other = tiny_config(max_iters=0)
+    other.model.neck_channels = 16  # another detector shape
+    result = train(other, boxes_json, images, tmp_path / "other", progress=False)
+    assert "differs from the bundled pretrained model's" in result.start
+    other.train.init = "pretrained"
+    with pytest.raises(DessamError, match="another detector shape"):
+        train(other, boxes_json, images, tmp_path / "refused", progress=False)
+
+
+def test_no_bundled_model_means_random_weights_or_a_clear_refusal(box_dataset, monkeypatch, tmp_path):
+    monkeypatch.setitem(bundled.BUNDLED_MODEL_FILES, bundled.PRETRAINED_NAME, tmp_path / "absent.pt")
+    boxes_json, _, images = box_dataset
+    assert "no bundled pretrained model" in train(tiny_config(max_iters=0), boxes_json, images, tmp_path / "a",
+                                                  progress=False).start
+    config = tiny_config(max_iters=0)
+    config.train.init = "pretrained"
+    with pytest.raises(DessamError, match="no bundled pretrained model"):
+        train(config, boxes_json, images, tmp_path / "b", progress=False)
+    config.train.init = str(tmp_path / "nope.pt")
+    with pytest.raises(DessamError, match="--init model file not found"):
+        train(config, boxes_json, images, tmp_path / "c", progress=False)
+
+
+def test_predict_without_model_uses_the_bundled_one_and_says_so(box_dataset, as_bundled, tmp_path, capsys):
+    _, _, images = box_dataset
+    code = main(["predict", str(images / "scene_000.png"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0 and (tmp_path / "out" / "scene_000_labels.tif").is_file()
+    lines = [line for line in err.splitlines() if "bundled pretrained model" in line]
+    assert len(lines) == 1 and "--model RUN/model.pt" in lines[0]
+
+
+def test_predict_without_model_and_nothing_bundled_is_one_line(box_dataset, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(bundled.BUNDLED_MODEL_FILES, bundled.PRETRAINED_NAME, tmp_path / "absent.pt")
+    _, _, images = box_dataset
+    assert main(["predict", str(images / "scene_000.png"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "pass --model RUN/model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_with_baselines_has_a_row_for_the_bundled_model(box_dataset, as_bundled, tmp_path):
+    boxes_json, masks_json, images = box_dataset
+    config = tiny_config(max_iters=2)
+    config.train.init = "scratch"
+    model = train(config, boxes_json, images, tmp_path / "run", progress=False).model_path
+    assert main(["eval", "--model", str(model), "--data", str(masks_json), "--images", str(images),
+                 "--out", str(tmp_path / "report"), "--baselines", "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert "pretrained (bundled)" in report["methods"] and "des-sam" in report["methods"]
+    assert report["settings"]["reference"] == str(as_bundled)
+    assert "| pretrained (bundled) |" in (tmp_path / "report" / "metrics.md").read_text()
+    assert main(["eval", "--model", str(as_bundled), "--data", str(masks_json), "--images", str(images),
+                 "--out", str(tmp_path / "self"), "--baselines", "--quiet", "--device", "cpu"]) == 0
+    assert "pretrained (bundled)" not in json.loads((tmp_path / "self" / "metrics.json").read_text())["methods"]
