@@ -116,3 +116,27 @@ def test_command_line_mistakes_are_one_line(tmp_path, corpus, capsys):
     assert main(["pretrain-teacher", "--corpus", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "corpus manifest not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, corpus, tiny_arch):
+    from dessam.data.coco import load_coco
+    from dessam.training.pretrain_model import pretrain_model
+
+    teacher = pt.pretrain_teacher(corpus, tmp_path / "teacher", _recipe(steps=1), progress=False).teacher_path
+    manifest = yaml.safe_load(corpus.read_text())
+    manifest["datasets"].append({"name": "shapes", "format": "synthetic", "generator": "anything",
+                                 "licence": "Apache-2.0", "use": ["teacher"]})
+    corpus.write_text(yaml.safe_dump(manifest))
+    result = pretrain_model(corpus, teacher, tmp_path / "model", max_iters=2, synthetic_images=2, progress=False,
+                            command="dessam pretrain-model")
+    train = load_coco(tmp_path / "model" / "corpus" / "train.json", tmp_path / "model" / "corpus" / "images")
+    assert all(segmentation is None for record in train.images for segmentation in record.segmentations)
+    names = {record.file_name.split("/")[0] for record in train.images}
+    assert names == {"dsb", "pap"}  # the shapes teach the teacher only
+    assert set(result.validation) == {"dsb", "pap"} and "aji" in result.validation["dsb"]
+    card = result.card_path.read_text()
+    assert "boxes only" in card and "| dsb |" in card and "dessam pretrain-model" in card
+    from dessam.inference.loading import load_model
+
+    model = load_model(result.model_path, sam_checkpoint=teacher)
+    assert model.config.model.neck_finest_stride == 4 and model.config.train.init == "scratch"

@@ -163,8 +163,11 @@ def sam_for_model(model: ModelFile, sam_checkpoint=None, image_size: Optional[in
     elif sam_checkpoint:
         checkpoint = Path(sam_checkpoint)
         digest = file_sha256(checkpoint)
-    elif sam_name == "default":  # today's bundled teacher, or an earlier one the model was trained on
+    elif sam_name == "default":  # a bundled teacher (today's or an earlier one), or the named file beside the model
         checkpoint = teacher_for_digest(identity["sha256"])
+        beside = find_sam_weights(identity, path) if checkpoint is None else None
+        if beside is not None and beside.is_file() and file_sha256(beside) == identity["sha256"]:
+            checkpoint = beside
         if checkpoint is None:
             raise DessamError(
                 f"{path}: was trained on the teacher file {identity.get('checkpoint')} (sha256 "

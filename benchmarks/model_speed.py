@@ -1,0 +1,59 @@
+"""Prediction speed of several models on the same images, measured in one run.
+
+    python benchmarks/model_speed.py --images GBM40/images --models demo_output/run/model.pt pretrained
+
+Each model predicts every image as `dessam predict` does (the fast path of the device, the model's
+own scale and windows); the models take turns image by image, so that whatever else the machine
+does weighs on all of them alike. Prints megapixels per second for each model and its ratio to
+the first. "pretrained" names the bundled pretrained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", required=True, help="a folder of images")
+    parser.add_argument("--models", nargs="+", required=True, help="model.pt files, or 'pretrained'")
+    parser.add_argument("--limit", type=int, default=20, help="images used (the first, by name; default 20)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    from dessam.data.images import read_image
+    from dessam.inference.loading import load_model
+    from dessam.inference.files import expand_inputs
+    from dessam.models.bundled import PRETRAINED_NAME, bundled_models
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = [Path(m) if m != "pretrained" else bundled_models()[PRETRAINED_NAME] for m in args.models]
+    models = [load_model(path, device="cpu") for path in paths]
+    images = [read_image(p) for p in expand_inputs([args.images])[:args.limit]]
+    for model in models:  # the first call builds what later calls reuse
+        model.predict(images[0])
+    seconds, nuclei = np.zeros(len(models)), np.zeros(len(models))
+    for image in images:
+        for index, model in enumerate(models):
+            start = time.perf_counter()
+            nuclei[index] += len(model.predict(image))
+            seconds[index] += time.perf_counter() - start
+    megapixels = sum(image.shape[0] * image.shape[1] for image in images) / 1e6
+    print(f"{len(images)} images, {megapixels:.2f} Mpx, {torch.get_num_threads()} CPU threads\n")
+    print("| model | seconds | Mpx/s | nuclei per image | speed vs the first |")
+    print("|---|---:|---:|---:|---:|")
+    for path, time_spent, found in zip(paths, seconds, nuclei):
+        print(f"| {path} | {time_spent:.1f} | {megapixels / time_spent:.3f} | {found / len(images):.0f} | "
+              f"{seconds[0] / time_spent:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
