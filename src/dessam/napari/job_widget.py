@@ -12,17 +12,28 @@ import math
 import time
 from typing import Callable, Optional
 
+import napari
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from ..errors import DessamError
 from .worker import Job, Outcome
 
 
+def is_layer(layer, kind: str) -> bool:
+    """Whether `layer` is a napari layer of `kind` ("Image", "Shapes", "Labels")."""
+    return isinstance(layer, getattr(napari.layers, kind))
+
+
+def find_layer(viewer, name: str, kind: str):
+    """The viewer's layer of `kind` called `name`, or None."""
+    return next((layer for layer in viewer.layers if layer.name == name and is_layer(layer, kind)), None)
+
+
 def layer_box(viewer, label: str, kind: str, optional: bool = False, tooltip: str = "") -> ComboBox:
     """A box listing the viewer's layers of `kind` ("Image", "Shapes", "Labels"), with "none" first
     when `optional`; its choices follow the layers as they come and go (`JobWidget`)."""
     def choices(_widget) -> list:
-        return [(layer.name, layer) for layer in viewer.layers if type(layer).__name__ == kind]
+        return [(layer.name, layer) for layer in viewer.layers if is_layer(layer, kind)]
 
     return ComboBox(label=label, choices=choices, nullable=optional, tooltip=tooltip)
 

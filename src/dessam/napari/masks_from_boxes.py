@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import napari
 import numpy as np
 
 from ..errors import DessamError
 from ..labeling.box_masks import box_masks
 from ..labeling.label import REVIEW_COUNT, mask_flags
 from ..labeling.review import certainty, review_order
-from .job_widget import JobWidget, layer_box
+from .job_widget import JobWidget, find_layer, layer_box
 from .layers import BOX_COLUMNS, layer_image, shape_boxes
 from .model_choice import ModelChoice, load
 
@@ -64,7 +65,7 @@ def mask_features(masks, boxes: np.ndarray) -> dict:
 class MasksFromBoxesWidget(JobWidget):
     run_text = "Draw masks"
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         self.image = layer_box(viewer, "image", "Image")
         self.boxes = layer_box(viewer, "boxes", "Shapes", tooltip="a Shapes layer of rectangles, one per nucleus")
         self.model = ModelChoice(teachers=True)
@@ -93,8 +94,7 @@ class MasksFromBoxesWidget(JobWidget):
 
     def finish(self, result: Drawn) -> str:
         name = result.image_layer.name + SUFFIX
-        existing = next((layer for layer in self.viewer.layers
-                         if layer.name == name and type(layer).__name__ == "Labels"), None)
+        existing = find_layer(self.viewer, name, "Labels")
         if existing is not None:
             existing.data, existing.features = result.labels, result.features
         else:

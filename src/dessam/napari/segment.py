@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import napari
 from magicgui.widgets import FloatSpinBox
 
 from ..errors import DessamError
-from .job_widget import JobWidget, layer_box
+from .job_widget import JobWidget, find_layer, layer_box
 from .layers import layer_image, nucleus_features
 from .model_choice import ModelChoice, load
 
@@ -41,7 +42,7 @@ def image_metadata(image: np.ndarray, pixel_size_um: Optional[float]) -> dict:
 class SegmentWidget(JobWidget):
     run_text = "Segment"
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         self.image = layer_box(viewer, "image", "Image")
         self.model = ModelChoice(teachers=False)
         self.pixel_size = FloatSpinBox(label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
@@ -67,12 +68,11 @@ class SegmentWidget(JobWidget):
     def finish(self, result: Segmented) -> str:
         name = result.image_layer.name + SUFFIX
         metadata = image_metadata(result.image, result.pixel_size_um)
-        existing = next((layer for layer in self.viewer.layers
-                         if layer.name == name and type(layer).__name__ == "Labels"), None)
+        existing = find_layer(self.viewer, name, "Labels")
         if existing is not None:  # segmenting again replaces the earlier result
             existing.data, existing.features = result.labels, result.features
             existing.metadata.update(metadata)
         else:
             self.viewer.add_labels(result.labels, name=name, features=result.features, metadata=metadata,
                                    scale=result.image_layer.scale[:2], translate=result.image_layer.translate[:2])
-        return f"{len(result.features['index'])} nuclei in '{name}' ({self.seconds:.1f} s)"
+        return f"{len(result.features['index'])} nuclei found in {self.seconds:.1f} s: layer '{name}'"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from ..atomic import atomic_path
@@ -35,7 +36,7 @@ from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
 from ..training.train import train, training_factor
 from ..training.views import training_views
-from .job_widget import JobWidget, layer_box
+from .job_widget import JobWidget, is_layer, layer_box
 from .layers import rgb_image, shape_boxes
 from .training_set import Annotated, TrainingSet, check_annotated, write_training_set
 
@@ -130,7 +131,7 @@ class TrainWidget(JobWidget):
     stop_text = "Stop"
     stopped_message = "stopped before training began: no model was written"
 
-    def __init__(self, viewer, sams: Optional[Sequence[str]] = None):
+    def __init__(self, viewer: napari.viewer.Viewer, sams: Optional[Sequence[str]] = None):
         self.rows = Container(labels=False)
         self.sam = ComboBox(label="SAM", choices=list(sams or sam_choices()),
                             tooltip="default: the small SAM bundled with dessam; vit_b etc. once fetched")
@@ -152,7 +153,7 @@ class TrainWidget(JobWidget):
         before = {row.image_layer: (row.use.value, row.boxes.value, row.masks.value) for row in self.rows}
         self.rows.clear()
         for layer in self.viewer.layers:
-            if type(layer).__name__ != "Image":
+            if not is_layer(layer, "Image"):
                 continue
             row = ImageRow(self.viewer, layer)
             use, boxes, masks = before.get(layer, (None, None, None))
