@@ -30,3 +30,56 @@ def trained_tiny(box_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     result = train(tiny_config(epochs=5), boxes_json, images, out, progress=False)
     return result.model_path
+
+
+@pytest.fixture(scope="session")
+def finding_model(box_dataset, tmp_path_factory):
+    """A DES-SAM on the bundled teacher trained for a few seconds (60 iterations, `cpu` preset at a
+    higher learning rate): unlike `trained_tiny`, it finds the nuclei of the scenes it saw."""
+    from dessam.config import Config
+    from dessam.training.train import train
+
+    boxes_json, _, images = box_dataset
+    config = Config().apply_preset("cpu")
+    config.train.max_iters, config.train.lr, config.train.warmup_iters = 60, 2e-3, 10
+    return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path
+
+
+@pytest.fixture(scope="session")
+def viewer_display():
+    """An X display for napari's Qt viewer (it draws with OpenGL, which Qt's offscreen platform
+    lacks): the one there is, or an Xvfb server for the session. With neither, the viewer tests are
+    skipped with the reason, or fail where DESSAM_REQUIRE_VIEWER=1 says they must run (CI)."""
+    import shutil
+    import subprocess
+
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        reason = ("no display and no Xvfb for napari's viewer: `make install` as root installs it, "
+                  "or run `sudo apt-get install xvfb`")
+        if os.environ.get("DESSAM_REQUIRE_VIEWER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as display:
+        number = display.readline().strip()  # Xvfb writes its display number once it accepts clients
+    if not number:
+        server.kill()
+        pytest.fail("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    yield os.environ["DISPLAY"]
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def viewer(viewer_display, make_napari_viewer):
+    """A real napari viewer (Qt and OpenGL) on the session's display."""
+    return make_napari_viewer()
