@@ -46,3 +46,18 @@ def test_from_the_plugins_menu_sample_boxes_become_masks(viewer, qtbot):
     assert run(qtbot, widget).startswith(f"{len(boxes.data)} masks in '{image.name} masks'")
     masks = viewer.layers[f"{image.name} masks"]
     assert len(masks.features) == len(boxes.data) and (np.unique(masks.data) > 0).sum() >= 0.9 * len(boxes.data)
+
+
+def test_the_plugin_loads_pytorch_after_the_viewer_without_crashing(viewer_display):
+    """napari started first (as a user does), then the plugin: its PyTorch must live beside Mesa's
+    OpenGL, which loads its own LLVM (a new process: here PyTorch is imported already)."""
+    code = ("import napari, sys\n"
+            "viewer = napari.Viewer()\n"
+            "viewer.open_sample('dessam', 'pap_field')\n"
+            "widget = viewer.window.add_plugin_dock_widget('dessam', 'Segment')[1]\n"
+            "import torchvision.ops\n"
+            "print('torch' in sys.modules, len(viewer.layers))\n"
+            "viewer.close()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "2"]
