@@ -46,6 +46,9 @@ def main() -> int:
         import napari
         from qtpy.QtWidgets import QApplication
 
+        from PIL import Image
+
+        from dessam.atomic import atomic_path
         from dessam.data.images import read_image
         from dessam.napari.model_choice import MODEL_FILE
 
@@ -70,7 +73,9 @@ def main() -> int:
         for _ in range(20):
             QApplication.processEvents()
             time.sleep(0.05)
-        viewer.screenshot(args.out, canvas_only=False)
+        picture = viewer.screenshot(canvas_only=False)
+        with atomic_path(args.out) as tmp:
+            Image.fromarray(picture[..., :3]).save(tmp, format="PNG", optimize=True)
         print(f"screenshot written to {args.out}")
         viewer.close()
         return 0
