@@ -2,6 +2,7 @@
 
 import csv
 
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -87,4 +88,9 @@ def test_bad_inputs_give_their_message_and_add_nothing(viewer, qtbot, tmp_path):
     viewer.add_image(np.zeros((3, 64, 64), np.uint8), name="stack")
     widget.image.value = viewer.layers["stack"]
     assert "3-D image" in run(qtbot, widget)
-    assert [layer.name for layer in viewer.layers] == ["field", "stack"]
+    slide = [da.zeros((20_000 // f, 20_000 // f, 3), np.uint8, chunks=(1024, 1024, 3)) for f in (1, 16, 64)]
+    viewer.add_image(slide, multiscale=True, rgb=True, contrast_limits=(0, 255), name="slide")  # never read whole
+    widget.image.value = viewer.layers["slide"]
+    assert "20000 x 20000 px is more than dessam holds in memory; predict whole slides with `dessam predict" in run(
+        qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["field", "stack", "slide"]

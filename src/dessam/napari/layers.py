@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.images import MAX_PIXELS
 from ..errors import DessamError
 from ..export import nucleus_measurements
 from ..inference.files import without_alpha
@@ -25,14 +26,17 @@ BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
 
 def layer_image(layer) -> np.ndarray:
     """The 2-D image of an Image layer as stored (H x W, H x W x 3 or 4), the finest level of a
-    multiscale one; other shapes are refused."""
+    multiscale one; other shapes, and images too large to hold in memory, are refused."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    image = np.asarray(data)
-    planar = image.ndim == 2 or (image.ndim == 3 and getattr(layer, "rgb", False))
+    shape = tuple(data.shape)
+    planar = len(shape) == 2 or (len(shape) == 3 and getattr(layer, "rgb", False))
     if not planar:
-        raise DessamError(f"image layer '{layer.name}': a {image.ndim}-D image of shape {image.shape}; "
+        raise DessamError(f"image layer '{layer.name}': a {len(shape)}-D image of shape {shape}; "
                           "dessam segments 2-D images (gray or RGB): open one plane or an RGB image")
-    return image
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise DessamError(f"image layer '{layer.name}': {shape[1]} x {shape[0]} px is more than dessam holds in "
+                          "memory; predict whole slides with `dessam predict SLIDE --out DIR` and open its outputs")
+    return np.asarray(data)
 
 
 def rgb_image(layer) -> np.ndarray:
