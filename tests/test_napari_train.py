@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("napari", reason="napari is not installed: pip install -e '.[napari]' (make install does)")
 
 from scenes import label_boxes, make_nuclei_scene  # noqa: E402
-from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
+from viewer_support import click, dock, run, stop_at_first_progress  # noqa: E402
 
 from dessam.config import Config  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
@@ -70,6 +70,16 @@ def test_stop_ends_training_early_and_keeps_the_model_so_far(viewer, qtbot, tmp_
     iteration = torch.load(tmp_path / "model.pt", weights_only=True)["iteration"]
     assert shown and 1 <= iteration < 500
     assert status.startswith(f"stopped at iteration {iteration} of 500; the model as trained so far saved to")
+
+
+def test_stop_before_training_began_writes_nothing(viewer, qtbot, tmp_path):
+    _open_two_images(viewer)
+    widget = _widget(viewer, tmp_path / "model.pt", 50)
+    click(widget.run_button)
+    click(widget.stop_button)   # while the images are still being written out
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.status.value == "stopped before training began: no model was written"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_refused_before_any_work_with_nothing_written(viewer, qtbot, tmp_path):

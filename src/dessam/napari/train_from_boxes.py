@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import napari
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from ..atomic import atomic_path
@@ -190,6 +190,7 @@ class TrainWidget(JobWidget):
                 data = write_training_set(items, Path(folder) / "data")
                 config = preset_config(sam)
                 fit_schedule(config, iterations, count_views(config, data))
+                job.check()   # Stop before training began: nothing is written
                 result = train(config, data.json_path, data.images_dir, Path(folder) / "run", progress=False,
                                on_iteration=job.iteration)
                 with atomic_path(model_path) as tmp:

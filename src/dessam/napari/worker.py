@@ -64,11 +64,15 @@ class Job:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def check(self) -> None:
+        """Raise `Cancelled` when the user asked to stop."""
+        if self._stop.is_set():
+            raise Cancelled()
+
     def window(self, done: int, total: int) -> None:
         """Prediction's per-window callback: report progress, raise `Cancelled` when asked to stop."""
         self._relay.progress.emit(int(done), int(total), math.nan)
-        if self._stop.is_set():
-            raise Cancelled()
+        self.check()
 
     def iteration(self, iteration: int, total: int, loss: float) -> bool:
         """Training's per-iteration callback: report the loss; True when asked to stop."""
