@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# The system libraries the napari plugin needs on Debian/Ubuntu, installed when missing:
+# The system libraries the napari plugin needs on Debian 12 (and its derivatives), installed when missing:
 # Qt's X11 platform plugin (xcb) and, for headless runs (tests, screenshots), the Xvfb display.
 # Run as root (CI) it installs them with apt-get; otherwise it prints the command to run.
 # Elsewhere (no dpkg: macOS, Windows, other Linux) it does nothing: the Qt wheels bring their own.
@@ -17,9 +17,10 @@ done
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing the system libraries napari's Qt needs:$missing"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
     # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null; }; then
+        echo "apt-get could not install$missing; dessam works without them, napari needs them" >&2
+    fi
 else
     echo "napari needs system libraries that are missing; install them with:" >&2
     echo "    sudo apt-get install --no-install-recommends$missing" >&2
