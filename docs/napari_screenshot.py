@@ -18,6 +18,14 @@ import time
 from pathlib import Path
 
 
+def end_with_parent() -> None:
+    """In the Xvfb child (Linux): be sent SIGTERM when this process dies, even when it crashes."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_display() -> subprocess.Popen | None:
     """Xvfb on a free display when there is no display; None when there is one."""
     os.environ["QT_QPA_PLATFORM"] = "xcb"   # napari draws with OpenGL, which Qt's offscreen platform lacks
@@ -27,7 +35,8 @@ def start_display() -> subprocess.Popen | None:
         sys.exit("no display and no Xvfb: run `make install` as root, or `sudo apt-get install xvfb`")
     read, write = os.pipe()
     server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
-                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=end_with_parent)
     os.close(write)
     with os.fdopen(read) as display:
         os.environ["DISPLAY"] = ":" + display.readline().strip()

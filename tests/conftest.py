@@ -47,6 +47,14 @@ def finding_model(box_dataset, tmp_path_factory):
     return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path
 
 
+def _end_with_parent() -> None:
+    """In a child process (Linux): be sent SIGTERM when the parent dies, even when it crashes."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="session")
 def viewer_display():
     """An X display for napari's Qt viewer (it draws with OpenGL, which Qt's offscreen platform
@@ -68,7 +76,8 @@ def viewer_display():
         pytest.skip(reason)
     read, write = os.pipe()
     server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_end_with_parent)
     os.close(write)
     with os.fdopen(read) as display:
         number = display.readline().strip()  # Xvfb writes its display number once it accepts clients
