@@ -58,7 +58,7 @@ def _end_with_parent() -> None:
 @pytest.fixture(scope="session")
 def viewer_display():
     """An X display for napari's Qt viewer (it draws with OpenGL, which Qt's offscreen platform
-    lacks): the one there is, or an Xvfb server for the session. With neither, the viewer tests are
+    lacks): the one there is, or an Xvfb server for the test run. With neither, the viewer tests are
     skipped with the reason, or fail where DESSAM_REQUIRE_VIEWER=1 says they must run (CI)."""
     import shutil
     import subprocess
@@ -92,5 +92,5 @@ def viewer_display():
 
 @pytest.fixture
 def viewer(viewer_display, make_napari_viewer):
-    """A real napari viewer (Qt and OpenGL) on the session's display."""
+    """A real napari viewer (Qt and OpenGL) on the test run's display."""
     return make_napari_viewer()
