@@ -30,3 +30,67 @@ def trained_tiny(box_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     result = train(tiny_config(epochs=5), boxes_json, images, out, progress=False)
     return result.model_path
+
+
+@pytest.fixture(scope="session")
+def finding_model(box_dataset, tmp_path_factory):
+    """A DES-SAM on the bundled teacher trained for a few seconds (50 iterations of the `cpu` preset,
+    at a higher learning rate and with fewer sampled RoIs and prompts): unlike `trained_tiny`, it
+    finds the nuclei of the scenes it saw (10 to 14 where there are 10)."""
+    from dessam.config import Config
+    from dessam.training.train import train
+
+    boxes_json, _, images = box_dataset
+    config = Config().apply_preset("cpu")
+    config.train.max_iters, config.train.lr, config.train.warmup_iters = 50, 3e-3, 10
+    config.model.roi_batch_per_image, config.loss.distill_max_prompts = 64, 8
+    return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path
+
+
+def _end_with_parent() -> None:
+    """In a child process (Linux): be sent SIGTERM when the parent dies, even when it crashes."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@pytest.fixture(scope="session")
+def viewer_display():
+    """An X display for napari's Qt viewer (it draws with OpenGL, which Qt's offscreen platform
+    lacks): the one there is, or an Xvfb server for the test run. With neither, the viewer tests are
+    skipped with the reason, or fail where DESSAM_REQUIRE_VIEWER=1 says they must run (CI)."""
+    import shutil
+    import subprocess
+
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        reason = ("no display and no Xvfb for napari's viewer: `make install` as root installs it, "
+                  "or run `sudo apt-get install xvfb`")
+        if os.environ.get("DESSAM_REQUIRE_VIEWER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_end_with_parent)
+    os.close(write)
+    with os.fdopen(read) as display:
+        number = display.readline().strip()  # Xvfb writes its display number once it accepts clients
+    if not number:
+        server.kill()
+        pytest.fail("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    yield os.environ["DISPLAY"]
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def viewer(viewer_display, make_napari_viewer):
+    """A real napari viewer (Qt and OpenGL) on the test run's display."""
+    return make_napari_viewer()

@@ -32,6 +32,29 @@ def make_nuclei_scene(rng: np.random.Generator, size: int = 128, count: int = 10
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
+def tiled_field(size: int, seed: int = 0):
+    """A `size` px field tiled from 128 px scenes: the image, its label map and one box per nucleus
+    (x1 y1 x2 y2, pixel edges)."""
+    rng = np.random.default_rng(seed)
+    image, labels = np.zeros((size, size, 3), np.uint8), np.zeros((size, size), np.uint32)
+    for y in range(0, size, 128):
+        for x in range(0, size, 128):
+            scene, scene_labels = make_nuclei_scene(rng, 128)
+            h, w = min(128, size - y), min(128, size - x)
+            image[y:y + h, x:x + w] = scene[:h, :w]
+            part = scene_labels[:h, :w].astype(np.uint32)
+            labels[y:y + h, x:x + w] = np.where(part > 0, part + labels.max(), 0)
+    return image, labels, label_boxes(labels)
+
+
+def label_boxes(labels: np.ndarray) -> np.ndarray:
+    """The box (x1 y1 x2 y2, pixel edges) of each label id present, in ascending id order."""
+    from scipy import ndimage
+
+    return np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labels)
+                     if s is not None], np.float32).reshape(-1, 4)
+
+
 def write_box_dataset(folder: Path, n_images: int = 4, size: int = 128, seed: int = 0, with_masks=False):
     """Write images/ and a COCO file; boxes only unless `with_masks`. Returns (json path, images dir)."""
     from dessam.data.coco import label_map_to_annotations, write_coco

@@ -12,6 +12,7 @@ from dessam.data.coco import load_coco, record_label_map
 from dessam.data.convert import convert
 from dessam.data.images import read_image, write_png
 from dessam.data.nucleus import Nucleus
+from dessam.data.qupath_geojson import read_qupath_geojson
 from dessam.data.synth_slide import make_synthetic_slide
 from dessam.errors import DessamError
 from dessam.export_slide import GeoJSONWriter
@@ -93,6 +94,15 @@ def test_qupath_objects_rectangles_polygons_cells_and_the_rest(tmp_path):
 
     convert("geojson", tmp_path / "case.geojson", tmp_path / "images", tmp_path / "tumour.json", classes=["Tumor"])
     assert len(json.loads((tmp_path / "tumour.json").read_text())["annotations"]) == 1
+
+
+def test_measurements_of_qupath_objects_are_read_in_both_of_its_layouts(tmp_path):
+    features = [_feature(_square(x, 20, 8)) for x in (10, 40, 60)]
+    features[0]["properties"]["measurements"] = {"Area": 64, "Name": "text", "Flag": True}   # QuPath 0.4 on
+    features[1]["properties"]["measurements"] = [{"name": "Area", "value": 64.5}, {"name": "Score"}]  # earlier
+    (tmp_path / "case.geojson").write_text(json.dumps(features))
+    found = read_qupath_geojson(tmp_path / "case.geojson")
+    assert [shape.measurements for shape in found.shapes] == [{"Area": 64.0}, {"Area": 64.5}, None]
 
 
 @pytest.fixture(scope="module")

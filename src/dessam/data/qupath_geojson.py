@@ -131,6 +131,17 @@ def _shape(geometry: Any, where: str) -> tuple[Optional[Shape], str]:
     return Shape.from_polygons(polygons, where), ""
 
 
+def _measurements(properties: dict) -> Optional[dict]:
+    """QuPath's measurement list: {name: number} (QuPath 0.4 on), or [{name, value}] (earlier)."""
+    value = properties.get("measurements")
+    if isinstance(value, list):
+        value = {item.get("name"): item.get("value") for item in value if isinstance(item, dict)}
+    if not isinstance(value, dict):
+        return None
+    return {str(k): float(v) for k, v in value.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k is not None}
+
+
 def read_qupath_geojson(path: str | Path, classes: Optional[list[str]] = None) -> QuPathObjects:
     """The nuclei and regions of one QuPath GeoJSON file (see the module docstring)."""
     path = Path(path)
@@ -153,7 +164,9 @@ def read_qupath_geojson(path: str | Path, classes: Optional[list[str]] = None) -
         shape, reason = _shape(geometry, where)
         if shape is None:
             result.skipped[reason] += 1
-        elif name == REGION_CLASS:
+            continue
+        shape.measurements = _measurements(properties)
+        if name == REGION_CLASS:
             result.regions.append(shape)
         elif classes is not None and name not in classes:
             result.skipped["objects of other classes"] += 1

@@ -23,6 +23,7 @@ class Shape:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     polygons: Optional[list[Polygon]] = None  # None: a box without a mask
     where: str = ""  # file and feature or line, for notes
+    measurements: Optional[dict] = None  # numbers the file gives for the object (QuPath's measurements)
 
     @classmethod
     def from_polygons(cls, polygons: list[Polygon], where: str = "") -> "Shape":

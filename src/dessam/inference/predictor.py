@@ -15,7 +15,7 @@ given per call (default: the model's configuration); how the work runs is `Infer
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -207,11 +207,14 @@ class Predictor:
 
     def image_sources(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, sources=(STUDENT,),
                       given_boxes: Optional[np.ndarray] = None, tile: Optional[bool] = None, overlap: int = 64,
-                      pixel_size_um: Optional[float] = None, progress: bool = False) -> dict:
+                      pixel_size_um: Optional[float] = None, progress: bool = False,
+                      on_window: Optional[Callable[[int, int], None]] = None) -> dict:
         """{source: raw `Instances`} of one image of any size, brought to the model's scale as
         `predict` brings it (see `dessam.scale`): resampled, then whole, or in overlapping windows
         whose nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where
-        they lie farthest from its inner edges. Instances come back in the image's own pixels."""
+        they lie farthest from its inner edges. Instances come back in the image's own pixels.
+        on_window(done, total): called after each batch of windows (a viewer's progress bar); an
+        exception it raises stops the work there."""
         postprocess = postprocess or self.postprocess_settings()
         image = as_rgb(image)
         tiled = self.needs_tiling(image, pixel_size_um) if tile is None else bool(tile)
@@ -226,13 +229,18 @@ class Predictor:
         owner = None if scaled is None else best_windows(scaled, windows)
         found = []
         bar = tqdm(total=len(windows), desc="tiles", unit="tile", disable=not progress or len(windows) == 1)
-        for start in range(0, len(windows), self.settings.batch_size):
-            batch = windows[start:start + self.settings.batch_size]
-            given = None if scaled is None else [window_boxes(scaled, owner == start + i, w) for i, w in enumerate(batch)]
-            found += self.window_sources([working[w.rows, w.cols] for w in batch], postprocess, sources, given,
-                                         n_images=len(windows))
-            bar.update(len(batch))
-        bar.close()
+        try:
+            for start in range(0, len(windows), self.settings.batch_size):
+                batch = windows[start:start + self.settings.batch_size]
+                given = None if scaled is None else [window_boxes(scaled, owner == start + i, w)
+                                                     for i, w in enumerate(batch)]
+                found += self.window_sources([working[w.rows, w.cols] for w in batch], postprocess, sources, given,
+                                             n_images=len(windows))
+                bar.update(len(batch))
+                if on_window is not None:
+                    on_window(start + len(batch), len(windows))
+        finally:
+            bar.close()
         out = {}
         for source in sources:
             pairs = [(window, result[source]) for window, result in zip(windows, found)]
@@ -252,19 +260,24 @@ class Predictor:
         return [result[source] for result in found]
 
     def predict(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
-                overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None) -> Prediction:
+                overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
+                on_window: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Nuclei of `image` (H x W x 3 uint8 RGB; gray, RGBA and 16-bit are converted) at its own size.
 
         tile: None = automatic (windows when the image is larger than one input at the model's
         scale), True / False to force. postprocess: how results are read (default: the model's
         config; `Postprocess(score_threshold=None, remove_holes=False, remove_islands=False)` gives
         the raw instances). pixel_size_um: the image's pixel size, when known (see `dessam.scale`).
+        on_window(done, total): called after each batch of windows, (1, 1) for an image predicted
+        whole; an exception it raises stops the work there (a viewer's progress bar and Cancel).
         """
-        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um)[0]
+        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um, on_window)[0]
 
     def predict_batch(self, images: list, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
-                      overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None) -> list:
-        """`predict` for several images: those that are fitted whole share encoder and decoder calls."""
+                      overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
+                      on_window: Optional[Callable[[int, int], None]] = None) -> list:
+        """`predict` for several images: those that are fitted whole share encoder and decoder calls
+        (and count as one window each for `on_window`)."""
         postprocess = postprocess or self.postprocess_settings()
         images = [as_rgb(image) for image in images]
         raw = [None] * len(images)
@@ -274,9 +287,12 @@ class Predictor:
         for index, instances in zip(together, self.raw_instances([images[i] for i in together], postprocess,
                                                                  n_images=len(images))):
             raw[index] = instances
+        if together and on_window is not None:
+            on_window(len(together), len(together))
         for index in (i for i in range(len(images)) if raw[i] is None):
             raw[index] = self.image_sources(images[index], postprocess, (STUDENT,), tile=tile, overlap=overlap,
-                                            pixel_size_um=pixel_size_um, progress=progress)[STUDENT]
+                                            pixel_size_um=pixel_size_um, progress=progress,
+                                            on_window=on_window)[STUDENT]
         return [Prediction.from_instances(instances.postprocessed(postprocess), postprocess.overlap_winner, image)
                 for instances, image in zip(raw, images)]
 

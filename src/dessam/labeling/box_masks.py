@@ -19,7 +19,7 @@ logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -42,12 +42,15 @@ class BoxMasks:
 
 def box_masks(predictor: Predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool = True,
               overlap: int = 64, postprocess: Optional[Postprocess] = None,
-              pixel_size_um: Optional[float] = None) -> BoxMasks:
+              pixel_size_um: Optional[float] = None,
+              on_window: Optional[Callable[[int, int], None]] = None) -> BoxMasks:
     """The mask of each box (N, 4, x1y1x2y2 in the image's pixels) of `image`, with its scores.
 
     use_token: the trained student's token (False: the frozen teacher). postprocess: how masks
     are cleaned (default: the model's holes and islands; its score threshold plays no part).
     The image is brought to the model's scale as `predict` brings it (`dessam.scale`).
+    on_window(done, total): called after each batch of the windows that hold boxes; an exception
+    it raises stops the work there (a viewer's progress bar and Cancel).
     """
     image = as_rgb(image)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -83,6 +86,8 @@ def box_masks(predictor: Predictor, image: np.ndarray, boxes: np.ndarray, use_to
                 crops[box], origins[box] = crop, (y0 + batch[number].y0, x0 + batch[number].x0)
                 iou[box] = float(decoded.iou[position, 0])
                 stability[box] = strict / loose if loose else 0.0
+        if on_window is not None:
+            on_window(start + len(batch), len(used))
     found = Instances(scaled, iou, crops, origins, working.shape[:2])
     if working.shape[:2] != (height, width):
         found = rescale_instances(found, (height, width))

@@ -63,6 +63,15 @@ def outside_fraction(crop: np.ndarray, origin, box: np.ndarray, margin: float = 
     return 1.0 - inside / area
 
 
+def mask_flags(crop: np.ndarray, origin, box: np.ndarray, outside_margin: float = OUTSIDE_MARGIN,
+               outside_limit: float = OUTSIDE_FRACTION) -> tuple[float, list]:
+    """(outside fraction, flags) of one mask: `empty` without a pixel, `outside` when more than
+    `outside_limit` of its pixels lie outside its box grown by `outside_margin`."""
+    fraction = outside_fraction(crop, origin, box, outside_margin)
+    flags = ["empty"] if not crop.any() else ["outside"] if fraction > outside_limit else []
+    return fraction, flags
+
+
 def label_dataset(predictor: Predictor, data_json, images_dir, out_json, review_dir=None, use_token: bool = True,
                   overlap: int = 64, outside_margin: float = OUTSIDE_MARGIN,
                   outside_limit: float = OUTSIDE_FRACTION, review_count: int = REVIEW_COUNT,
@@ -86,8 +95,7 @@ def label_dataset(predictor: Predictor, data_json, images_dir, out_json, review_
         for k, annotation_id in enumerate(record.annotation_ids):
             crop, origin = masks.instances.crops[k], masks.instances.origins[k]
             area = int(crop.sum())
-            fraction = outside_fraction(crop, origin, record.boxes[k], outside_margin)
-            flags = ["empty"] if not area else ["outside"] if fraction > outside_limit else []
+            fraction, flags = mask_flags(crop, origin, record.boxes[k], outside_margin, outside_limit)
             rle = masks.instances.rle(k)
             found[annotation_id] = {"segmentation": rle, "area": area,
                                     "predicted_iou": round(float(masks.predicted_iou[k]), 4),

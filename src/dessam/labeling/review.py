@@ -52,7 +52,12 @@ class ReviewItem:
 
     @property
     def certainty(self) -> float:
-        return min(self.predicted_iou, self.stability_score)
+        return certainty(self.predicted_iou, self.stability_score)
+
+
+def certainty(predicted_iou: float, stability_score: float) -> float:
+    """How sure SAM is of a mask: the lower of its predicted IoU and its stability score."""
+    return min(predicted_iou, stability_score)
 
 
 def review_order(items: list) -> list:

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -119,11 +119,18 @@ class TrainResult:
     encoder_runs: int
     mask_annotations: int = 0    # annotations supervised with their given masks
     box_annotations: int = 0     # ... and with their boxes (the teacher's pseudo-masks)
+    stopped: bool = False        # `on_iteration` asked to stop before the schedule's end
     start: str = ""              # where the trained weights started from
 
 
 def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None) -> TrainResult:
+    """Train on `train_json` into `out_dir` (see the module docstring).
+
+    on_iteration(iteration, total, loss): called after every iteration (single process; a viewer's
+    loss readout); when it returns True, training stops there and saves what it has, as at the
+    end of the schedule (model.pt, last.pt; `resume` goes on from it).
+    """
     out_dir = Path(out_dir)
     dist = distributed.current()
     device = resolve_device(config.train.device) if not dist.enabled else dist.device
@@ -184,6 +191,7 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
         total = min(total, config.train.max_iters)
     skipped_total = 0
     recent = []
+    stopped = False
     bar = tqdm(total=total, initial=iteration, desc="Training", unit="it", disable=not (progress and dist.is_main))
     model.train()
     try:
@@ -227,7 +235,9 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
                         f"training stopped: {nonfinite_run} non-finite losses in a row at iteration {iteration}; "
                         f"{kept}; lower train.lr or set train.grad_clip"
                     )
-                if iteration >= total and batch + 1 < batches_per_epoch:
+                if on_iteration is not None:
+                    stopped = bool(on_iteration(iteration, total, total_loss.item()))
+                if stopped or (iteration >= total and batch + 1 < batches_per_epoch):
                     start_batch = batch + 1
                     break
             else:
@@ -258,7 +268,8 @@ def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume
         if log is not None:
             log.close()
     return TrainResult(out_dir / "model.pt", iteration, epoch, skipped_total, dataset.clipped_boxes,
-                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations, start.note)
+                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations, stopped,
+                       start.note)
 
 
 def _count_calls(module: torch.nn.Module):

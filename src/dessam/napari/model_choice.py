@@ -1,0 +1,100 @@
+"""Which model a widget runs: a bundled DES-SAM model, any model.pt, or (to draw masks of given
+boxes) the frozen SAM alone, as `dessam label --sam` uses it.
+
+The choice is read in the viewer's thread (`ModelChoice.spec`) and loaded in the worker
+(`load`), where a model once loaded is kept for the next run.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit
+
+from ..errors import DessamError
+from ..models.bundled import bundled_models
+from ..models.fetch import find_sam_checkpoint, sam_file_name
+from ..models.sam import OFFICIAL_VARIANTS
+
+MODEL_FILE = "a model.pt file"
+TEACHER = "SAM alone: "    # + a SAM name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str                     # "model" (a DES-SAM model file) or "teacher" (SAM alone)
+    name: str                     # the file's path, or the SAM's name
+
+    @property
+    def use_token(self) -> bool:
+        """The learned prompt token belongs to a trained model; SAM alone has none."""
+        return self.kind == "model"
+
+
+def model_choices(teachers: bool) -> list:
+    """The choices of the model box: SAM alone (the bundled one and the official ones already
+    fetched) when `teachers`, the bundled DES-SAM models, then a file of one's own."""
+    choices = []
+    if teachers:
+        choices.append(TEACHER + "default")
+        choices += [TEACHER + name for name in OFFICIAL_VARIANTS if find_sam_checkpoint(sam_file_name(name))]
+    return choices + [f"bundled: {name}" for name in bundled_models()] + [MODEL_FILE]
+
+
+class ModelChoice(Container):
+    """A model box and, for `MODEL_FILE`, the file to load."""
+
+    def __init__(self, teachers: bool = False):
+        self.source = ComboBox(label="model", choices=model_choices(teachers),
+                               tooltip="SAM alone draws the mask of each box; a trained model also finds the nuclei")
+        self.file = FileEdit(label="model file", mode="r", filter="*.pt",
+                             tooltip="a model.pt written by `dessam train` or by Train from boxes")
+        super().__init__(widgets=[self.source, self.file], labels=True)
+        self.margins = (0, 0, 0, 0)
+        self.source.changed.connect(self._show_file)
+        self._show_file()
+
+    def _show_file(self, *_) -> None:
+        self.file.visible = self.source.value == MODEL_FILE
+
+    def spec(self) -> ModelSpec:
+        """What to load; a file chosen but not given is refused."""
+        value = self.source.value
+        if value.startswith(TEACHER):
+            return ModelSpec("teacher", value[len(TEACHER):])
+        if value != MODEL_FILE:
+            return ModelSpec("model", str(bundled_models()[value.split(": ", 1)[1]]))
+        text = self.file.line_edit.value.strip()
+        if not text:
+            raise DessamError("no model file chosen: pick a model.pt (written by `dessam train` or Train from boxes) "
+                              "in 'model file'")
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise DessamError(f"{path}: model file not found; pick a model.pt written by `dessam train` "
+                              "or Train from boxes")
+        return ModelSpec("model", str(path))
+
+
+_loaded: dict = {}
+_lock = threading.Lock()
+
+
+def load(spec: ModelSpec):
+    """The `Predictor` of `spec` (see `dessam.inference.loading`), kept for the next run; a model
+    file is loaded again when it has changed on disk."""
+    from ..inference.loading import load_model, load_teacher
+
+    stamp = None
+    if spec.kind == "model":
+        stat = Path(spec.name).stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    key = (spec, stamp)
+    with _lock:
+        if key not in _loaded:
+            _loaded.clear()  # one model in memory at a time
+            _loaded[key] = (load_model(spec.name, device="auto") if spec.kind == "model"
+                            else load_teacher(spec.name, device="auto"))
+        return _loaded[key]
+
