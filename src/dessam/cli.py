@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, help="crop side in pixels, a multiple of 16 (default 192)")
     p.add_argument("--max-prompts", type=int, help="boxes prompted per crop (default 12)")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule; default 2e-3)")
-    p.add_argument("--arch", choices=("small", "medium"), help="encoder capacity (default small)")
+    p.add_argument("--arch", choices=("small", "medium", "conv"),
+                   help="encoder: small (default), medium, or conv (the stride-8 encoder of the first teacher)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="validate and save every this many steps (default 500)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")

@@ -111,8 +111,9 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     else:
         train_json, images_dir, val_files = write_corpus_coco(datasets, folder, synthetic_images, progress)
     config = pretrained_config(teacher, max_iters, seed)
-    if epochs is not None:
+    if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config.train.epochs = int(epochs)
+        config.train.lr_steps = (max(int(round(epochs * 5 / 6)), 1),)
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
     validation = {}
     for name, val_json in val_files.items():

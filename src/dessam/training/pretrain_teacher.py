@@ -42,9 +42,10 @@ from ..models.default_teacher import build_default_architecture, full_arch, teac
 from ..models.prompted_decoder import PromptedMaskDecoder, prompt_windows
 
 MIN_PROMPT_AREA = 16    # pixels of a nucleus visible in a crop, for it to be prompted
-ARCH_SIZES = {          # encoder capacities to choose from (`--arch`); both keep SAM's decoder at width 64
+ARCH_SIZES = {          # encoders to choose from (`--arch`); all keep SAM's decoder at width 64
     "small": {"widths": [16, 32, 64, 128], "depths": [1, 2, 2, 2]},
     "medium": {"widths": [24, 48, 96, 160], "depths": [1, 2, 3, 3]},
+    "conv": {"encoder": "conv", "local_margin": 4},  # the first bundled teacher's stride-8 encoder (3.7 MB), for comparison
 }
 
 
