@@ -70,3 +70,11 @@ def test_hed_jitter_without_change_keeps_the_image_and_recolour_inverts_dark_fie
     assert min(means) < 60 < max(means)  # inverted (bright background) some of the time
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(recolour(np.random.default_rng(3), image), image)
+
+
+def test_a_reference_size_rescales_every_image_around_its_nuclei():
+    rng = np.random.default_rng(0)
+    for side in (8.0, 24.0, 60.0):
+        sizes = np.array([draw_scale(rng, side, reference=24.0) for _ in range(200)]) * side
+        assert sizes.min() >= 12 - 1e-6 and sizes.max() <= 48 + 1e-6
+        assert sizes.min() < 16 and sizes.max() > 36  # the whole 0.5-2 x range is drawn

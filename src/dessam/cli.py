@@ -247,7 +247,7 @@ def cmd_pretrain_teacher(args) -> int:
     from .training.pretrain_teacher import Recipe, pretrain_teacher
 
     options = {key: getattr(args, key) for key in ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch",
-                                                   "eval_every") if getattr(args, key) is not None}
+                                                   "eval_every", "nucleus_px") if getattr(args, key) is not None}
     if args.resume and options:
         raise DessamError(f"--resume continues {args.out} with its own recipe; leave out {', '.join(sorted(options))}")
     result = pretrain_teacher(args.corpus, args.out, None if args.resume else Recipe(**options), resume=args.resume,
@@ -464,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder: small (default), medium, or conv (the stride-8 encoder of the first teacher)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="validate and save every this many steps (default 500)")
+    p.add_argument("--nucleus-px", type=float, help="rescale each image around the size that makes its median "
+                   "nucleus this many pixels wide (default: around its own scale)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")
     p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--device", default="cpu")

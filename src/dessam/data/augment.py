@@ -1,8 +1,9 @@
 """Training views of a sample for pre-training: a rescaled crop, turned and recoloured.
 
 `random_view` takes an (image, instance map) pair to a `size` x `size` crop:
-- scale: a factor drawn log-uniformly from `scale_range` (0.5-2 x by default), narrowed so that the
-  image's median nucleus ends up between `MIN_NUCLEUS_PX` and `MAX_NUCLEUS_PX` across;
+- scale: a factor drawn log-uniformly from `scale_range` (0.5-2 x by default) of the image's own
+  scale, or of the scale at which its median nucleus is `reference` pixels across, narrowed so
+  that the median nucleus ends up between `MIN_NUCLEUS_PX` and `MAX_NUCLEUS_PX` across;
 - geometry: the crop's place, a flip and a quarter turn (image and labels together);
 - colour (`recolour`): a dark-background (fluorescence) image is inverted half the time, so that it
   looks like a bright-field one; the stain is jittered in haematoxylin-eosin-DAB space (HED:
@@ -37,9 +38,15 @@ def median_nucleus_side(labels: np.ndarray) -> float:
     return float(np.sqrt(np.median(counts))) if len(counts) else 0.0
 
 
-def draw_scale(rng: np.random.Generator, nucleus_side: float, scale_range=SCALE_RANGE) -> float:
-    """A log-uniform factor in `scale_range`, narrowed to keep the median nucleus a workable size."""
-    low, high = np.log(scale_range[0]), np.log(scale_range[1])
+def draw_scale(rng: np.random.Generator, nucleus_side: float, scale_range=SCALE_RANGE,
+               reference: float | None = None) -> float:
+    """A log-uniform factor in `scale_range`, narrowed to keep the median nucleus a workable size.
+
+    reference: when given (pixels), the range is around the factor that brings the median nucleus
+    to that size, not around the image's own scale: every dataset is seen at nucleus sizes of
+    reference x 0.5-2, whatever its magnification."""
+    base = reference / nucleus_side if reference and nucleus_side > 0 else 1.0
+    low, high = np.log(base * scale_range[0]), np.log(base * scale_range[1])
     if nucleus_side > 0:
         low = max(low, np.log(MIN_NUCLEUS_PX / nucleus_side))
         high = min(high, np.log(MAX_NUCLEUS_PX / nucleus_side))
@@ -72,9 +79,9 @@ def resampled_crop(image: np.ndarray, labels: np.ndarray, top: float, left: floa
 
 
 def random_view(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, size: int,
-                scale_range=SCALE_RANGE, colour: bool = True):
+                scale_range=SCALE_RANGE, colour: bool = True, reference: float | None = None):
     """A random training crop (image, labels) of `size` x `size` (see the module docstring)."""
-    scale = draw_scale(rng, median_nucleus_side(labels), scale_range)
+    scale = draw_scale(rng, median_nucleus_side(labels), scale_range, reference)
     span = size / scale
     height, width = labels.shape
     top = rng.uniform(min(0.0, height - span), max(0.0, height - span))

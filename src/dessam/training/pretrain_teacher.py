@@ -66,6 +66,7 @@ class Recipe:
     box_noise: float = 0.08        # std of each box edge's error, as a share of the box side
     box_noise_wide: float = 0.2    # ... for the share `wide_errors` of boxes that a detector gets badly wrong
     wide_errors: float = 0.15
+    nucleus_px: Optional[float] = None  # rescale around the size that makes the median nucleus this wide (None: native)
     eval_every: int = 500
     val_limit: int = 24            # validation images per dataset (the first ones, in name order)
 
@@ -131,7 +132,7 @@ def draw_crops(rng: np.random.Generator, datasets: list, weights: np.ndarray, re
         dataset = datasets[which]
         sample = (synthetic_scene(dataset.spec.generator, rng) if dataset.synthetic
                   else dataset.train[int(rng.integers(len(dataset.train)))])
-        crop, crop_labels = random_view(rng, sample.image, sample.labels, recipe.crop)
+        crop, crop_labels = random_view(rng, sample.image, sample.labels, recipe.crop, reference=recipe.nucleus_px)
         ids, boxes = nucleus_boxes(crop_labels)
         if not len(ids):
             continue
