@@ -127,3 +127,34 @@ def test_the_preset_registry():
     assert implied_preset("default") == "cpu" and implied_preset("vit_b") is None
     with pytest.raises(DessamError, match="--preset: unknown preset 'vit'; choose one of clusterseg, cpu, demo"):
         Config.compose("vit")
+
+
+def test_dessam_train_composes_its_flags_in_order(monkeypatch, tmp_path):
+    """--sam default brings the cpu preset unless a preset or a config file is named; flags come after
+    the file, --set after the flags."""
+    from types import SimpleNamespace
+
+    from dessam.cli import main
+    from dessam.training import train as train_module
+
+    seen = []
+
+    def fake_train(config, *args, **kwargs):
+        seen.append(config)
+        return SimpleNamespace(model_path="m.pt", iterations=0, epochs_done=0, clipped_boxes=0, dropped_boxes=0,
+                               skipped_nonfinite=0, mask_annotations=0, box_annotations=0, start="")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 4, "seed": 9}}))
+    common = ["train", "--train", "t.json", "--images", "i", "--out", str(tmp_path / "run"), "--skip-validation"]
+    assert main(common + ["--sam", "default"]) == 0
+    assert main(common + ["--sam", "default", "--config", str(path), "--seed", "0"]) == 0
+    assert main(common + ["--set", "model.sam=default", "--epochs", "3", "--set", "train.epochs=5"]) == 0
+    assert main(common + ["--preset", "demo", "--sam", "tiny", "--no-prompt-token", "--set", "model.min_object_size=3"]) == 0
+    implied, from_file, by_set, demo = seen
+    assert implied.preset == "cpu" and implied.model.input_scaling == "fixed"
+    assert from_file.preset is None and from_file.train.epochs == 4 and from_file.train.seed == 0
+    assert by_set.preset is None and by_set.model.sam == "default" and by_set.train.epochs == 5
+    assert demo.preset == "demo" and demo.model.sam == "tiny" and demo.model.prompt_token is False
+    assert demo.model.postprocess.min_size == 3

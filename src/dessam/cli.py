@@ -13,8 +13,9 @@ from .errors import DessamError
 
 
 # ----- sub-commands --------------------------------------------------------------------------
-# `dessam train`'s flags and the settings they set, applied in this order after --preset and --config
-TRAIN_FLAGS = (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"), ("image_size", "model.image_size"),
+# `dessam train`'s flags and the settings they set, in the order they apply (after --preset and --config)
+TRAIN_FLAGS = (("sam", "model.sam"), ("sam_checkpoint", "model.sam_checkpoint"), ("epochs", "train.epochs"),
+               ("max_iters", "train.max_iters"), ("device", "train.device"), ("image_size", "model.image_size"),
                ("batch_size", "train.batch_size"), ("seed", "train.seed"), ("lr", "train.lr"),
                ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um"),
                ("mask_weight", "loss.mask_weight"), ("init", "train.init"))
@@ -25,9 +26,7 @@ def cmd_train(args) -> int:
     from .presets import implied_preset
     from .training.train import train
 
-    overrides = {key: value for key, value in (("model.sam", args.sam), ("model.sam_checkpoint", args.sam_checkpoint))
-                 if value}  # before the other flags, as given
-    overrides.update({key: getattr(args, flag) for flag, key in TRAIN_FLAGS if getattr(args, flag) is not None})
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS if getattr(args, flag) not in (None, "")}
     if args.no_edge_loss:
         overrides["loss.edge_aware"] = False
     if args.no_prompt_token:
