@@ -29,8 +29,8 @@ def main(argv=None) -> int:
 
     from dessam.data.images import read_image
     from dessam.inference.loading import load_model
-    from dessam.inference.files import expand_inputs
     from dessam.models.bundled import PRETRAINED_NAME, bundled_models
+    from dessam.outputs.files import expand_inputs
 
     if args.threads:
         torch.set_num_threads(args.threads)

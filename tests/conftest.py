@@ -41,9 +41,8 @@ def finding_model(box_dataset, tmp_path_factory):
     from dessam.training.train import train
 
     boxes_json, _, images = box_dataset
-    config = Config().apply_preset("cpu")
-    config.train.max_iters, config.train.lr, config.train.warmup_iters = 50, 3e-3, 10
-    config.model.roi_batch_per_image, config.loss.distill_max_prompts = 64, 8
+    config = Config.compose("cpu", overrides={"train.max_iters": 50, "train.lr": 3e-3, "train.warmup_iters": 10,
+                                              "model.roi_batch_per_image": 64, "loss.distill_max_prompts": 8})
     return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path
 
 

@@ -78,7 +78,4 @@ def write_box_dataset(folder: Path, n_images: int = 4, size: int = 128, seed: in
 def tiny_config(**train):
     from dessam.config import Config
 
-    config = Config().apply_preset("tiny")
-    for key, value in train.items():
-        setattr(config.train, key, value)
-    return config
+    return Config.compose("tiny", overrides={f"train.{key}": value for key, value in train.items()})

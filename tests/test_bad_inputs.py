@@ -59,7 +59,7 @@ def world(tmp_path_factory):
     other.parent.mkdir()
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, other)
     config = tiny_config(epochs=1, max_iters=1)
-    config.model.sam_checkpoint = str(sam_path)
+    config = config.replace({"model.sam_checkpoint": str(sam_path)})
     model = train(config, boxes_json, images, root / "run", progress=False).model_path
     return World(root, boxes_json, images, config_path, sam_path, other, model)
 

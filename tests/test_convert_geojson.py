@@ -15,7 +15,7 @@ from dessam.data.nucleus import Nucleus
 from dessam.data.qupath_geojson import read_qupath_geojson
 from dessam.data.synth_slide import make_synthetic_slide
 from dessam.errors import DessamError
-from dessam.export_slide import GeoJSONWriter
+from dessam.outputs.slide_writers import GeoJSONWriter
 
 
 def _labels(height=120, width=160, n=9, seed=0):

@@ -11,10 +11,8 @@ from dessam.models.sam import build_sam
 
 
 def _model(**model_settings):
-    config = tiny_config()
-    config.model.score_threshold = 0.0
-    for key, value in model_settings.items():
-        setattr(config.model, key, value)
+    config = tiny_config().replace({"model.score_threshold": 0.0,
+                                    **{f"model.detector.{key}": value for key, value in model_settings.items()}})
     torch.manual_seed(0)
     return DESSAM(build_sam("tiny", image_size=config.model.image_size), config).eval()
 

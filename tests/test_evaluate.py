@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,12 @@ from dessam.evaluation.evaluate import (
     evaluate_label_maps,
     method_instances,
 )
-from dessam.inference.loading import load_model
-from dessam.training.train import train
+from dessam.config import Postprocess
 from dessam.errors import DessamError
+from dessam.inference.instances import Instances, clean_masks, masks_to_labels
+from dessam.inference.loading import load_model
 from dessam.metrics import evaluate_pair
-from dessam.inference.instances import Instances
-from dessam.postprocess import Postprocess, clean_masks, masks_to_labels
+from dessam.training.train import train
 from scenes import tiny_config, write_box_dataset
 
 N_TEST = 3
@@ -39,8 +40,8 @@ def setup(tmp_path_factory):
     train_json, train_images = write_box_dataset(root / "train", n_images=3, seed=0)
     test_json, test_images = write_box_dataset(root / "test", n_images=N_TEST, seed=1, with_masks=True)
     config = tiny_config(max_iters=10)
-    config.model.score_threshold = 0.05  # a barely trained detector: keep some detections
-    config.model.min_object_size = 10
+    config = config.replace({"model.score_threshold": 0.05})  # a barely trained detector: keep some detections
+    config = config.replace({"model.min_object_size": 10})
     result = train(config, train_json, train_images, root / "run", progress=False)
     model = load_model(result.model_path)
     report_dir = root / "report"
@@ -126,7 +127,7 @@ def test_student_matches_predict(setup):
     report = evaluate(model, setup["test_json"], setup["test_images"], setup["root"] / "plain", progress=False)
     assert list(report["methods"]) == [STUDENT]
     dataset = load_coco(setup["test_json"], setup["test_images"])
-    settings = model.postprocess_settings()
+    settings = model.postprocess
     raw_settings = Postprocess(score_threshold=settings.score_threshold, remove_holes=False, remove_islands=False)
     rows = []
     for record in dataset.images:
@@ -144,10 +145,10 @@ def test_student_matches_predict(setup):
 
 def test_switching_post_processing_off(setup):
     model = setup["model"]
-    before = model.config.model.score_threshold
+    before = model.postprocess.score_threshold
     report = evaluate(model, setup["test_json"], setup["test_images"], setup["root"] / "raw", progress=False,
                       score_threshold=0, remove_small=False)
-    assert model.config.model.score_threshold == before
+    assert model.postprocess.score_threshold == before
     assert report["settings"]["score_threshold"] == 0 and report["settings"]["remove_small"] is False
     official = setup["report"]["methods"][STUDENT]["counts"]["n_pred"]
     assert report["methods"][STUDENT]["counts"]["n_pred"] >= official
@@ -158,10 +159,9 @@ def test_box_as_mask_masks_are_boxes(setup):
     model = setup["model"]
     record = load_coco(setup["test_json"], setup["test_images"]).images[0]
     image = read_image(record.path)
-    keep_all = model.postprocess_settings(score_threshold=0.0)  # every detection of the barely trained detector
+    keep_all = replace(model.postprocess, score_threshold=0.0)  # every detection of the barely trained detector
     raw = method_instances(model, image, record.boxes, ("box-as-mask", "teacher-gt-boxes"), keep_all)
-    inputs = model.prepare([image])
-    [(boxes, _)] = model.detect(model.encode(inputs), inputs, keep_all)
+    [(boxes, _)] = model.detect(model.encode([image]), keep_all)
     filled = raw["box-as-mask"]
     assert len(filled) == len(boxes) > 0
     mask, box = filled.mask(0), boxes[0]

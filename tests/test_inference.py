@@ -11,27 +11,25 @@ from scenes import make_nuclei_scene, tiny_config
 from scipy import ndimage
 
 from dessam.errors import DessamError
+from dessam.geometry.inputs import prepare_image
 from dessam.inference import acceleration
 from dessam.inference.acceleration import autocast_for, maybe_compile
-from dessam.inference.inputs import prepare_image
 from dessam.inference.instances import Instances, mask_ious
 from dessam.inference.masks import instance_crop
-from dessam.inference.predictor import Predictor
+from dessam.inference.predictor import STUDENT, Predictor, student_masks
 from dessam.inference.settings import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, fast_settings, reference_settings
+from dessam.inference.windowed import MaskSource, window_instances
 from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 from dessam.training.train import build_model
 
 
 def _model(sam="tiny", image_size=128, device="cpu", settings=None, **model_settings) -> Predictor:
-    config = tiny_config()
-    config.model.sam = sam
-    config.model.image_size = image_size
-    config.model.mask_threshold = 0.0  # random heads: their logits rarely pass the official 0.5
-    for key, value in model_settings.items():
-        setattr(config.model, key, value)
+    config = tiny_config().replace({"model.sam": sam, "model.image_size": image_size,
+                                    "model.mask_threshold": 0.0,  # random heads: their logits rarely pass the official 0.5
+                                    **{f"model.{key}": value for key, value in model_settings.items()}})
     device = torch.device(device)
     model, identity = build_model(config, device)
-    return Predictor(model, config, identity, device, settings=settings or reference_settings())
+    return Predictor(model, model.config, identity, device, settings=settings or reference_settings())
 
 
 KEEP_ALL = dict(score_threshold=0.0, max_detections=30)
@@ -60,8 +58,13 @@ def nuclei():
 
 
 def _segment(predictor, images, boxes, use_token=True):
-    inputs = predictor.prepare(images)
-    return predictor.segment(predictor.encode(inputs), inputs, boxes, use_token=use_token)
+    return predictor.segment(predictor.encode(images), boxes, use_token=use_token)
+
+
+def _raw_instances(predictor, images, postprocess):
+    """The student's instances of images that each fit one input, before post-processing."""
+    found = window_instances(predictor, images, postprocess, {STUDENT: MaskSource(student_masks)})
+    return [result[STUDENT] for result in found]
 
 
 def _agreement(first, second, images, boxes) -> float:
@@ -157,17 +160,17 @@ def test_maybe_compile_falls_back_when_compiling_fails(monkeypatch):
 
 
 def test_batched_encoder_matches_one_call(tiny, images):
-    inputs = tiny.prepare(images)
+    inputs = [prepare_image(image, tiny.image_size) for image in images]
     expected = tiny.model.encode(torch.stack([item.normalised for item in inputs]))
     batched = _model(settings=InferenceSettings(precision="fp32", batch_size=2))
     batched.model.load_trainable_state_dict(tiny.model.trainable_state_dict())
-    got = batched.encode(inputs)
+    got = batched.encode(images).embeddings
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_predict_is_predict_batch_of_one(tiny, images):
-    postprocess = tiny.postprocess_settings(**KEEP_ALL, min_size=0)
+    postprocess = replace(tiny.postprocess, **KEEP_ALL, min_size=0)
     together = tiny.predict_batch(images, postprocess)
     assert sum(len(p) for p in together) > 0
     for image, batched in zip(images, together):
@@ -184,9 +187,9 @@ def test_fast_path_masks_agree_with_reference(tiny, images, settings):
     """Batching and chunking change nothing (random weights: reduced precision is tested with the teacher)."""
     fast = _model(settings=settings)
     fast.model.load_trainable_state_dict(tiny.model.trainable_state_dict())
-    postprocess = tiny.postprocess_settings(**KEEP_ALL)
-    reference = tiny.raw_instances(images, postprocess)
-    got = fast.raw_instances(images, postprocess)
+    postprocess = replace(tiny.postprocess, **KEEP_ALL)
+    reference = _raw_instances(tiny, images, postprocess)
+    got = _raw_instances(fast, images, postprocess)
     assert [len(i) for i in got] == [len(i) for i in reference] and sum(map(len, got)) > 0
     for a, b in zip(got, reference):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
@@ -236,7 +239,7 @@ def test_local_decoding_places_each_window_where_its_box_is(tiny, nuclei):
     images, boxes = nuclei
     local = _model(settings=InferenceSettings(precision="fp32", local_decoding=True), local_margin=2)
     local.model.load_trainable_state_dict(tiny.model.trainable_state_dict())
-    inputs = local.prepare(images[:1])
+    inputs = [prepare_image(image, local.image_size) for image in images[:1]]
     prompts = torch.from_numpy(boxes[0] * inputs[0].scale)
     origins, size = local.model.decoder.windows(prompts, 2)
     assert size < local.model.decoder.grid
@@ -261,14 +264,15 @@ def test_memory_of_a_prediction_does_not_hold_nuclei_x_area(tiny):
 
     rng = np.random.default_rng(0)
     field = np.concatenate([np.concatenate([make_nuclei_scene(rng, 128)[0] for _ in range(4)], 1) for _ in range(4)], 0)
-    tiny.input_scale = 1.0
+    unknown = tiny.scale
+    tiny.scale = replace(unknown, input_scale=1.0)
     tracemalloc.start()
     try:
-        prediction = tiny.predict(field, tiny.postprocess_settings(**KEEP_ALL, min_size=0))
+        prediction = tiny.predict(field, replace(tiny.postprocess, **KEEP_ALL, min_size=0))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-        tiny.input_scale = None
+        tiny.scale = unknown
     assert len(prediction) > 100 and prediction.labels.shape == field.shape[:2]
     assert all(crop.shape[0] <= 128 and crop.shape[1] <= 128 for crop in prediction.instances.crops)
     assert peak < len(prediction) * field.shape[0] * field.shape[1] / 10

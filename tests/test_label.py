@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,13 +13,13 @@ from scipy import ndimage
 
 from dessam.cli import main
 from dessam.data.coco import load_coco, read_record_image, rle_to_mask
+from dessam.geometry.plan import WindowPlan
+from dessam.geometry.tiling import Window, best_windows
+from dessam.inference.box_masks import box_masks
+from dessam.inference.instances import clean_crop
 from dessam.inference.loading import load_model, load_teacher
-from dessam.inference.tiling import Window
 from dessam.labeling import label as label_module
-from dessam.inference.predictor import best_windows
-from dessam.labeling.box_masks import box_masks
 from dessam.labeling.label import label_dataset, outside_fraction
-from dessam.postprocess import clean_crop
 from dessam.training.train import train
 
 
@@ -53,7 +54,7 @@ def default_model(box_dataset, tmp_path_factory):
     """A model file on the bundled teacher, trained two iterations: its student draws real masks."""
     boxes_json, _, images = box_dataset
     config = tiny_config(max_iters=2)
-    config.model.sam = "default"
+    config = config.replace({"model.sam": "default"})
     return train(config, boxes_json, images, tmp_path_factory.mktemp("default_run"), progress=False).model_path
 
 
@@ -92,12 +93,11 @@ def test_label_with_a_model_uses_the_students_token_through_the_pipeline(default
     written = json.loads((tmp_path / "masks.json").read_text())["annotations"]
     labelled = {a["id"]: rle_to_mask(a["segmentation"]) for a in written}
     record = load_coco(boxes_json, images).images[0]
-    inputs = predictor.prepare([read_record_image(record)])
-    embeddings = predictor.encode(inputs)
-    postprocess = predictor.postprocess_settings(score_threshold=None)
+    encoded = predictor.encode([read_record_image(record)])
+    postprocess = replace(predictor.postprocess, score_threshold=None)
     same = {}
     for use_token in (True, False):
-        [segmented] = predictor.segment(embeddings, inputs, [record.boxes], use_token=use_token)
+        [segmented] = predictor.segment(encoded, [record.boxes], use_token=use_token)
         same[use_token] = []
         for k, annotation_id in enumerate(record.annotation_ids):
             crop, y0, x0 = clean_crop(segmented.crops[k], *segmented.origins[k], segmented.shape, postprocess)
@@ -171,7 +171,7 @@ def test_large_images_are_labelled_in_windows(tmp_path):
     image, labels = make_nuclei_scene(rng, 256, count=40)
     record_boxes = [[sl[1].start, sl[0].start, sl[1].stop, sl[0].stop] for sl in ndimage.find_objects(labels)]
     predictor = load_teacher("default", device="cpu", image_size=128)
-    assert predictor.needs_tiling(image)
+    assert WindowPlan.for_image(image.shape, predictor.image_size, predictor.scale).tiled
     result = box_masks(predictor, image, np.array(record_boxes, np.float32), use_token=False, overlap=48)
     ious = []
     for k in range(len(record_boxes)):

@@ -128,7 +128,7 @@ def test_the_loss_sees_the_given_masks_of_masked_nuclei_and_the_teachers_elsewhe
                                                                                    monkeypatch, tmp_path, local):
     _, _, images = box_dataset
     config = tiny_config()
-    config.model.local_decoding, config.model.local_margin = local, 1
+    config = config.replace({"model.local_decoding": local, "model.local_margin": 1})
     model, _ = build_model(config, torch.device("cpu"))
     model.train()
     dataset = load_coco(mixed_json, images)
@@ -188,7 +188,7 @@ def test_mask_weight_scales_the_distillation_of_masked_prompts(box_dataset, tmp_
     batch = batch_tensors(model, items, cache, "cpu")
     results = {}
     for weight in (1.0, 3.0):
-        config.loss.mask_weight = weight
+        model.config = model.config.replace({"loss.mask_weight": weight})
         torch.manual_seed(0)
         results[weight] = model(*batch, gt_masks=batch_masks(items, "cpu"))
     for name in ("distill_bce", "distill_dice"):

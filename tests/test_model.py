@@ -6,7 +6,7 @@ import torch
 from scenes import make_nuclei_scene, tiny_config
 
 from dessam.data.anything import instance_boxes
-from dessam.inference.inputs import prepare_image
+from dessam.geometry.inputs import prepare_image
 from dessam.losses import edge_aware_losses, valid_region
 from dessam.models.dessam import DESSAM
 from dessam.models.sam import build_sam
@@ -14,7 +14,7 @@ from dessam.models.sam import build_sam
 
 def _model(prompt_token=True):
     config = tiny_config()
-    config.model.prompt_token = prompt_token
+    config = config.replace({"model.prompt_token": prompt_token})
     torch.manual_seed(0)
     return DESSAM(build_sam("tiny", image_size=config.model.image_size), config)
 
@@ -77,7 +77,7 @@ def test_all_losses_are_finite_and_only_trainable_parts_get_gradients():
 
 def test_edge_loss_switch_turns_it_off():
     model = _model()
-    model.config.loss.edge_aware = False
+    model.config = model.config.replace({"loss.edge_aware": False})
     losses = model.train()(*_batch(model))
     assert losses["edge_local"].item() == 0 and losses["edge_global"].item() == 0
 
@@ -94,14 +94,14 @@ def test_edge_aware_losses_shapes():
 
 def test_octave_scales_add_anchor_sizes_per_level():
     config = tiny_config()
-    config.model.anchor_octave_scales = (1.0, 1.5)
+    config = config.replace({"model.anchor_octave_scales": (1.0, 1.5)})
     torch.manual_seed(0)
     model = DESSAM(build_sam("tiny", image_size=config.model.image_size), config)
     generator = model.detector.rpn.anchor_generator
-    ratios = len(config.model.anchor_ratios)
+    ratios = len(config.model.detector.anchor_ratios)
     assert generator.num_anchors_per_location() == [2 * ratios] * len(model.neck.strides)
     first, stride = generator.sizes[0], model.neck.strides[0]
-    assert first == (config.model.anchor_scale * stride, config.model.anchor_scale * stride * 1.5)
+    assert first == (config.model.detector.anchor_scale * stride, config.model.detector.anchor_scale * stride * 1.5)
     embedding, rgb, normalised, boxes, sizes = _batch(model)
     losses = model(embedding, rgb, normalised, boxes, sizes)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -143,7 +143,7 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
 
     config = tiny_config()
     sam = load_default_teacher()
-    config.model.image_size = sam.image_encoder.img_size
+    config = config.replace({"model.image_size": sam.image_encoder.img_size})
     model = DESSAM(sam, config)
     image, labels = make_scene(np.random.default_rng(3), "patch")
     inputs = prepare_image(image, model.image_size)
@@ -174,8 +174,8 @@ def test_local_decoding_in_training_gives_losses_close_to_full_decoding():
     whole-embedding ones, and the window logits land where the full frame has them."""
     full = _model()
     local = _model()
-    local.config.model.local_decoding = True
-    local.config.model.local_margin = 1000  # the windows cover the grid: exactly full decoding
+    local.config = local.config.replace({"model.local_decoding": True})
+    local.config = local.config.replace({"model.local_margin": 1000})  # the windows cover the grid: exactly full decoding
     batch = _batch(full)
     torch.manual_seed(0)
     full_losses = full.train()(*batch)
@@ -183,7 +183,7 @@ def test_local_decoding_in_training_gives_losses_close_to_full_decoding():
     local_losses = local.train()(*batch)
     for name in ("distill_bce", "distill_dice", "edge_local", "edge_global"):
         assert local_losses[name].item() == pytest.approx(full_losses[name].item(), rel=1e-5), name
-    local.config.model.local_margin = 2
+    local.config = local.config.replace({"model.local_margin": 2})
     torch.manual_seed(0)
     windowed = local.train()(*batch)
     assert all(torch.isfinite(v) for v in windowed.values())

@@ -15,12 +15,12 @@ from viewer_support import dock, run  # noqa: E402
 
 from dessam.data.images import read_image  # noqa: E402
 from dessam.data.synth import make_scene  # noqa: E402
-from dessam.inference.files import predict_files  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
 from dessam.napari import sample  # noqa: E402
 from dessam.napari.layers import shape_boxes  # noqa: E402
 from dessam.napari.model_choice import MODEL_FILE  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
+from dessam.outputs.files import predict_files  # noqa: E402
 
 
 @pytest.fixture(scope="module")

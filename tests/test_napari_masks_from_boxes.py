@@ -10,7 +10,7 @@ from scenes import label_boxes, make_nuclei_scene, tiled_field  # noqa: E402
 from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
 
 from dessam.inference.loading import load_model, load_teacher  # noqa: E402
-from dessam.labeling.box_masks import box_masks  # noqa: E402
+from dessam.inference.box_masks import box_masks  # noqa: E402
 from dessam.labeling.label import mask_flags  # noqa: E402
 from dessam.napari.layers import box_rectangles  # noqa: E402
 from dessam.napari.masks_from_boxes import MasksFromBoxesWidget  # noqa: E402

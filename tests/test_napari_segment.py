@@ -12,10 +12,10 @@ from scenes import tiled_field  # noqa: E402
 from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
 
 from dessam.data.images import read_image  # noqa: E402
-from dessam.inference.files import predict_files  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
 from dessam.napari.model_choice import MODEL_FILE  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
+from dessam.outputs.files import predict_files  # noqa: E402
 
 
 def _widget(viewer, model_path=None):

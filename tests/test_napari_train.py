@@ -111,7 +111,6 @@ def test_refused_before_any_work_with_nothing_written(viewer, qtbot, tmp_path):
 
 
 def test_the_schedule_is_fitted_to_the_iterations():
-    config = Config().apply_preset("cpu")  # 12 epochs, learning rate x 0.1 at epoch 10, 100 warm-up steps
-    fit_schedule(config, 300, 9)
+    config = fit_schedule(Config.compose("cpu"), 300, 9)  # from 12 epochs, learning rate x 0.1 at epoch 10, 100 warm-up steps
     assert (config.train.epochs, config.train.max_iters, config.train.lr_steps, config.train.warmup_iters) == (
         34, 300, (28,), 75)

@@ -3,7 +3,8 @@ import pytest
 
 from scipy import ndimage
 
-from dessam.postprocess import Postprocess, clean_masks, labels_to_masks, masks_to_labels, score_order
+from dessam.config import Postprocess
+from dessam.inference.instances import clean_masks, labels_to_masks, masks_to_labels, score_order
 
 
 def _square(shape, y0, x0, size):

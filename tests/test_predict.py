@@ -52,9 +52,9 @@ def test_predict_outputs_have_each_inputs_size(trained_tiny, tmp_path):
 
 def test_python_api_returns_boxes_scores_instances_and_labels(trained_tiny):
     model = dessam.load_model(trained_tiny)
-    model.config.model.score_threshold = 0.0  # the barely trained tiny detector scores low: keep everything
-    model.config.model.min_object_size = 0
-    model.config.model.mask_threshold = 0.0  # and its random decoder's logits rarely pass 0.5
+    model.config = model.config.replace({"model.score_threshold": 0.0})  # the barely trained tiny detector scores low: keep everything
+    model.config = model.config.replace({"model.min_object_size": 0})
+    model.config = model.config.replace({"model.mask_threshold": 0.0})  # and its random decoder's logits rarely pass 0.5
     image = _scene(110, 140)
     prediction = model.predict(image)
     n = len(prediction)

@@ -4,7 +4,7 @@ files agreeing with one another, and the batch behaviour of `dessam predict`.
 The tiny test model (`trained_tiny`) is real but untrained in the parts that draw instances:
 its detector scores stay under its threshold after five epochs and its random SAM decoder
 draws speckle whose logits rarely pass the official 0.5, so it predicts no nucleus.
-Where a test needs nuclei, `window_sources` (the batched detector + decoder of whole windows) is
+Where a test needs nuclei, `window_instances` (the batched detector + decoder of whole windows) is
 replaced by `dark_nuclei`, a deterministic local stand-in that, like a model, sees only its window
 and returns nuclei cut by the window edge. Loading, automatic tiling, merging, post-processing,
 label painting, file reading and every export stay the real ones.
@@ -12,6 +12,7 @@ label painting, file reading and every export stay the real ones.
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,11 +24,12 @@ from scenes import make_nuclei_scene
 from scipy import ndimage
 
 from dessam.cli import main
-from dessam.inference.instances import Instances
+from dessam.config import Postprocess
+from dessam.geometry.plan import WindowPlan
+from dessam.inference import windowed
+from dessam.inference.instances import Instances, clean_masks
 from dessam.inference.loading import load_model
-from dessam.inference.predictor import Predictor
 from dessam.metrics import detection_scores
-from dessam.postprocess import Postprocess, clean_masks
 
 FIELD = 128  # the tiny model's input size, and the side of one synthetic field
 
@@ -59,15 +61,21 @@ def dark_nuclei(window: np.ndarray):
 
 
 def recording(windows: list = None):
-    """A `window_sources` replacement (the detector + decoder of whole windows): `dark_nuclei` on each
+    """A `window_instances` replacement (the detector + decoder of whole windows): `dark_nuclei` on each
     window, whose shape it records."""
 
-    def window_sources(images, postprocess=None, sources=("des-sam",), given=None, n_images=None):
+    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None):
         if windows is not None:
             windows.extend(image.shape[:2] for image in images)
-        return [{source: Instances.from_masks(*dark_nuclei(image)) for source in sources} for image in images]
+        return [{name: Instances.from_masks(*dark_nuclei(image)) for name in sources or ("des-sam",)}
+                for image in images]
 
-    return window_sources
+    return window_instances
+
+
+def in_windows(model, image) -> bool:
+    """Whether `model` predicts `image` in windows."""
+    return WindowPlan.for_image(image.shape, model.image_size, model.scale).tiled
 
 
 def full_masks(prediction):
@@ -95,13 +103,13 @@ def test_tiled_field_matches_one_pass_at_the_same_scale(trained_tiny, monkeypatc
     image, truth = mosaic(side, side, seed=1)
     tiled_model = load_model(trained_tiny)
     whole_model = load_model(trained_tiny, image_size=side * FIELD)
-    assert tiled_model.input_scale == 1.0 and tiled_model.image_size == FIELD
+    assert tiled_model.scale.input_scale == 1.0 and tiled_model.image_size == FIELD
     assert whole_model.image_size == side * FIELD
-    assert tiled_model.needs_tiling(image) and not whole_model.needs_tiling(image)
+    assert in_windows(tiled_model, image) and not in_windows(whole_model, image)
 
     tiled_windows, whole_windows = [], []
-    monkeypatch.setattr(tiled_model, "window_sources", recording(tiled_windows))
-    monkeypatch.setattr(whole_model, "window_sources", recording(whole_windows))
+    recorders = {id(tiled_model): recording(tiled_windows), id(whole_model): recording(whole_windows)}
+    monkeypatch.setattr(windowed, "window_instances", lambda model, *a, **k: recorders[id(model)](model, *a, **k))
     tiled = tiled_model.predict(image, overlap=64)  # automatic: tiles
     whole = whole_model.predict(image)              # automatic: one pass
 
@@ -126,9 +134,9 @@ def test_tiles_are_cut_at_the_training_scale_and_mapped_back(trained_tiny, monke
     small, _ = mosaic(4, 4, seed=2)
     image = small.repeat(2, axis=0).repeat(2, axis=1)  # nuclei twice as large as in training
     model = load_model(trained_tiny)
-    model.input_scale = 0.5
+    model.scale = replace(model.scale, input_scale=0.5)
     windows = []
-    monkeypatch.setattr(model, "window_sources", recording(windows))
+    monkeypatch.setattr(windowed, "window_instances", recording(windows))
     prediction = model.predict(image)
     assert windows == [(FIELD, FIELD)] * 7**2  # tiles of the 512 px working copy
     assert prediction.labels.shape == image.shape[:2]
@@ -150,16 +158,16 @@ def test_post_processing_of_a_tiled_field_is_the_official_one(trained_tiny, monk
             image[y:y + 3, x:x + 3] = 30 if speck_is_dark else 140  # dark or pale speck
             dark += speck_is_dark
     model = load_model(trained_tiny)
-    model.config.model.score_threshold = 0.5
-    monkeypatch.setattr(model, "window_sources", recording())
+    model.config = model.config.replace({"model.score_threshold": 0.5})
+    monkeypatch.setattr(windowed, "window_instances", recording())
     raw = model.predict(image, Postprocess(score_threshold=None, remove_holes=False, remove_islands=False))
     cleaned = model.predict(image)
     assert len(raw) > len(cleaned) == truth.max() + dark > 64 + dark > 64
-    settings = Postprocess.from_model_config(model.config.model)
+    settings = model.postprocess
     masks, scores, keep = clean_masks(full_masks(raw), raw.scores, settings=settings)
     assert np.array_equal(full_masks(cleaned), masks) and np.array_equal(cleaned.scores, scores)
     assert np.array_equal(cleaned.boxes, raw.boxes[keep])
-    model.config.model.keep_largest_island = False
+    model.config = model.config.replace({"model.keep_largest_island": False})
     without_specks = model.predict(image)
     assert len(without_specks) == truth.max()
     assert f1(truth, without_specks.labels) == 1.0
@@ -169,15 +177,15 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
     """Lowering `config.model.score_threshold` (what `--score-threshold` does) below the value the
     model was trained with lets lower-scoring detections through: the real detector runs."""
     model = load_model(trained_tiny)
-    trained_threshold = model.config.model.score_threshold
-    model.config.model.score_threshold = 0.0
-    model.config.model.min_object_size = 0
-    model.config.model.mask_threshold = 0.0  # the tiny random decoder's logits rarely pass 0.5
+    trained_threshold = model.postprocess.score_threshold
+    model.config = model.config.replace({"model.score_threshold": 0.0})
+    model.config = model.config.replace({"model.min_object_size": 0})
+    model.config = model.config.replace({"model.mask_threshold": 0.0})  # the tiny random decoder's logits rarely pass 0.5
     image, _ = mosaic(1, 1, seed=3)
     prediction = model.predict(image)
     assert len(prediction) > 0
     assert (prediction.scores < trained_threshold).any()
-    strict = model.predict(image, model.postprocess_settings(score_threshold=trained_threshold, min_size=0))
+    strict = model.predict(image, replace(model.postprocess, score_threshold=trained_threshold, min_size=0))
     assert not (strict.scores < trained_threshold).any()  # nothing of the model itself was changed
 
 
@@ -187,8 +195,7 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
 @pytest.fixture
 def stand_in(monkeypatch):
     """Every model that `dessam predict` loads uses `dark_nuclei` for its windows."""
-    stand = recording()
-    monkeypatch.setattr(Predictor, "window_sources", lambda self, images, *args, **kwargs: stand(images, *args, **kwargs))
+    monkeypatch.setattr(windowed, "window_instances", recording())
 
 
 def predict_cli(model, *args):

@@ -28,10 +28,10 @@ def _same_weights(a, b) -> bool:
 def test_training_starts_from_the_model_it_is_told(box_dataset, trained_tiny, tmp_path):
     boxes_json, _, images = box_dataset
     config = tiny_config(max_iters=0)
-    config.train.init = str(trained_tiny)
+    config = config.replace({"train.init": str(trained_tiny)})
     result = train(config, boxes_json, images, tmp_path / "run", progress=False)
     assert _same_weights(result.model_path, trained_tiny) and str(trained_tiny) in result.start
-    config.train.init = "scratch"
+    config = config.replace({"train.init": "scratch"})
     scratch = train(config, boxes_json, images, tmp_path / "scratch", progress=False)
     assert not _same_weights(scratch.model_path, trained_tiny) and "random weights" in scratch.start
 
@@ -41,10 +41,10 @@ def test_auto_starts_from_the_bundled_model_only_when_it_fits(box_dataset, as_bu
     result = train(tiny_config(max_iters=0), boxes_json, images, tmp_path / "auto", progress=False)
     assert _same_weights(result.model_path, as_bundled) and "bundled pretrained model" in result.start
     other = tiny_config(max_iters=0)
-    other.model.neck_channels = 16  # another detector shape
+    other = other.replace({"model.neck_channels": 16})  # another detector shape
     result = train(other, boxes_json, images, tmp_path / "other", progress=False)
     assert "differs from the bundled pretrained model's" in result.start
-    other.train.init = "pretrained"
+    other = other.replace({"train.init": "pretrained"})
     with pytest.raises(DessamError, match="another detector shape"):
         train(other, boxes_json, images, tmp_path / "refused", progress=False)
 
@@ -55,10 +55,10 @@ def test_no_bundled_model_means_random_weights_or_a_clear_refusal(box_dataset, m
     assert "no bundled pretrained model" in train(tiny_config(max_iters=0), boxes_json, images, tmp_path / "a",
                                                   progress=False).start
     config = tiny_config(max_iters=0)
-    config.train.init = "pretrained"
+    config = config.replace({"train.init": "pretrained"})
     with pytest.raises(DessamError, match="no bundled pretrained model"):
         train(config, boxes_json, images, tmp_path / "b", progress=False)
-    config.train.init = str(tmp_path / "nope.pt")
+    config = config.replace({"train.init": str(tmp_path / "nope.pt")})
     with pytest.raises(DessamError, match="--init model file not found"):
         train(config, boxes_json, images, tmp_path / "c", progress=False)
 
@@ -84,7 +84,7 @@ def test_predict_without_model_and_nothing_bundled_is_one_line(box_dataset, monk
 def test_eval_with_baselines_has_a_row_for_the_bundled_model(box_dataset, as_bundled, tmp_path):
     boxes_json, masks_json, images = box_dataset
     config = tiny_config(max_iters=2)
-    config.train.init = "scratch"
+    config = config.replace({"train.init": "scratch"})
     model = train(config, boxes_json, images, tmp_path / "run", progress=False).model_path
     assert main(["eval", "--model", str(model), "--data", str(masks_json), "--images", str(images),
                  "--out", str(tmp_path / "report"), "--baselines", "--quiet", "--device", "cpu"]) == 0

@@ -6,8 +6,9 @@ import pytest
 import torch
 from scenes import make_nuclei_scene, tiled_field, tiny_config
 
+from dessam.geometry.plan import WindowPlan
+from dessam.inference.box_masks import box_masks
 from dessam.inference.loading import load_model, load_teacher
-from dessam.labeling.box_masks import box_masks
 from dessam.training.train import train
 
 
@@ -18,7 +19,7 @@ class Stop(Exception):
 def test_predict_reports_every_window_and_stops_when_the_callback_raises(trained_tiny):
     model = load_model(trained_tiny)
     image, _, _ = tiled_field(300)
-    assert model.needs_tiling(image)
+    assert WindowPlan.for_image(image.shape, model.image_size, model.scale).tiled
     calls = []
     with_callback = model.predict(image, on_window=lambda done, total: calls.append((done, total)))
     total = calls[-1][1]
@@ -33,9 +34,8 @@ def test_predict_reports_every_window_and_stops_when_the_callback_raises(trained
         raise Stop()
 
     ran = []
-    window_sources = model.window_sources
-    model.window_sources = lambda images, *args, **kwargs: ran.append(len(images)) or window_sources(images, *args,
-                                                                                                   **kwargs)
+    encode = model.encode
+    model.encode = lambda images, *args, **kwargs: ran.append(len(images)) or encode(images, *args, **kwargs)
     with pytest.raises(Stop):
         model.predict(image, on_window=stop)
     assert len(seen) == 1 and sum(ran) == seen[0] < total  # the windows after the first batch never ran

@@ -1,6 +1,8 @@
 """Scale as a property of a model: how training sees images, and how predict and eval bring every
 image to the same scale; the box-otsu baseline."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,11 +10,12 @@ from scenes import make_nuclei_scene, tiny_config, write_box_dataset
 
 from dessam.data.coco import ImageRecord
 from dessam.errors import DessamError
+from dessam.evaluation.box_otsu import box_otsu_instances
 from dessam.evaluation.evaluate import METHODS, method_instances
-from dessam.inference.box_otsu import box_otsu_instances
+from dessam.geometry.scale import ModelScale
+from dessam.geometry.tiling import Window
+from dessam.inference import windowed
 from dessam.inference.loading import load_model
-from dessam.inference.tiling import Window
-from dessam.scale import ModelScale
 from dessam.training.train import train
 from dessam.training.views import clip_to_window, training_views
 
@@ -70,8 +73,8 @@ def fixed_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("fixed")
     boxes_json, images = write_box_dataset(root / "data", n_images=2, size=192)
     config = tiny_config(epochs=1)
-    config.model.input_scaling = "fixed"
-    config.train.pixel_size_um = 0.5
+    config = config.replace({"model.input_scaling": "fixed"})
+    config = config.replace({"train.pixel_size_um": 0.5})
     result = train(config, boxes_json, images, root / "run", progress=False)
     return load_model(result.model_path)
 
@@ -82,31 +85,29 @@ def test_a_fixed_scale_model_records_its_scale(fixed_model):
     assert 10 < scale.nucleus_px < 30  # the scenes' nuclei are 12-24 px across
 
 
-def test_predict_and_eval_bring_an_image_to_the_model_scale_the_same_way(fixed_model):
+def test_predict_and_eval_bring_an_image_to_the_model_scale_the_same_way(fixed_model, monkeypatch):
     model = fixed_model
-    model.config.model.mask_threshold = 0.0
-    post = model.postprocess_settings(score_threshold=0.0, min_size=0, max_detections=8)
+    model.config = model.config.replace({"model.mask_threshold": 0.0})
+    post = replace(model.postprocess, score_threshold=0.0, min_size=0, max_detections=8)
     rng = np.random.default_rng(1)
     image, labels = make_nuclei_scene(rng, 200)
     windows = []
-    original = model.window_sources
-    model.window_sources = lambda images, *a, **k: windows.extend(i.shape[:2] for i in images) or original(images, *a, **k)
-    try:
-        prediction = model.predict(image, post)
-        assert windows and all(shape == (128, 128) for shape in windows)  # native scale, in windows
-        windows.clear()
-        gt = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in __import__("scipy").ndimage.find_objects(labels)],
-                      np.float32)
-        raw = method_instances(model, image, gt, METHODS, post)
-        assert windows and all(shape == (128, 128) for shape in windows)
-        windows.clear()
-        small = model.predict(image[:100, :90], post)  # smaller than the input: padded, not stretched
-        assert windows == [(100, 90)] and small.labels.shape == (100, 90)
-        windows.clear()
-        model.predict(image, post, pixel_size_um=1.0)  # twice as coarse as the model's: upsampled, 400 px
-        assert len(windows) > 4
-    finally:
-        model.window_sources = original
+    original = windowed.window_instances
+    monkeypatch.setattr(windowed, "window_instances", lambda predictor, images, *a, **k: windows.extend(
+        i.shape[:2] for i in images) or original(predictor, images, *a, **k))
+    prediction = model.predict(image, post)
+    assert windows and all(shape == (128, 128) for shape in windows)  # native scale, in windows
+    windows.clear()
+    gt = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in __import__("scipy").ndimage.find_objects(labels)],
+                  np.float32)
+    raw = method_instances(model, image, gt, METHODS, post)
+    assert windows and all(shape == (128, 128) for shape in windows)
+    windows.clear()
+    small = model.predict(image[:100, :90], post)  # smaller than the input: padded, not stretched
+    assert windows == [(100, 90)] and small.labels.shape == (100, 90)
+    windows.clear()
+    model.predict(image, post, pixel_size_um=1.0)  # twice as coarse as the model's: upsampled, 400 px
+    assert len(windows) > 4
     student = raw["des-sam"].postprocessed(post)
     assert np.array_equal(np.sort(student.scores), np.sort(prediction.scores))
     for method in METHODS:

@@ -13,8 +13,8 @@ from skimage.draw import ellipse
 from dessam.data.label_pyramid import LabelPyramidWriter
 from dessam.data.nucleus import Nucleus
 from dessam.data.pixel_size import tiff_pixel_size_um
-from dessam.export import nucleus_measurements
-from dessam.export_slide import GeoJSONWriter, MeasurementsCSVWriter, measure_nucleus, nucleus_feature
+from dessam.measurements import nucleus_measurements
+from dessam.outputs.slide_writers import GeoJSONWriter, MeasurementsCSVWriter, measure_nucleus, nucleus_feature
 
 
 def _label_map(height, width, n, seed=0, radius=(4, 14)):

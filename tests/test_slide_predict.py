@@ -22,9 +22,10 @@ from scipy import ndimage
 
 from dessam.cli import main
 from dessam.data.pyramid_tiff import write_pyramid_tiff
+from dessam.inference import windowed
 from dessam.inference.instances import Instances
 from dessam.inference.loading import load_model
-from dessam.inference.slide_stream import SlideOptions, predict_slide
+from dessam.outputs.slides import SlideOptions, predict_slide
 
 TESTS = Path(__file__).parent
 
@@ -41,13 +42,30 @@ def dark_blobs(image):
     return Instances(boxes, scores, crops, [(s[0].start, s[1].start) for s in found], image.shape[:2])
 
 
-def stand_in(model, delay: float = 0.0):
-    def window_sources(images, postprocess=None, sources=("des-sam",), given=None, n_images=None):
-        time.sleep(delay * len(images))
-        return [{source: dark_blobs(image) for source in sources} for image in images]
+STAND_INS = {}  # id of a stand-in predictor -> seconds it takes per window
 
-    model.window_sources = window_sources
+
+def stand_in(model, delay: float = 0.0):
+    """`model`, whose windows `dark_blobs` segments (once `dark_windows` replaces `window_instances`)."""
+    STAND_INS[id(model)] = delay
     return model
+
+
+def dark_windows(real):
+    """A `window_instances` that runs `dark_blobs` on the windows of stand-in predictors, `real` on others'."""
+
+    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None):
+        if id(predictor) not in STAND_INS:
+            return real(predictor, images, postprocess, sources, given, n_images)
+        time.sleep(STAND_INS[id(predictor)] * len(images))
+        return [{name: dark_blobs(image) for name in sources or ("des-sam",)} for image in images]
+
+    return window_instances
+
+
+@pytest.fixture(autouse=True)
+def stand_ins_run_dark_blobs(monkeypatch):
+    monkeypatch.setattr(windowed, "window_instances", dark_windows(windowed.window_instances))
 
 
 def blob_field(size: int, seed: int = 0, fill: float = 0.5, empty_fraction: float = 0.0):
@@ -79,8 +97,7 @@ def write_slide(path: Path, image: np.ndarray, pixel_size=0.5, tile=256):
 
 @pytest.fixture
 def model(trained_tiny):
-    predictor = load_model(trained_tiny, image_size=256)  # 256 px windows
-    predictor.scale.input_scale = 1.0  # the model sees slides at their own pixels
+    predictor = load_model(trained_tiny, image_size=256, input_scale=1.0)  # 256 px windows, slides at their own pixels
     return stand_in(predictor)
 
 
@@ -170,11 +187,12 @@ def test_geojson_is_valid_in_level0_pixels_and_converts_back(model, tmp_path):
 CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from test_slide_predict import stand_in
+from test_slide_predict import dark_windows, stand_in
+from dessam.inference import windowed
 from dessam.inference.loading import load_model
-from dessam.inference.slide_stream import SlideOptions, predict_slide
-model = stand_in(load_model({model!r}, image_size=256), delay=0.1)
-model.scale.input_scale = 1.0
+from dessam.outputs.slides import SlideOptions, predict_slide
+windowed.window_instances = dark_windows(windowed.window_instances)
+model = stand_in(load_model({model!r}, image_size=256, input_scale=1.0), delay=0.1)
 predict_slide(model, {slide!r}, {out!r}, SlideOptions(skip_glass=False, resume={resume}), progress=False)
 """
 

@@ -3,9 +3,10 @@ import pytest
 from scipy import ndimage
 
 from dessam.errors import DessamError
+from dessam.geometry.tiling import tile_starts, tile_windows
 from dessam.inference.instances import Instances
-from dessam.inference.tiling import merge_windows, tile_starts, tile_windows
-from dessam.postprocess import masks_to_labels
+from dessam.inference.instances import masks_to_labels
+from dessam.inference.windowed import merge_windows
 
 TILE, OVERLAP = 96, 32
 

@@ -206,7 +206,7 @@ def test_training_recomputes_a_forged_cache_entry(tmp_path):
 
     boxes_json, images = write_box_dataset(tmp_path, n_images=2)
     config = tiny_config(epochs=1)
-    config.train.cache_dir = str(tmp_path / "cache")
+    config = config.replace({"train.cache_dir": str(tmp_path / "cache")})
     assert train(config, boxes_json, images, tmp_path / "run1", progress=False).encoder_runs == 2
     entry = sorted((tmp_path / "cache").rglob("*.npy"))[0]
     good = np.load(entry)

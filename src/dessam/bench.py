@@ -47,7 +47,7 @@ from .data.synth import make_dataset, make_scene
 from .devices import resolve_device
 from .inference.instances import mask_ious
 from .inference.loading import load_model
-from .inference.predictor import Predictor
+from .inference.predictor import Predictor, decode, local_margin
 from .inference.settings import fast_settings, reference_settings
 from .metrics import evaluate_pair
 from .training.batches import batch_tensors, encode_training_set
@@ -246,19 +246,16 @@ def quick_model(workdir: Path, device: torch.device, progress: bool) -> Path:
     """A model worth predicting with when none is given: the quick demo's (one epoch, 12 fields)."""
     from .demo import demo_config
 
-    config = demo_config(quick=True)
-    config.train.device = device.type
+    config = demo_config(quick=True).replace({"train.device": device.type})
     data = make_dataset(workdir / "data", n_train=12, n_val=0, n_test=0, scene="mixed", seed=10)
     return train(config, data / "train.json", data / "images", workdir / "run", progress=progress).model_path
 
 
 def random_vit_predictor(device: torch.device, settings) -> Predictor:
     """ViT-B at 1024 x 1024 with random weights and the official detector (speed only)."""
-    config = Config()
-    config.model.sam = "vit_b"
-    config.train.device = device.type
+    config = Config().replace({"model.sam": "vit_b", "train.device": device.type})
     model, identity = build_model(config, device)
-    return Predictor(model, config, identity, device, settings=settings)
+    return Predictor(model, model.config, identity, device, settings=settings)
 
 
 def load_pair(model_path: Optional[Path], device: torch.device, fast, vit: bool) -> tuple:
@@ -300,7 +297,7 @@ def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.n
     from .data.coco import ImageRecord
     from .data.images import write_png
 
-    model, config, device = predictor.model, predictor.config, predictor.device
+    model, device = predictor.model, predictor.device
     path = write_png(workdir / "field.png", image)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     record = ImageRecord(id=1, file_name="field.png", path=path, height=image.shape[0], width=image.shape[1],
@@ -310,11 +307,12 @@ def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.n
     items = encode_training_set(model, [record], cache, device, progress=False, factor=factor)
     item = max(items, key=lambda view: len(view.boxes))  # at the model's scale: the window with most boxes
     start = model.trainable_state_dict()
-    local_before = config.model.local_decoding
+    config = model.config
+    ways = {fast: config.replace({"model.local_decoding": fast}) for fast in (False, True)}
 
     def iteration(fast: bool):
         model.load_trainable_state_dict(start)
-        config.model.local_decoding = fast
+        model.config = ways[fast]
         embeddings, rgb, normalised, gt_boxes, sizes = batch_tensors(model, [item], cache, device)
         if not fast:
             embeddings = model.encode(normalised)
@@ -331,7 +329,7 @@ def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.n
         timings = measure_alternating([lambda: iteration(False), lambda: iteration(True)], device, repeats)
     finally:
         model.load_trainable_state_dict(start)
-        config.model.local_decoding = local_before
+        model.config = config
     return timings[0], timings[1], len(item.boxes)
 
 
@@ -384,11 +382,10 @@ def _mask_agreement(reference: Predictor, fast: Predictor, images: list) -> tupl
     """(mean mask IoU, masks): both paths prompted with the reference path's detections."""
     ious = []
     for image in images:
-        inputs = reference.prepare([image])
-        found = reference.detect(reference.encode(inputs), inputs, reference.postprocess_settings())
+        found = reference.detect(reference.encode([image]))
         boxes = [found[0][0]]
-        [a] = reference.segment(reference.encode(inputs), inputs, boxes)
-        [b] = fast.segment(fast.encode(inputs), inputs, boxes)
+        [a] = reference.segment(reference.encode([image]), boxes)
+        [b] = fast.segment(fast.encode([image]), boxes)
         ious.append(mask_ious(a, b))
     ious = np.concatenate(ious) if ious else np.ones(0)
     return (float(ious.mean()) if len(ious) else 1.0), len(ious)
@@ -425,16 +422,14 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         n_fields = 2 if quick else 8
         fields = demo_fields(n_fields, 256 if not vit else 1024)
         rows = []
-        encoder = measure_alternating([lambda m=m: m.encode(m.prepare(fields)) for m in (reference, quick_path)],
-                                      device, repeats)
+        encoder = measure_alternating([lambda m=m: m.encode(fields) for m in (reference, quick_path)], device, repeats)
         rows.append(Row(f"Encoder, {n_fields} fields (img/s)", n_fields / encoder[0].seconds,
                         n_fields / encoder[1].seconds, "img/s", *encoder))
         stages.update(1)
 
-        inputs = reference.prepare(fields[:1])
-        embedding = reference.encode(inputs)
+        encoded = reference.encode(fields[:1])
         boxes = [random_boxes(DECODER_BOXES, *fields[0].shape[:2])]
-        decoder = measure_alternating([lambda m=m: m.decode(embedding, inputs, boxes) for m in (reference, quick_path)],
+        decoder = measure_alternating([lambda m=m: decode(m, encoded, boxes) for m in (reference, quick_path)],
                                       device, repeats)
         rows.append(_targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", decoder[0].seconds * 1e3,
                                   decoder[1].seconds * 1e3, "ms", *decoder), ">= 4x", 4))
@@ -469,6 +464,7 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         rows[-1].met = rows[-1].speedup >= 20
     stages.update(1)
     stages.close()
+    margin = local_margin(quick_path.config, quick_path.settings)
     memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
                    "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
     lines = [
@@ -478,7 +474,7 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         f"- Model: {model_note}; its post-processing (score threshold, detection limit, minimum size)",
         f"- Reference path: {reference_settings().describe(device)} (as the authors' test code)",
         f"- Fast path: {quick_path.settings.describe(device)}: "
-        + (f"local decoding, {quick_path.local_margin()} tokens around each box" if quick_path.local_margin() is not None
+        + (f"local decoding, {margin} tokens around each box" if margin is not None
            else "full decoding (the model is not configured for local decoding)"),
         "- Training iteration: reference = the encoder run and every prompt decoded over the whole embedding "
         "(the authors'); fast = the embedding from the cache and local decoding",

@@ -13,39 +13,27 @@ from .errors import DessamError
 
 
 # ----- sub-commands --------------------------------------------------------------------------
+# `dessam train`'s flags and the settings they set, in the order they apply (after --preset and --config)
+TRAIN_FLAGS = (("sam", "model.sam"), ("sam_checkpoint", "model.sam_checkpoint"), ("epochs", "train.epochs"),
+               ("max_iters", "train.max_iters"), ("device", "train.device"), ("image_size", "model.image_size"),
+               ("batch_size", "train.batch_size"), ("seed", "train.seed"), ("lr", "train.lr"),
+               ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um"),
+               ("mask_weight", "loss.mask_weight"), ("init", "train.init"))
+
+
 def cmd_train(args) -> int:
-    from .config import Config, load_config
+    from .config import Config, parse_set
+    from .presets import implied_preset
     from .training.train import train
 
-    config = Config()
-    if args.preset:
-        config.apply_preset(args.preset)
-    elif args.sam == "default" and not args.config:
-        config.apply_preset("cpu")  # the official schedule is for 8 GPUs and ViT-B
-    if args.config:
-        config = load_config(args.config, config)
-    if args.sam:
-        config.model.sam = args.sam
-    if args.sam_checkpoint:
-        config.model.sam_checkpoint = args.sam_checkpoint
-    for flag, key in (("epochs", "train.epochs"), ("max_iters", "train.max_iters"), ("device", "train.device"),
-                      ("image_size", "model.image_size"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("lr", "train.lr"), ("cache_dir", "train.cache_dir"), ("pixel_size", "train.pixel_size_um"),
-                      ("mask_weight", "loss.mask_weight"), ("init", "train.init")):
-        value = getattr(args, flag)
-        if value is not None:
-            config.set(key, value)
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS if getattr(args, flag) not in (None, "")}
     if args.no_edge_loss:
-        config.loss.edge_aware = False
+        overrides["loss.edge_aware"] = False
     if args.no_prompt_token:
-        config.model.prompt_token = False
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DessamError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set train.lr=0.01")
-        import yaml
-
-        config.set(key, yaml.safe_load(value))
+        overrides["model.prompt_token"] = False
+    overrides.update(parse_set(args.set))
+    preset = args.preset or (None if args.config else implied_preset(args.sam))
+    config = Config.compose(preset, args.config or None, overrides)
     if not args.skip_validation:
         from .data.validate import raise_on_errors, validate_coco
 
@@ -98,14 +86,16 @@ def _load(args):
 
 
 def cmd_predict(args) -> int:
-    from .inference.files import FORMATS, parse_shard, predict_files
-    from .inference.slide_stream import SlideOptions
+    from dataclasses import replace
+
+    from .outputs.files import FORMATS, parse_shard, predict_files
+    from .outputs.slides import SlideOptions
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
     model = _load(args)
     overrides = {key: value for key, value in (("score_threshold", args.score_threshold),
                                                ("max_detections", args.max_detections)) if value is not None}
-    postprocess = model.postprocess_settings(**overrides)
+    postprocess = replace(model.postprocess, **overrides)
     tile = None if args.tile == "auto" else args.tile == "on"
     slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
                                  roi=args.roi,
@@ -133,17 +123,15 @@ def cmd_label(args) -> int:
                           "teacher, e.g. --sam default) to label its boxes")
     if args.model is not None and args.sam is not None:
         raise DessamError(f"{args.model}: give --model or --sam, not both (the model names its own SAM)")
+    if args.input_scale is not None and not args.input_scale > 0:
+        raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
     settings = fast_settings(resolve_device(args.device))
     if args.model is not None:
         model = load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                           image_size=args.image_size, settings=settings)
+                           image_size=args.image_size, settings=settings, input_scale=args.input_scale)
     else:
         model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
-                             settings=settings)
-    if args.input_scale is not None:
-        if not args.input_scale > 0:
-            raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
-        model.input_scale = args.input_scale
+                             settings=settings, input_scale=1.0 if args.input_scale is None else args.input_scale)
     options = {key: value for key, value in (("outside_margin", args.outside_margin),
                                              ("outside_limit", args.outside_fraction),
                                              ("review_count", args.review_count)) if value is not None}
@@ -166,7 +154,7 @@ def cmd_fetch_sam(args) -> int:
 
 def _synth_slide(args) -> int:
     from .data.synth_slide import make_synthetic_slide, truth_paths
-    from .export_slide import GeoJSONWriter
+    from .outputs.slide_writers import GeoJSONWriter
 
     if args.out:
         raise DessamError(f"--out {args.out} and --slide {args.slide}: give one (--out DIR for fields, --slide FILE "
@@ -260,7 +248,7 @@ def cmd_pretrain_teacher(args) -> int:
 
 
 def cmd_pretrain_model(args) -> int:
-    from .training.pretrain_model import pretrain_model
+    from .pretrain_model import pretrain_model
 
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
@@ -290,7 +278,7 @@ def _model_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESET_HELP, PRESETS
+    from .presets import REGISTRY
 
     parser = argparse.ArgumentParser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
     parser.add_argument("--version", action="version", version=f"dessam {__import__('dessam').__version__}")
@@ -317,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="auto|pretrained|scratch|MODEL.pt",
                    help="where the detector and token start: auto (default: the bundled pretrained model with "
                         "--sam default), pretrained, scratch (random, the authors' way) or a model.pt to fine-tune")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: " + "; ".join(
-        f"{name}: {PRESET_HELP[name]}" for name in sorted(PRESETS)))
+    p.add_argument("--preset", choices=sorted(REGISTRY), help="start from a named configuration: " + "; ".join(
+        f"{name}: {REGISTRY[name].help}" for name in sorted(REGISTRY)))
     p.add_argument("--config", help="YAML file with model/loss/train settings (applied after --preset)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
     p.add_argument("--no-edge-loss", action="store_true", help="ablation: train without the edge-aware loss")

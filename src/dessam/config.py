@@ -1,32 +1,81 @@
 """Every number a user may want to change, with the official DES-SAM default.
 
-A run's configuration is one `Config` made of three sections (`model`, `loss`, `train`). It starts
-from the defaults (the authors' PatchSeg configuration) or a named preset (`--preset`), is read from
-YAML (`--config FILE.yaml`, any subset of keys), then overridden by command-line flags, and saved
-with the run so a model always knows how it was built.
+A run's configuration is one frozen `Config` of sections: `model` (with its `detector` and its
+`postprocess`), `loss` and `train`. It is composed in one place, `Config.compose(preset, file,
+overrides)`: the defaults (the authors' PatchSeg configuration), then a named preset
+(`dessam.presets`), then a YAML file (`--config FILE.yaml`, any subset of keys), then single settings
+(`--set section.key=value` and the command's flags); it is saved with the run so that a model always
+knows how it was built. Each section checks its own choices once, when it is made; after composition
+a config is never edited: `config.replace({"train.epochs": 1})` gives a new one.
+
+Keys of earlier layouts keep working (`ALIASES`: `model.score_threshold` is
+`model.postprocess.score_threshold`, `model.rpn_nms` is `model.detector.rpn_nms`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Mapping, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .errors import DessamError
 
 
-@dataclass
-class ModelConfig:
-    sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default
-    sam_checkpoint: Optional[str] = None
-    image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
-    input_scaling: str = "fit"         # fit: every image resized to S (official) | fixed: one scale, large images in windows
-    pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
-    neck_channels: int = 256
-    neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
+def check_choices(section, prefix: str) -> None:
+    """A one-line error when a `Literal` field of the dataclass `section` holds a value it does not
+    list; the error's `setting` names the key."""
+    for name, choices in _literal_fields(type(section)).items():
+        value = getattr(section, name)
+        if value not in choices:
+            error = DessamError(f"{prefix}.{name}: unknown {value!r}; use {' or '.join(map(str, choices))}")
+            error.setting = f"{prefix}.{name}"
+            raise error
+
+
+def choices(cls, name: str) -> tuple:
+    """The values the `Literal` field `name` of the section class `cls` allows."""
+    return _literal_fields(cls)[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls) -> dict:
+    hints = get_type_hints(cls)
+    return {f.name: get_args(hints[f.name]) for f in dataclasses.fields(cls) if get_origin(hints[f.name]) is Literal}
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """How raw instance masks become the label map that is scored and written (the authors' way by
+    default: see `dessam.inference.instances`)."""
+
+    score_threshold: Optional[float] = 0.55  # official test threshold; None keeps every detection
+    max_detections: int = 120          # per image (or window); official; dense clusters need more
+    min_size: int = 70                 # holes and islands under this many pixels are removed
+    remove_holes: bool = True
+    remove_islands: bool = True
+    connectivity: Literal[8, 4] = 8    # of holes and islands: 8 (official, OpenCV) | 4
+    fill_border_holes: bool = True     # official: background pieces cut off by the image border are holes too
+    keep_largest_island: bool = True   # official: when every island is small, the largest stays
+    overlap_winner: Literal["lower-score", "higher-score"] = "lower-score"  # official: masks painted by descending score, the lower overwrites
+
+    def __post_init__(self):
+        check_choices(self, "model.postprocess")
+        if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:
+            raise DessamError(f"score threshold {self.score_threshold}: use a value between 0 and 1 (0 keeps every detection)")
+        if int(self.max_detections) < 1:
+            raise DessamError(f"max detections {self.max_detections}: keep at least 1 detection per image")
+        if int(self.min_size) < 0:
+            raise DessamError(f"minimum size {self.min_size}: use 0 or a positive number of pixels")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The Faster R-CNN on the feature pyramid: anchors, RPN, RoI head, their sampling, test-time NMS."""
+
     anchor_scale: float = 8.0          # anchor side = anchor_scale x level stride
     anchor_octave_scales: tuple = (1.0,)  # extra sizes per level, x anchor side (e.g. 1, 1.41: two per octave)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)
@@ -47,27 +96,39 @@ class ModelConfig:
     roi_finest_scale: float = 56.0     # RoIs of side < 2 x this pool from the finest level (MMDetection's rule)
     box_head_convs: int = 4
     box_head_fc: int = 1024
-    box_head_norm: str = "none"        # none (official: convs with bias) | layernorm
+    box_head_norm: Literal["none", "layernorm"] = "none"  # none (official: convs with bias) | layernorm
     roi_batch_per_image: int = 512
     roi_positive_fraction: float = 0.25
     roi_fg_iou: float = 0.5
     roi_min_pos_iou: Optional[float] = 0.5   # low-quality matching of the RoI sampler (null: off)
-    score_threshold: float = 0.55      # official test threshold
     detection_nms: float = 0.5         # official PatchSeg; ClusterSeg 0.2
-    max_detections: int = 120          # official; dense clusters need more
+
+    def __post_init__(self):
+        check_choices(self, "model.detector")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default
+    sam_checkpoint: Optional[str] = None
+    image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
+    input_scaling: Literal["fit", "fixed"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows
+    pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
+    neck_channels: int = 256
+    neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
     prompt_token: bool = True          # False drops the learnable token (ablation)
-    prompt_token_init: str = "not-a-point"  # not-a-point (SAM's padding token; dessam: measured far better on the demo) | normal (official N(0, 1))
+    prompt_token_init: Literal["not-a-point", "normal"] = "not-a-point"  # not-a-point (SAM's padding token; dessam: measured far better on the demo) | normal (official N(0, 1))
     local_decoding: bool = False       # decode each box on a window of the embedding around it (training and prediction)
     local_margin: int = 10             # the window: the box plus this many embedding tokens on every side
     mask_threshold: float = 0.5        # test-time masks: logit > this (official 0.5; SAM's own is 0)
-    min_object_size: int = 70          # post-processing: holes and islands under this are removed
-    connectivity: int = 8              # of holes and islands: 8 (official, OpenCV) | 4
-    fill_border_holes: bool = True     # official: background pieces cut off by the image border are holes too
-    keep_largest_island: bool = True   # official: when every island is small, the largest stays
-    overlap_winner: str = "lower-score"  # official: masks painted by descending score, the lower overwrites | higher-score
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    postprocess: Postprocess = field(default_factory=Postprocess)
+
+    def __post_init__(self):
+        check_choices(self, "model")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     rpn_cls: float = 1.0
     rpn_box: float = 1.0
@@ -89,16 +150,19 @@ class LossConfig:
     edge_tau: float = 0.0              # pairs of colour similarity < tau are ignored; official code: never applied (0)
     # The authors crop the student's mask at the proposal box but the colours at the annotated box, so the
     # two crops show different pixels; dessam crops both at the annotated box ("proposal" = the authors').
-    edge_crop_box: str = "annotated"   # annotated | proposal
-    edge_global_image: str = "rgb"     # rgb (official: raw 0-255) | normalised (SAM-normalised; 3,300x weaker)
+    edge_crop_box: Literal["annotated", "proposal"] = "annotated"
+    edge_global_image: Literal["rgb", "normalised"] = "rgb"  # rgb (official: raw 0-255) | normalised (SAM-normalised; 3,300x weaker)
     edge_bottom_rows: int = 10         # official: the bottom 10 rows (at S = 1024) and the padding are left out
 
+    def __post_init__(self):
+        check_choices(self, "loss")
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 1                # images per step per process
-    optimizer: str = "sgd"             # sgd (official) | adamw (robust for short schedules)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (official) | adamw (robust for short schedules)
     lr: float = 0.02                   # at lr_reference_batch images per step (official: 8 GPUs x 1)
     lr_reference_batch: int = 8        # lr is scaled linearly to the real batch
     momentum: float = 0.9
@@ -116,136 +180,169 @@ class TrainConfig:
     max_nonfinite: int = 10            # consecutive non-finite losses before training stops
     grad_clip: Optional[float] = None
 
+    def __post_init__(self):
+        check_choices(self, "train")
 
-# The authors' two training configurations (configs/_des_sam_/PatchSeg/vitdet_sam_patch.py and
-# ClusterSeg/vitdet_sam_cluster.py): everything else in them is the same and is dessam's default.
-PRESETS = {
-    "patchseg": {
-        "model": {"rpn_nms_test": 0.7, "detection_nms": 0.5},
-        "loss": {"roi_box": 1.0},
-    },
-    "clusterseg": {
-        "model": {"rpn_nms_test": 0.5, "detection_nms": 0.2},
-        "loss": {"roi_box": 0.1},
-    },
-}
-PRESETS["demo"] = {  # DES-SAM's structure sized for a few CPU minutes on 256 px synthetic fields (`dessam demo`)
-    "model": {
-        "sam": "default", "image_size": 256,
-        "neck_channels": 32,             # official 256
-        "neck_finest_stride": 2,         # pyramid at strides 2-16: these nuclei are 8-20 px
-        "rpn_convs": 1,                  # official 2
-        "box_head_convs": 2,             # official 4
-        "box_head_fc": 128,              # official 1024
-        "roi_batch_per_image": 256,      # official 512
-        "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
-        "max_detections": 300,           # crowded clusters hold more than the official 120
-        "min_object_size": 10,           # the official 70 px is for nuclei of 30-60 px; these are 8-20 px
-        "anchor_scale": 4.0,             # anchors 8-64 px: these nuclei are 8-20 px (official 8 x stride)
-        "local_decoding": True,          # the default teacher decodes each box on a window around it
-        "local_margin": 4,
-    },
-    "loss": {"distill_max_prompts": 16},
-    "train": {
-        "epochs": 24,                    # 12 epochs: the detector misses more (patch AJI 0.62 vs 0.67)
-        "lr_steps": [20], "warmup_iters": 50, "batch_size": 1,
-        "optimizer": "adamw",            # official SGD needs the 50-epoch schedule; AdamW copes with a short one
-        "lr": 2e-4, "lr_reference_batch": 1, "weight_decay": 0.05, "grad_clip": 5.0, "device": "cpu", "seed": 0,
-        "init": "scratch",               # the demo shows training from boxes, not the pretrained model
-    },
-}
-PRESETS["cpu"] = {  # `--sam default` on a CPU: the bundled teacher at native resolution, in an hour or less
-    "model": {
-        "sam": "default", "image_size": 512,
-        "input_scaling": "fixed",        # images at their own resolution, cut into 512 px windows
-        "neck_channels": 32, "neck_finest_stride": 4, "rpn_convs": 1, "box_head_convs": 2, "box_head_fc": 128,
-        "roi_batch_per_image": 256, "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
-        "max_detections": 300, "min_object_size": 10, "anchor_scale": 4.0,
-        "local_decoding": True, "local_margin": 4,
-    },
-    "loss": {"distill_max_prompts": 32},
-    "train": {
-        "epochs": 12, "lr_steps": [10], "warmup_iters": 100, "batch_size": 1,
-        "optimizer": "adamw", "lr": 2e-4, "lr_reference_batch": 1, "weight_decay": 0.05, "grad_clip": 5.0,
-    },
-}
-PRESETS["tiny"] = {  # the tests' model: a tiny random SAM at 128 px, a narrow detector, a few iterations
-    "model": {
-        "sam": "tiny", "image_size": 128, "neck_channels": 32, "box_head_fc": 64, "anchor_scale": 4.0,
-        "rpn_batch_per_image": 64, "roi_batch_per_image": 64, "rpn_pre_nms_train": 300, "rpn_post_nms_train": 100,
-        "rpn_pre_nms_test": 300, "rpn_post_nms_test": 100, "score_threshold": 0.3,
-    },
-    "train": {
-        "device": "cpu", "warmup_iters": 20, "lr": 0.02, "lr_reference_batch": 1,
-        "grad_clip": 5.0,                # keeps the small random model's RoI head from diverging early
-    },
-}
-PRESET_HELP = {
-    "patchseg": "the authors' PatchSeg config (the default): box L1 weight 1.0, test NMS 0.7 (RPN) / 0.5",
-    "clusterseg": "the authors' ClusterSeg config: box L1 weight 0.1, test NMS 0.5 (RPN) / 0.2",
-    "demo": "the CPU demo: the bundled teacher at 256 px, a narrow detector, 24 epochs of AdamW from random weights",
-    "cpu": "--sam default's own (applied when no preset or config is given): native resolution in 512 px "
-           "windows, a narrow detector, 12 epochs of AdamW, from the bundled pretrained model",
-    "tiny": "for tests only: a tiny random SAM at 128 px",
-}
 
+# Keys of earlier layouts, where each setting lives now.
+ALIASES = {f"model.{f.name}": f"model.detector.{f.name}" for f in dataclasses.fields(DetectorConfig)}
+ALIASES.update({f"model.{name}": f"model.postprocess.{name}" for name in (
+    "score_threshold", "max_detections", "connectivity", "fill_border_holes", "keep_largest_island", "overlap_winner")})
+ALIASES["model.min_object_size"] = "model.postprocess.min_size"
 
 # Settings that older model files carry and that are now chosen at prediction time: read, then ignored.
 RETIRED = {"model.decoder_chunk"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    preset: Optional[str] = None       # the named preset the run started from (see PRESETS)
+    preset: Optional[str] = None       # the named preset the run started from (see `dessam.presets`)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    @classmethod
+    def compose(cls, preset: Optional[str] = None, file=None, overrides: Optional[Mapping[str, Any]] = None) -> "Config":
+        """The defaults, then `preset`'s values (`dessam.presets`), then the YAML `file`'s, then
+        `overrides` ({"section.key": value}, in order)."""
+        composer = _Composer()
+        if preset is not None:
+            composer.apply_preset(preset, "--preset")
+        if file is not None:
+            from .yaml_file import read_yaml
+
+            composer.apply(read_yaml(file, "config file") or {}, str(file))
+        composer.apply(overrides or {}, "command line")
+        return composer.build()
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "config") -> "Config":
+        """The defaults with `data` ({"model": {...}, ...} or {"model.key": value}) on top."""
+        composer = _Composer()
+        composer.apply(data or {}, source)
+        return composer.build()
+
+    def replace(self, overrides: Mapping[str, Any], source: str = "replace") -> "Config":
+        """A new config: this one with `overrides` ({"section.key": value}) on top."""
+        composer = _Composer(self)
+        composer.apply(overrides, source)
+        return composer.build()
+
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "Config":
-        config = cls()
-        config.update(data or {}, source)
-        return config
 
-    def update(self, data: dict, source: str = "config") -> "Config":
-        """Set values from a nested dict such as {'train': {'lr': 0.01}}; unknown keys are errors."""
-        if not isinstance(data, dict):
+def settings_by_key(data: Mapping) -> dict:
+    """A configuration mapping of any layout (nested or dotted, keys of earlier layouts too) as
+    {"section.key": value} in today's keys, "preset" kept and retired settings left out."""
+    sections = _section_paths(_values(Config()))
+    out = {}
+
+    def walk(prefix: str, mapping: Mapping) -> None:
+        for key, value in mapping.items():
+            dotted = f"{prefix}{key}"
+            if dotted in RETIRED:
+                continue
+            canonical = ALIASES.get(dotted, dotted)
+            if isinstance(value, Mapping) and canonical in sections:
+                walk(canonical + ".", value)
+            else:
+                out[canonical] = value
+
+    walk("", {key: value for key, value in data.items() if key != "preset"})
+    if data.get("preset") is not None:
+        out = {"preset": data["preset"], **out}
+    return out
+
+
+def _section_paths(values: dict, prefix: str = "") -> set:
+    return {path for key, value in values.items() if isinstance(value, dict)
+            for path in {prefix + key} | _section_paths(value, f"{prefix}{key}.")}
+
+
+def parse_set(items) -> dict:
+    """`--set SECTION.KEY=VALUE` items as {"section.key": value} (values read as YAML)."""
+    overrides = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DessamError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set train.lr=0.01")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+class _Composer:
+    """Settings applied one layer after another to a nested dict of values, each coerced to the type
+    of the value it replaces, then turned into a `Config` once."""
+
+    def __init__(self, base: Optional[Config] = None):
+        self.values = _values(base or Config())
+        self.sources = {}   # setting -> where its value came from
+
+    def apply_preset(self, name: str, source: str) -> None:
+        from .presets import preset_layers
+
+        for layer in preset_layers(name, source):
+            self.apply(layer, f"preset {name}")
+        self.values["preset"] = name
+
+    def apply(self, data: Mapping, source: str) -> None:
+        """Set values from a nested mapping such as {'train': {'lr': 0.01}} (or dotted keys such as
+        {'train.lr': 0.01}); unknown keys are errors."""
+        if not isinstance(data, Mapping):
             raise DessamError(f"{source}: expected a mapping with sections model, loss, train")
         if data.get("preset") is not None:
             self.apply_preset(data["preset"], source)
-        for section_name, values in data.items():
-            if section_name == "preset":
-                continue
-            if isinstance(values, dict):
-                values = {k: v for k, v in values.items() if f"{section_name}.{k}" not in RETIRED}
-            section = getattr(self, section_name, None)
-            if section is None or not dataclasses.is_dataclass(section):
-                raise DessamError(f"{source}: unknown section '{section_name}' (use model, loss or train)")
-            if not isinstance(values, dict):
-                raise DessamError(f"{source}: section '{section_name}' must be a mapping")
-            known = {f.name: f for f in dataclasses.fields(section)}
-            for key, value in values.items():
-                if key not in known:
-                    raise DessamError(
-                        f"{source}: unknown setting '{section_name}.{key}'; known: {', '.join(sorted(known))}"
-                    )
-                default = getattr(section, key)
-                setattr(section, key, _coerce(value, default, f"{source}: {section_name}.{key}"))
-        return self
+        for key, value in data.items():
+            if key != "preset":
+                self._apply_key(key.split("."), value, source)
 
-    def apply_preset(self, name: str, source: str = "--preset") -> "Config":
-        """Set the values of the named preset (see `PRESETS`) and remember its name."""
-        if name not in PRESETS:
-            raise DessamError(f"{source}: unknown preset '{name}'; choose one of {', '.join(sorted(PRESETS))}")
-        self.preset = name
-        return self.update(PRESETS[name], f"preset {name}")
+    def _apply_key(self, path: list, value: Any, source: str) -> None:
+        dotted = ".".join(path)
+        if dotted in RETIRED:
+            return
+        dotted = ALIASES.get(dotted, dotted)
+        path = dotted.split(".")
+        if path[0] not in ("model", "loss", "train"):
+            raise DessamError(f"{source}: unknown section '{path[0]}' (use model, loss or train)")
+        section = self.values
+        for depth, name in enumerate(path[:-1]):
+            if name not in section or not isinstance(section[name], dict):
+                raise DessamError(f"{source}: unknown setting '{'.'.join(path[:depth + 1])}'; "
+                                  f"known: {', '.join(sorted(section))}")
+            section = section[name]
+        key = path[-1]
+        if len(path) == 1 or isinstance(section.get(key), dict):  # a whole section
+            if not isinstance(value, Mapping):
+                raise DessamError(f"{source}: section '{dotted}' must be a mapping")
+            for name, item in value.items():
+                self._apply_key(path + str(name).split("."), item, source)
+            return
+        if key not in section:
+            raise DessamError(f"{source}: unknown setting '{dotted}'; known: {', '.join(sorted(section))}")
+        section[key] = _coerce(value, section[key], f"{source}: {dotted}")
+        self.sources[dotted] = source
 
-    def set(self, dotted: str, value: Any, source: str = "command line") -> None:
-        section, _, key = dotted.partition(".")
-        self.update({section: {key: value}}, source)
+    def build(self) -> Config:
+        try:
+            return _build(Config, self.values)
+        except DessamError as exc:
+            setting = getattr(exc, "setting", None)
+            if setting in self.sources:
+                raise DessamError(f"{self.sources[setting]}: {exc}") from None
+            raise
+
+
+def _values(config) -> dict:
+    """A dataclass as a nested dict of its values (sections as dicts, tuples kept)."""
+    return {f.name: _values(getattr(config, f.name)) if dataclasses.is_dataclass(getattr(config, f.name))
+            else getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _build(cls, values: dict):
+    hints = get_type_hints(cls)
+    return cls(**{name: _build(hints[name], value) if isinstance(value, dict) else value
+                  for name, value in values.items()})
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -278,12 +375,9 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(path: str | Path, base: Optional[Config] = None) -> Config:
-    """The YAML file's settings on top of `base` (default: the defaults)."""
-    from .yaml_file import read_yaml
-
-    data = read_yaml(path, "config file")
-    return (base or Config()).update(data or {}, str(path))
+def load_config(path: str | Path) -> Config:
+    """The YAML file's settings on top of the defaults."""
+    return Config.compose(file=path)
 
 
 def save_config(config: Config, path: str | Path) -> None:

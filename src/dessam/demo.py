@@ -31,10 +31,7 @@ SPLITS = (
 def demo_config(quick: bool = False) -> Config:
     """The `demo` preset (DES-SAM's structure, sized for a few CPU minutes on 256 px synthetic
     fields); `quick`: one epoch."""
-    config = Config().apply_preset("demo")
-    if quick:
-        config.train.epochs = 1
-    return config
+    return Config.compose("demo", overrides={"train.epochs": 1} if quick else None)
 
 
 def plot_loss_curve(log_csv: Path, png: Path) -> None:

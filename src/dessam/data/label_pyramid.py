@@ -3,7 +3,7 @@
 `LabelPyramidWriter` keeps each nucleus as its box and bit-packed mask in an unnamed temporary
 file, indexed by the band of rows where it starts. On `close` it paints level 0 band by band
 from that file (where nuclei overlap, the one added later wins, or, with `overlap_winner`, the
-lower- or the higher-scoring one, as `dessam.postprocess.masks_to_labels` paints) and writes
+lower- or the higher-scoring one, as `dessam.inference.instances.masks_to_labels` paints) and writes
 a tiled, pyramidal OME-TIFF (uint32, 0 = background, zlib; see `dessam.data.pyramid_tiff`).
 Memory: one band of level 0 (``tile`` rows x the slide width x 4 bytes) plus one 8-byte index
 entry per nucleus; the temporary file holds about an eighth of a byte per mask pixel.

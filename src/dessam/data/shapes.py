@@ -1,7 +1,7 @@
 """An annotated object read from another tool: a box, or polygons that also give its mask.
 
 Coordinates are pixel edges of the image (level 0 for slides): pixel (row r, column c) covers
-x in [c, c + 1] and y in [r, r + 1], as in QuPath, Fiji and `dessam.export`. A pixel belongs to
+x in [c, c + 1] and y in [r, r + 1], as in QuPath, Fiji and `dessam.outputs`. A pixel belongs to
 a polygon when its centre lies inside, so outlines traced along pixel edges come back exactly
 (when resampled, a centre on an edge counts for the left and top edges only).
 """

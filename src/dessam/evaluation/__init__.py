@@ -1,1 +1,2 @@
-"""Evaluation: a model scored against masked ground truth with baselines, and reports compared."""
+"""Evaluation: a model scored against masked ground truth (`evaluate`), with the mask sources of its
+baselines (`sources`), and reports compared (`compare`)."""

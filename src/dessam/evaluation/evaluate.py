@@ -25,11 +25,11 @@ Methods (`baselines=True` adds all but `des-sam`), all from one encoding per win
 Every method gets the same post-processing as `dessam predict` (the official one): detections
 under the score threshold are dropped (not for ground-truth boxes, which are not detections),
 holes and islands under `min_size` pixels are removed, and one label map is painted in which, by
-default, overlaps go to the lower score (see `dessam.postprocess`). Per-image metrics are computed
+default, overlaps go to the lower score (see `dessam.inference.instances`). Per-image metrics are computed
 on that label map; COCO AP on the post-processed (possibly overlapping) instance masks with their
 scores.
 
-Each image is brought to the model's scale exactly as `dessam predict` brings it (`dessam.scale`):
+Each image is brought to the model's scale exactly as `dessam predict` brings it (`dessam.geometry.plan`):
 fitted whole, or resampled and cut into windows whose nuclei are merged; so an image is never
 scored at a scale it would not be predicted at.
 """
@@ -46,20 +46,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
+from ..config import Postprocess
 from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_label_map
 from ..errors import DessamError
-from ..export import write_json, write_overlay_png
-from ..metrics import coco_mask_ap, evaluate_pair, summarize
+from ..geometry.plan import WindowPlan
 from ..inference.loading import load_model
-from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..inference.prediction import Prediction
-from ..inference.predictor import GIVEN, STUDENT
-from ..postprocess import Postprocess
-
-# From the detected boxes, then from the ground-truth boxes: each mask source (see
-# `dessam.inference.predictor.SOURCES`); "teacher-gt-boxes" is training-free SAM on the annotated boxes.
-METHODS = ("box-as-mask", "box-otsu", "sam", STUDENT,
-           "box-as-mask" + GIVEN, "box-otsu" + GIVEN, "teacher" + GIVEN, STUDENT + GIVEN)
+from ..inference.predictor import STUDENT
+from ..inference.windowed import image_instances
+from ..metrics import coco_mask_ap, evaluate_pair, summarize
+from ..models.bundled import PRETRAINED_NAME, bundled_models
+from ..outputs.writers import write_json, write_overlay_png
+from .sources import METHODS
 PRETRAINED = "pretrained (bundled)"  # the bundled pretrained model's DES-SAM, a row of `eval --baselines`
 COUNT_KEYS = ("n_gt", "n_pred", "tp", "fp", "fn")
 N_OVERLAYS = 5
@@ -95,7 +93,8 @@ def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Se
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    return model.image_sources(image, postprocess, tuple(methods), given_boxes=gt_boxes, pixel_size_um=pixel_size_um)
+    return image_instances(model, image, {method: METHODS[method] for method in methods}, postprocess,
+                           given_boxes=gt_boxes, pixel_size_um=pixel_size_um)
 
 
 # ---------------------------------------------------------------- report building
@@ -222,31 +221,31 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     out_dir = Path(out_dir)
     dataset = _load_test_set(data_json, images_dir)
     model_config = model.config.model
-    threshold = float(model_config.score_threshold if score_threshold is None else score_threshold)
+    threshold = float(model.postprocess.score_threshold if score_threshold is None else score_threshold)
     if not 0 <= threshold <= 1:
         raise DessamError(f"--score-threshold {threshold}: use a value between 0 and 1 (0 keeps every detection)")
-    min_size = int(model_config.min_object_size if min_size is None else min_size)
+    min_size = int(model.postprocess.min_size if min_size is None else min_size)
     if min_size < 0:
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
-    methods = METHODS if baselines else (STUDENT,)
+    methods = tuple(METHODS) if baselines else (STUDENT,)
     rows = methods + ((PRETRAINED,) if reference is not None else ())
     records = dataset.images
-    postprocess = model.postprocess_settings(score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
-                                             remove_islands=remove_small)
+    postprocess = replace(model.postprocess, score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
+                          remove_islands=remove_small)
 
     per_image = {method: [] for method in rows}
     predictions = {method: [] for method in rows}  # per image: (RLEs, scores)
     csv_rows, worst, oversized = [], [], 0
     for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
         image = read_record_image(record)
-        oversized += bool(model.needs_tiling(image, pixel_size_um))
+        oversized += WindowPlan.for_image(image.shape, model.image_size, model.scale, pixel_size_um).tiled
         gt_labels = record_label_map(record)
         raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um)
         for method in rows:
             if method == PRETRAINED:
                 prediction = reference.predict(image, pixel_size_um=pixel_size_um)
             else:
-                cut = threshold if threshold > 0 and not method.endswith(GIVEN) else None
+                cut = threshold if threshold > 0 and not METHODS[method].given_boxes else None
                 prediction = Prediction.from_instances(
                     raw[method].postprocessed(replace(postprocess, score_threshold=cut)), postprocess.overlap_winner)
             result = evaluate_pair(gt_labels, prediction.labels)
@@ -280,7 +279,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             "keep_largest_island": postprocess.keep_largest_island,
             "overlap_winner": postprocess.overlap_winner,
             "mask_threshold": float(model_config.mask_threshold),
-            "max_detections": int(model_config.max_detections),
+            "max_detections": int(model.postprocess.max_detections),
             "image_size": int(model.image_size),
             "images_in_windows": int(oversized),
             "pixel_size_um": pixel_size_um,

@@ -1,2 +1,3 @@
-"""Inference: one pipeline from images to label maps (batched encoder, detector, decoder), tiling of
-large fields, and the files `dessam predict` writes."""
+"""Inference: one pipeline from images to label maps (`Predictor`: encode, detect, segment, predict),
+images of any size in windows (`windowed`), masks of given boxes (`box_masks`), the instances and
+their post-processing (`instances`), and whole slides streamed row by row (`slide_stream`)."""

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from ..config import Config
 from ..devices import resolve_device
 from ..errors import DessamError
-from ..scale import ModelScale
-from ..models.dessam import DESSAM
+from ..geometry.scale import ModelScale
+from ..models.build import build_dessam
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.model_file import read_model_file, sam_for_model, sam_identity
 from ..models.promptable_sam import PromptableSam
@@ -20,13 +21,14 @@ from .settings import InferenceSettings, fast_settings
 
 
 def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int] = None,
-               settings: Optional[InferenceSettings] = None) -> Predictor:
+               settings: Optional[InferenceSettings] = None, input_scale: Optional[float] = None) -> Predictor:
     """Load `RUN/model.pt`; the SAM weights it names are found and their SHA-256 checked.
 
     image_size: run the model at another input size than it was trained at (the default
     teacher is fully convolutional; ViT position tables are interpolated).
     settings: how inference runs (default: the fast path for the device, see
     `dessam.inference.settings`); its `test_proposals` is fixed when the model is built.
+    input_scale: resize images by this factor instead of the model's training scale.
     """
     path = Path(path)
     model_file = read_model_file(path)
@@ -34,16 +36,16 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     sam = sam_for_model(model_file, sam_checkpoint, image_size)
     device = resolve_device(device)
     settings = settings or fast_settings(device)
-    config.model.image_size = int(sam.image_encoder.img_size)
     if settings.test_proposals is not None:
-        config.model.rpn_post_nms_test = int(settings.test_proposals)
-    model = DESSAM(sam, config)
+        config = config.replace({"model.detector.rpn_post_nms_test": int(settings.test_proposals)})
+    model = build_dessam(config, sam)
     try:
         model.load_trainable_state_dict(model_file.state_dict)
     except (KeyError, RuntimeError) as exc:
         raise DessamError(f"{path}: the model's weights do not fit its own config ({str(exc)[:120]}); re-train") from None
     model.to(device)
-    return Predictor(model, config, model_file.identity, device, model_file.scale, settings, path)
+    scale = model_file.scale if input_scale is None else replace(model_file.scale, input_scale=input_scale)
+    return Predictor(model, model.config, model_file.identity, device, scale, settings, path)
 
 
 def load_teacher(sam_name: str, sam_checkpoint=None, device="cpu", image_size: Optional[int] = None,
@@ -75,12 +77,11 @@ def teacher_predictor(sam, identity: dict, margin: Optional[int] = None, setting
     """A built SAM (on its device) as a `Predictor` without a detector (see `load_teacher`);
     `margin`: decode each box on a window of the embedding with this many tokens around it (None:
     the whole embedding)."""
-    config = Config()
-    config.model.sam, config.model.sam_checkpoint = identity["name"], None if checkpoint is None else str(checkpoint)
-    config.model.prompt_token = False
-    config.model.image_size = int(sam.image_encoder.img_size)
+    settings_of_sam = {"model.sam": identity["name"], "model.sam_checkpoint": None if checkpoint is None else str(checkpoint),
+                       "model.prompt_token": False, "model.image_size": int(sam.image_encoder.img_size)}
     if margin is not None:
-        config.model.local_decoding, config.model.local_margin = True, int(margin)
+        settings_of_sam.update({"model.local_decoding": True, "model.local_margin": int(margin)})
+    config = Config().replace(settings_of_sam)
     device = sam.pixel_mean.device
     model = PromptableSam(sam).to(device)
     return Predictor(model, config, identity, device, ModelScale("fixed", input_scale), settings or fast_settings(device))

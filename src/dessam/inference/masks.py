@@ -17,9 +17,9 @@ import math
 import numpy as np
 import torch
 
+from ..geometry.inputs import ModelInput
+from ..geometry.mapping import tight
 from ..models.prompted_decoder import OUTSIDE
-from ..postprocess import tight
-from .inputs import ModelInput
 
 
 def _linear_sources(n_in: int, n_out: int, outputs: torch.Tensor) -> tuple:

@@ -1,7 +1,7 @@
 """`dessam label`: a mask for every annotated box of a COCO file.
 
 Each box is segmented by the trained student (a model file: its learned token, prompted with the
-annotated box) or by the frozen teacher (SAM alone), see `dessam.labeling.box_masks`. The output
+annotated box) or by the frozen teacher (SAM alone), see `dessam.inference.box_masks`. The output
 is the input file with, on every annotation, an RLE `segmentation` at the image's size, its
 `area`, SAM's `predicted_iou` and `stability_score`, and `label_flags`; ids, categories, boxes and
 every other field are kept (a segmentation already there is replaced).
@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from ..data.coco import load_coco, mask_to_rle, read_json, read_record_image, write_coco
 from ..data.validate import raise_on_errors, validate_coco
 from ..errors import DessamError
+from ..inference.box_masks import box_masks
 from ..inference.predictor import Predictor
-from .box_masks import box_masks
 from .review import ReviewItem, write_review
 
 OUTSIDE_MARGIN = 0.1     # the box grows by this fraction of its width and height on each side ...

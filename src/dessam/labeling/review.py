@@ -23,7 +23,7 @@ from scipy import ndimage
 from ..atomic import atomic_path, write_atomic
 from ..data.coco import rle_to_mask
 from ..data.images import read_image
-from ..data.transforms import box_scale
+from ..geometry.inputs import box_scale
 
 TILE = 160          # pixels of a mosaic tile's picture
 CAPTION = 30        # pixels of its two caption lines

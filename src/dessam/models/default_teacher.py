@@ -24,9 +24,9 @@ from typing import Optional
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import DessamError
+from ..geometry.inputs import PIXEL_MEAN, PIXEL_STD
 from .checkpoints import file_sha256, read_sam_state_dict, safe_torch_load
 from .conv_encoder import ConvEncoder
-from .pixels import PIXEL_MEAN, PIXEL_STD
 from .unet_encoder import UNetEncoder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

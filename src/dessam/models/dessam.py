@@ -36,7 +36,7 @@ class DESSAM(nn.Module):
         channels = int(sam.prompt_encoder.embed_dim)
         model = config.model
         self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride, model.neck_finest_stride)
-        self.detector = BoxDetector(model, model.neck_channels, self.neck.strides)
+        self.detector = BoxDetector(model.detector, model.neck_channels, self.neck.strides)
         self.decoder = PromptedMaskDecoder(sam, model.prompt_token, model.prompt_token_init)
 
     def train(self, mode: bool = True):
@@ -113,11 +113,7 @@ class DESSAM(nn.Module):
             targets=targets, weights=weights)
         if loss_config.edge_aware:
             crop_boxes = {"annotated": matched, "proposal": proposals}
-            if loss_config.edge_crop_box not in crop_boxes:
-                raise ValueError(f"loss.edge_crop_box: unknown '{loss_config.edge_crop_box}'; use annotated or proposal")
             images = {"rgb": None, "normalised": images_normalised}
-            if loss_config.edge_global_image not in images:
-                raise ValueError(f"loss.edge_global_image: unknown '{loss_config.edge_global_image}'; use rgb or normalised")
             valid = valid_region(image_sizes, self.image_size, loss_config.edge_bottom_rows, embeddings.device)
             logits_per_pixel = student.frame[-1] / self.image_size
             losses["edge_local"], losses["edge_global"] = edge_aware_losses(

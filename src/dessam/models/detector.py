@@ -25,7 +25,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
-from ..config import ModelConfig
+from ..config import DetectorConfig
 from .matcher import MaxIoUMatcher
 from .roi_pool import StridedRoIAlign
 
@@ -88,7 +88,7 @@ class SampledRois:
 
 
 class BoxDetector(nn.Module):
-    def __init__(self, config: ModelConfig, in_channels: int, strides: list):
+    def __init__(self, config: DetectorConfig, in_channels: int, strides: list):
         super().__init__()
         levels = [str(i) for i in range(len(strides))]
         anchors = AnchorGenerator(
@@ -110,8 +110,6 @@ class BoxDetector(nn.Module):
         self.rpn.proposal_matcher = MaxIoUMatcher(config.rpn_fg_iou, config.rpn_bg_iou, config.rpn_min_pos_iou)
         size = config.roi_size
         norms = {"none": None, "layernorm": LayerNorm2d}
-        if config.box_head_norm not in norms:
-            raise ValueError(f"model.box_head_norm: unknown '{config.box_head_norm}'; use none or layernorm")
         box_head = FastRCNNConvFCHead(
             (in_channels, size, size), [in_channels] * config.box_head_convs, [config.box_head_fc],
             norm_layer=norms[config.box_head_norm],
@@ -126,9 +124,9 @@ class BoxDetector(nn.Module):
             batch_size_per_image=config.roi_batch_per_image,
             positive_fraction=config.roi_positive_fraction,
             bbox_reg_weights=None,
-            score_thresh=config.score_threshold,  # not used: `detect` takes the thresholds per call
+            score_thresh=0.0,  # not used: `detect` takes the score threshold and the detection limit per call
             nms_thresh=config.detection_nms,
-            detections_per_img=config.max_detections,
+            detections_per_img=1,
         )
         self.roi_heads.proposal_matcher = MaxIoUMatcher(config.roi_fg_iou, config.roi_fg_iou, config.roi_min_pos_iou)
 

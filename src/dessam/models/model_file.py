@@ -2,7 +2,7 @@
 
 - `RUN/model.pt` (`MODEL_FORMAT`): what training changed (neck, detector, token), the full
   configuration, the SAM weights' name and SHA-256, and the scale the model saw its images at
-  (`dessam.scale.ModelScale`).
+  (`dessam.geometry.scale.ModelScale`).
 - `RUN/checkpoints/*.pt` (`CHECKPOINT_FORMAT`): the same plus the optimizer, the position in the
   schedule and the random state, to resume training.
 
@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 
 from ..atomic import atomic_path
-from ..config import Config
+from ..config import Config, settings_by_key
 from ..errors import DessamError
-from ..scale import ModelScale
+from ..geometry.scale import ModelScale
 from .checkpoints import file_sha256, safe_torch_load, weights_sha256
 from .default_teacher import DEFAULT_TEACHER_PATH, teacher_for_digest
 from .fetch import find_sam_checkpoint
@@ -96,31 +96,29 @@ class ModelFile:
 # What a setting that an older model file does not carry meant when that file was written: dessam's
 # behaviour before the setting existed, so that such a model predicts as it did.
 EARLIER_BEHAVIOUR = {
-    "model": {
-        "box_head_norm": "layernorm", "roi_align_aligned": False, "rpn_min_pos_iou": 0.0, "roi_min_pos_iou": None,
-        "mask_threshold": 0.0, "connectivity": 4, "fill_border_holes": False, "keep_largest_island": False,
-        "overlap_winner": "higher-score", "prompt_token_init": "not-a-point", "local_decoding": False,
-    },
-    "loss": {
-        "roi_box": 0.1, "edge_tau": 0.3, "edge_crop_box": "annotated", "edge_global_image": "normalised",
-        "edge_bottom_rows": 0,
-    },
+    "model.detector.box_head_norm": "layernorm", "model.detector.roi_align_aligned": False,
+    "model.detector.rpn_min_pos_iou": 0.0, "model.detector.roi_min_pos_iou": None, "model.mask_threshold": 0.0,
+    "model.postprocess.connectivity": 4, "model.postprocess.fill_border_holes": False,
+    "model.postprocess.keep_largest_island": False, "model.postprocess.overlap_winner": "higher-score",
+    "model.prompt_token_init": "not-a-point", "model.local_decoding": False,
+    "loss.roi_box": 0.1, "loss.edge_tau": 0.3, "loss.edge_crop_box": "annotated",
+    "loss.edge_global_image": "normalised", "loss.edge_bottom_rows": 0,
 }
 
 
 def with_earlier_behaviour(config: dict) -> dict:
-    """`config` (a model file's) with the settings it lacks set to what they were when it was written."""
-    config = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
-    model, loss = config.setdefault("model", {}), config.setdefault("loss", {})
-    for section, values in EARLIER_BEHAVIOUR.items():
-        for key, value in values.items():
-            config[section].setdefault(key, value)
-    model.setdefault("rpn_nms_test", model.get("rpn_nms", 0.7))  # one RPN NMS for training and test
-    loss.setdefault("edge_mask_dilation", loss.get("edge_dilation", 2))
+    """`config` (a model file's, in any layout) as {"section.key": value} with the settings it lacks
+    set to what they were when it was written."""
+    settings = settings_by_key(config)
+    for key, value in EARLIER_BEHAVIOUR.items():
+        settings.setdefault(key, value)
+    # one RPN NMS for training and test
+    settings.setdefault("model.detector.rpn_nms_test", settings.get("model.detector.rpn_nms", 0.7))
+    settings.setdefault("loss.edge_mask_dilation", settings.get("loss.edge_dilation", 2))
     # torchvision's level rule: boxes under 14 x the finest stride pooled from the finest level
-    finest_stride = 2 if model.get("sam") in ("default", "tiny") else 4
-    model.setdefault("roi_finest_scale", 14.0 * finest_stride)
-    return config
+    finest_stride = 2 if settings.get("model.sam") in ("default", "tiny") else 4
+    settings.setdefault("model.detector.roi_finest_scale", 14.0 * finest_stride)
+    return settings
 
 
 def read_model_file(path) -> ModelFile:

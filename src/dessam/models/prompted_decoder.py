@@ -23,8 +23,6 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-# not-a-point: a copy of SAM's padding token (dessam); normal: nn.Embedding's N(0, 1) (the authors')
-TOKEN_INITS = ("not-a-point", "normal")
 UPSCALE = 4  # SAM's decoder upsamples the embedding grid 4 x into its low-resolution logits
 OUTSIDE = -1e4  # the logit of the pixels beyond a prompt's window (sigmoid 0)
 
@@ -75,12 +73,12 @@ def prompt_windows(boxes: torch.Tensor, stride: int, grid: int, margin: int) -> 
 
 class PromptedMaskDecoder(nn.Module):
     def __init__(self, sam: Sam, prompt_token: bool = True, token_init: str = "not-a-point"):
+        """token_init (`model.prompt_token_init`): "not-a-point", a copy of SAM's padding token
+        (dessam), or "normal", nn.Embedding's N(0, 1) (the authors')."""
         super().__init__()
         # Held in a plain list so the frozen SAM modules are not registered twice as sub-modules.
         self._sam = [sam]
         dim = sam.mask_decoder.transformer_dim
-        if token_init not in TOKEN_INITS:
-            raise ValueError(f"model.prompt_token_init: unknown '{token_init}'; use {' or '.join(TOKEN_INITS)}")
         self.prompt_token = nn.Embedding(1, dim) if prompt_token else None  # nn.Embedding starts N(0, 1)
         if self.prompt_token is not None and token_init == "not-a-point":
             # Start as SAM's own "not a point" padding token, which its decoder learned to pass over:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import DessamError
+from ..geometry.inputs import PIXEL_MEAN, PIXEL_STD
 from .checkpoints import read_sam_state_dict
 from .default_teacher import build_default_architecture, load_default_teacher
-from .pixels import PIXEL_MEAN, PIXEL_STD
 
 
 

@@ -1,6 +1,6 @@
 """Masks from boxes: the mask of every rectangle of a Shapes layer, as `dessam label` draws it.
 
-The boxes go to `dessam.labeling.box_masks.box_masks`, drawn by SAM alone (the frozen teacher)
+The boxes go to `dessam.inference.box_masks.box_masks`, drawn by SAM alone (the frozen teacher)
 or by a trained model's learned token. The result is a Labels layer in which label k is the k-th
 rectangle; its features table holds, per box, SAM's predicted IoU and stability score, the flags
 of `dessam label` (`empty`, `outside`: more of the mask than allowed lies outside its box) and the
@@ -17,7 +17,7 @@ import napari
 import numpy as np
 
 from ..errors import DessamError
-from ..labeling.box_masks import box_masks
+from ..inference.box_masks import box_masks
 from ..labeling.label import REVIEW_COUNT, mask_flags
 from ..labeling.review import certainty, review_order
 from .job_widget import JobWidget, find_layer, layer_box

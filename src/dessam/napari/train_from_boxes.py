@@ -51,11 +51,10 @@ def sam_choices() -> list:
 
 def preset_config(sam: str) -> Config:
     """The configuration `dessam train --sam SAM` starts from (`tiny`: the tests' small SAM)."""
-    config = Config().apply_preset("cpu" if sam == "default" else "tiny" if sam == "tiny" else "patchseg")
-    config.model.sam = sam
+    overrides = {"model.sam": sam}
     if sam in OFFICIAL_VARIANTS:
-        config.model.sam_checkpoint = str(find_sam_checkpoint(sam_file_name(sam)))
-    return config
+        overrides["model.sam_checkpoint"] = str(find_sam_checkpoint(sam_file_name(sam)))
+    return Config.compose("cpu" if sam == "default" else "tiny" if sam == "tiny" else "patchseg", overrides=overrides)
 
 
 def fit_schedule(config: Config, iterations: int, views: int) -> Config:
@@ -64,10 +63,12 @@ def fit_schedule(config: Config, iterations: int, views: int) -> Config:
     a quarter of it."""
     planned = config.train.epochs
     epochs = max(1, math.ceil(iterations / max(views, 1)))
-    config.train.epochs, config.train.max_iters = epochs, int(iterations)
-    config.train.lr_steps = tuple(max(1, round(step * epochs / planned)) for step in config.train.lr_steps)
-    config.train.warmup_iters = min(config.train.warmup_iters, max(iterations // 4, 1))
-    return config
+    return config.replace({
+        "train.epochs": epochs,
+        "train.max_iters": int(iterations),
+        "train.lr_steps": tuple(max(1, round(step * epochs / planned)) for step in config.train.lr_steps),
+        "train.warmup_iters": min(config.train.warmup_iters, max(iterations // 4, 1)),
+    })
 
 
 def count_views(config: Config, data: TrainingSet) -> int:
@@ -189,7 +190,7 @@ class TrainWidget(JobWidget):
             with tempfile.TemporaryDirectory(prefix="dessam-train-") as folder:
                 data = write_training_set(items, Path(folder) / "data")
                 config = preset_config(sam)
-                fit_schedule(config, iterations, count_views(config, data))
+                config = fit_schedule(config, iterations, count_views(config, data))
                 job.check()   # Stop before training began: nothing is written
                 result = train(config, data.json_path, data.images_dir, Path(folder) / "run", progress=False,
                                on_iteration=job.iteration)

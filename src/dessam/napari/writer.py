@@ -1,7 +1,7 @@
 """napari writer: a Labels layer of nuclei saved as `dessam predict` saves an image's nuclei.
 
 Saving to `FOLDER/NAME.tif` (or `NAME_labels.tif`) writes `NAME_labels.tif`, `NAME.geojson` and
-`NAME_nuclei.csv` with the writers of `dessam predict` (`dessam.export`), from the layer as it is
+`NAME_nuclei.csv` with the writers of `dessam predict` (`dessam.outputs.writers`), from the layer as it is
 now, corrections included. Measurements are taken on the image the layer was segmented on when
 the layer knows it (the Segment widget's layers do), else without the intensity columns; scores
 come from the layer's features table (NaN for nuclei drawn by hand).
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DessamError
-from ..export import nucleus_measurements, write_geojson, write_label_tiff, write_measurements_csv
-from ..inference.files import output_paths, without_alpha
+from ..measurements import nucleus_measurements
+from ..outputs.files import output_paths, without_alpha
+from ..outputs.writers import write_geojson, write_label_tiff, write_measurements_csv
 from .layers import scores_by_id
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".geojson", ".csv")

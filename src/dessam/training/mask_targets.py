@@ -15,8 +15,8 @@ import torch
 
 from ..data.coco import ImageRecord, segmentation_to_mask
 from ..errors import DessamError
+from ..geometry.mapping import tight
 from ..models.frame_masks import FrameMasks, rasterise
-from ..postprocess import tight
 from .views import TrainingView
 
 

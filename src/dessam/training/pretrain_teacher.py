@@ -250,7 +250,7 @@ def box_prompt_iou(predictor, samples: list) -> float:
     """Mean mask IoU over every nucleus of `samples`, each prompted with its exact box through the
     prediction pipeline (`dessam label`'s engine: the image at its own scale, in windows of the
     model's input size when larger, each box decoded as prediction decodes it)."""
-    from ..labeling.box_masks import box_masks
+    from ..inference.box_masks import box_masks
 
     ious = []
     for sample in samples:

@@ -1,12 +1,14 @@
 """Box-supervised DES-SAM training.
 
-One call of `train()`:
-1. reads the COCO file (boxes only are enough; masks given on any annotations supervise the
-   proposals matched to them, see `dessam.training.mask_targets`) and checks it;
-2. builds SAM and the DES-SAM model; computes each training image's SAM embedding once and caches
-   it (float16, keyed by image content and encoder weights), so no epoch runs the encoder;
-3. runs the official schedule (SGD, linear warm-up, step decay), logging every iteration to
-   `RUN/log.csv`, and writes `RUN/model.pt` plus resumable checkpoints atomically.
+`train()` runs a `Trainer` through its steps:
+1. `prepare`: reads the COCO file (boxes only are enough; masks given on any annotations supervise
+   the proposals matched to them, see `dessam.training.mask_targets`), checks it and the run folder;
+2. `build`: builds SAM and the DES-SAM model (`dessam.models.build.build_dessam`); computes each
+   training image's SAM embedding once and caches it (float16, keyed by image content and encoder
+   weights), so no epoch runs the encoder;
+3. `run_schedule`: the official schedule (SGD, linear warm-up, step decay), one `step` per batch,
+   every iteration logged to `RUN/log.csv`, resumable checkpoints after each epoch;
+4. `finish`: `RUN/model.pt` and the last checkpoint, written atomically, and the validation losses.
 
 Resuming (`resume=True`) continues from `RUN/checkpoints/last.pt` and, on a CPU, reproduces an
 uninterrupted run exactly: the data order depends only on (seed, epoch) and the checkpoint holds
@@ -30,10 +32,11 @@ from ..config import Config, save_config
 from ..data.coco import load_coco
 from ..devices import resolve_device
 from ..errors import DessamError
-from ..models.dessam import DESSAM, LOSS_NAMES
+from ..geometry.scale import ModelScale, check_pixel_size
+from ..models.build import build_dessam
+from ..models.dessam import LOSS_NAMES
 from ..models.model_file import read_checkpoint, sam_identity, save_checkpoint, save_model_file
 from ..models.sam import build_sam, recognise_variant
-from ..scale import ModelScale, check_pixel_size
 from . import distributed
 from .batches import batch_masks, batch_tensors, encode_training_set
 from .cache import EmbeddingCache
@@ -44,17 +47,17 @@ from .validation_loss import write_validation_losses
 
 
 def build_model(config: Config, device: torch.device):
-    """The DES-SAM model for `config` (trainable parts freshly initialised) and its SAM identity."""
-    model_config = config.model
-    sam_name, checkpoint = model_config.sam, model_config.sam_checkpoint
-    sam = build_sam(sam_name, checkpoint, model_config.image_size)
+    """The DES-SAM model for `config` (trainable parts freshly initialised) and its SAM identity. The
+    model's `config` is the one it was built with: `config` with an official checkpoint given as
+    `model.sam` named as its variant, and `model.image_size` the SAM's own."""
+    sam_name, checkpoint = config.model.sam, config.model.sam_checkpoint
+    sam = build_sam(sam_name, checkpoint, config.model.image_size)
     if checkpoint is None and Path(str(sam_name)).suffix in (".pth", ".pt"):
         sam_name, checkpoint = recognise_variant(sam_name), sam_name
-        model_config.sam, model_config.sam_checkpoint = sam_name, str(checkpoint)
-    model_config.image_size = int(sam.image_encoder.img_size)
+        config = config.replace({"model.sam": sam_name, "model.sam_checkpoint": str(checkpoint)})
     identity = sam_identity(sam_name, checkpoint, sam)
     torch.manual_seed(config.train.seed)
-    model = DESSAM(sam, config).to(device)
+    model = build_dessam(config, sam).to(device)
     return model, identity
 
 
@@ -99,9 +102,7 @@ def make_optimizer(config: Config, parameters: list, lr: float) -> torch.optim.O
     train = config.train
     if train.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay)
-    raise DessamError(f"train.optimizer: unknown '{train.optimizer}'; use sgd or adamw")
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay)  # "adamw"
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
@@ -125,151 +126,208 @@ class TrainResult:
 
 def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
           progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None) -> TrainResult:
-    """Train on `train_json` into `out_dir` (see the module docstring).
+    """Train DES-SAM from the boxes (and any masks) of `train_json` into `out_dir` (see the module
+    docstring); `resume` continues from `out_dir/checkpoints/last.pt`.
 
     on_iteration(iteration, total, loss): called after every iteration (single process; a viewer's
     loss readout); when it returns True, training stops there and saves what it has, as at the
     end of the schedule (model.pt, last.pt; `resume` goes on from it).
     """
-    out_dir = Path(out_dir)
-    dist = distributed.current()
-    device = resolve_device(config.train.device) if not dist.enabled else dist.device
-    dataset = load_coco(train_json, images_dir)
-    annotated = [record for record in dataset.images if len(record.boxes)]  # as the official filter_empty_gt
-    if not annotated:
-        raise DessamError(f"{train_json}: the dataset has no images with boxes; add annotations")
-    if dist.is_main:
+    return Trainer(config, train_json, images_dir, out_dir, val_json, resume, progress, on_iteration).run()
+
+
+class Trainer:
+    """One training run. `run()` calls the steps in order; each step leaves its results on `self`."""
+
+    def __init__(self, config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
+                 progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None):
+        self.config, self.train_json, self.images_dir, self.out_dir = config, train_json, images_dir, Path(out_dir)
+        self.val_json, self.resume, self.progress, self.on_iteration = val_json, resume, progress, on_iteration
+        self.dist = distributed.current()
+        self.device = resolve_device(config.train.device) if not self.dist.enabled else self.dist.device
+        self.last_path = self.out_dir / "checkpoints" / "last.pt"
+        self.epoch = self.start_batch = self.iteration = self.nonfinite_run = self.skipped_total = 0
+        self.recent, self.log, self.bar, self.stopped = [], None, None, False
+
+    def run(self) -> TrainResult:
+        self.prepare()
+        self.build()
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DessamError(f"{out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
-        if not os.access(out_dir, os.W_OK):
-            raise DessamError(f"{out_dir}: the run folder is not writable; choose another --out")
-    checkpoint_dir = out_dir / "checkpoints"
-    last_path = checkpoint_dir / "last.pt"
-    state = None
-    if resume:
-        if dist.is_main:
-            remove_stale_temporaries(out_dir, checkpoint_dir)
-        if not last_path.is_file():
-            raise DessamError(f"{last_path}: nothing to resume from; run without --resume")
-        state = read_checkpoint(last_path)
+            self.run_schedule()
+            self.finish()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.log is not None:
+                self.log.close()
+        return TrainResult(self.out_dir / "model.pt", self.iteration, self.epoch, self.skipped_total,
+                           self.dataset.clipped_boxes, self.dataset.dropped_boxes, self.encoder_runs(),
+                           self.mask_annotations, self.box_annotations, self.stopped, self.start.note)
 
-    model, identity = build_model(config, device)
-    if state is not None and state["sam"]["sha256"] != identity["sha256"]:
-        raise DessamError(f"{last_path}: this run was trained on other SAM weights ({state['sam']['name']}); "
-                          f"resume with the same --sam and --sam-checkpoint")
-    start = starting_weights(model, identity, config.train.init) if state is None else Start(last_path, "resumed")
-    encoder_runs = _count_calls(model.sam.image_encoder)
-    cache_dir = Path(config.train.cache_dir) if config.train.cache_dir else out_dir / "cache"
-    cache = EmbeddingCache(cache_dir, encoder_key=f"{identity['sha256']}:{model.image_size}")
-    records = distributed.shard(annotated, dist)
-    factor = training_factor(config)
-    items = encode_training_set(model, records, cache, device, progress and dist.is_main, factor, given_masks=True)
-    if not items:
-        raise DessamError(f"{train_json}: no image keeps a box at the model's scale; check the boxes and --pixel-size")
-    scale = model_scale(config, items, factor)
-    mask_annotations, box_annotations = supervision_counts(annotated)
-    parameters = model.trainable_parameters()
-    optimizer = make_optimizer(config, parameters, learning_rate(config, 0, 0, dist.world_size))
-    trainer = distributed.wrap(model, dist)
-    epoch, start_batch, iteration, nonfinite_run = 0, 0, 0, 0
-    if state is not None:
-        model.load_trainable_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, start_batch, iteration = state["epoch"], state["batch"], state["iteration"]
-        nonfinite_run = state["nonfinite_run"]
-        torch.set_rng_state(state["torch_rng"])
-    if dist.is_main:
-        save_config(config, out_dir / "config.yaml")
-    log = LossLog(out_dir / "log.csv", keep_until=iteration if state is not None else None) if dist.is_main else None
+    def prepare(self) -> None:
+        """The training images with boxes, the run folder, and the checkpoint to resume from."""
+        self.dataset = load_coco(self.train_json, self.images_dir)
+        self.annotated = [record for record in self.dataset.images if len(record.boxes)]  # as the official filter_empty_gt
+        if not self.annotated:
+            raise DessamError(f"{self.train_json}: the dataset has no images with boxes; add annotations")
+        if self.dist.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DessamError(f"{self.out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
+            if not os.access(self.out_dir, os.W_OK):
+                raise DessamError(f"{self.out_dir}: the run folder is not writable; choose another --out")
+        self.state = None
+        if self.resume:
+            if self.dist.is_main:
+                remove_stale_temporaries(self.out_dir, self.last_path.parent)
+            if not self.last_path.is_file():
+                raise DessamError(f"{self.last_path}: nothing to resume from; run without --resume")
+            self.state = read_checkpoint(self.last_path)
 
-    batch_size = config.train.batch_size
-    batches_per_epoch = math.ceil(len(items) / batch_size)
-    total = config.train.epochs * batches_per_epoch
-    if config.train.max_iters is not None:
-        total = min(total, config.train.max_iters)
-    skipped_total = 0
-    recent = []
-    stopped = False
-    bar = tqdm(total=total, initial=iteration, desc="Training", unit="it", disable=not (progress and dist.is_main))
-    model.train()
-    try:
-        while epoch < config.train.epochs and iteration < total:
-            order = epoch_order(config.train.seed, epoch, len(items))
-            for batch in range(start_batch, batches_per_epoch):
-                if iteration >= total:
+    def build(self) -> None:
+        """The model and its starting weights, the cached embeddings, the optimizer, and the position
+        in the schedule (restored when resuming)."""
+        self.model, self.identity = build_model(self.config, self.device)
+        self.config = config = self.model.config
+        state = self.state
+        if state is not None and state["sam"]["sha256"] != self.identity["sha256"]:
+            raise DessamError(f"{self.last_path}: this run was trained on other SAM weights ({state['sam']['name']}); "
+                              f"resume with the same --sam and --sam-checkpoint")
+        self.start = (starting_weights(self.model, self.identity, config.train.init) if state is None
+                      else Start(self.last_path, "resumed"))
+        self.encoder_runs = _count_calls(self.model.sam.image_encoder)
+        self.encode_images()
+        self.mask_annotations, self.box_annotations = supervision_counts(self.annotated)
+        self.parameters = self.model.trainable_parameters()
+        self.optimizer = make_optimizer(config, self.parameters, learning_rate(config, 0, 0, self.dist.world_size))
+        self.wrapped = distributed.wrap(self.model, self.dist)
+        if state is not None:
+            self.model.load_trainable_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.start_batch, self.iteration = state["epoch"], state["batch"], state["iteration"]
+            self.nonfinite_run = state["nonfinite_run"]
+            torch.set_rng_state(state["torch_rng"])
+        if self.dist.is_main:
+            save_config(config, self.out_dir / "config.yaml")
+            self.log = LossLog(self.out_dir / "log.csv", keep_until=self.iteration if state is not None else None)
+
+    def encode_images(self) -> None:
+        """Every training view's embedding, cached; the scale the model is trained at."""
+        cache_dir = Path(self.config.train.cache_dir) if self.config.train.cache_dir else self.out_dir / "cache"
+        self.cache = EmbeddingCache(cache_dir, encoder_key=f"{self.identity['sha256']}:{self.model.image_size}")
+        records = distributed.shard(self.annotated, self.dist)
+        factor = training_factor(self.config)
+        self.items = encode_training_set(self.model, records, self.cache, self.device,
+                                         self.progress and self.dist.is_main, factor, given_masks=True)
+        if not self.items:
+            raise DessamError(f"{self.train_json}: no image keeps a box at the model's scale; check the boxes and "
+                              "--pixel-size")
+        self.scale = model_scale(self.config, self.items, factor)
+
+    def run_schedule(self) -> None:
+        """Epochs of batches in a seeded order until the epochs or `train.max_iters` are done, or
+        until `on_iteration` asks to stop."""
+        train_config = self.config.train
+        batch_size = train_config.batch_size
+        self.batches_per_epoch = math.ceil(len(self.items) / batch_size)
+        self.total = train_config.epochs * self.batches_per_epoch
+        if train_config.max_iters is not None:
+            self.total = min(self.total, train_config.max_iters)
+        self.bar = tqdm(total=self.total, initial=self.iteration, desc="Training", unit="it",
+                        disable=not (self.progress and self.dist.is_main))
+        self.model.train()
+        while self.epoch < train_config.epochs and self.iteration < self.total:
+            order = epoch_order(train_config.seed, self.epoch, len(self.items))
+            for batch in range(self.start_batch, self.batches_per_epoch):
+                if self.iteration >= self.total:
                     break
-                chosen = [items[i] for i in order[batch * batch_size:(batch + 1) * batch_size]]
-                lr = learning_rate(config, iteration, epoch, dist.world_size)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                embeddings, rgb, normalised, boxes, sizes = batch_tensors(model, chosen, cache, device)
-                losses = trainer(embeddings, rgb, normalised, boxes, sizes, gt_masks=batch_masks(chosen, device))
-                total_loss = model.weighted_total(losses)
-                finite = distributed.all_finite(dist, total_loss)  # every rank takes part, every step
-                optimizer.zero_grad(set_to_none=True)
-                if finite:
-                    total_loss.backward()
-                    if config.train.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(parameters, config.train.grad_clip)
-                    optimizer.step()
-                    nonfinite_run = 0
-                else:
-                    nonfinite_run += 1
-                    skipped_total += 1
-                iteration += 1
-                row = {"epoch": epoch, "iteration": iteration, "lr": f"{lr:.6g}", "total": f"{total_loss.item():.6g}",
-                       "skipped_nonfinite": int(not finite)}
-                row.update({name: f"{losses[name].item():.6g}" for name in LOSS_NAMES})
-                if log is not None:
-                    log.write(row)
-                if finite:
-                    recent = (recent + [total_loss.item()])[-20:]
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(recent):.4f}" if recent else "nan", lr=f"{lr:.2g}")
-                if nonfinite_run >= config.train.max_nonfinite:
-                    kept = (f"the last good checkpoint {last_path} is intact" if last_path.is_file()
-                            else "no checkpoint was written yet")
-                    raise DessamError(
-                        f"training stopped: {nonfinite_run} non-finite losses in a row at iteration {iteration}; "
-                        f"{kept}; lower train.lr or set train.grad_clip"
-                    )
-                if on_iteration is not None:
-                    stopped = bool(on_iteration(iteration, total, total_loss.item()))
-                if stopped or (iteration >= total and batch + 1 < batches_per_epoch):
-                    start_batch = batch + 1
+                self.step([self.items[i] for i in order[batch * batch_size:(batch + 1) * batch_size]])
+                if self.stopped or (self.iteration >= self.total and batch + 1 < self.batches_per_epoch):
+                    self.start_batch = batch + 1
                     break
             else:
-                epoch, start_batch = epoch + 1, 0
-                if dist.is_main:
-                    state_now = model.trainable_state_dict()
-                    save_checkpoint(checkpoint_dir / f"epoch_{epoch:03d}.pt", state_now, optimizer, config, identity,
-                                    epoch, 0, iteration, nonfinite_run)
-                    save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, 0, iteration, nonfinite_run)
-                    save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, scale)
+                self.end_epoch()
                 continue
             break
-        distributed.write_rank_digest(model.trainable_state_dict(), dist)
-        if dist.is_main:
-            state_now = model.trainable_state_dict()
-            save_checkpoint(last_path, state_now, optimizer, config, identity, epoch, start_batch, iteration, nonfinite_run)
-            save_model_file(out_dir / "model.pt", state_now, config, identity, epoch, iteration, scale)
-            write_text_atomic(out_dir / "data_report.txt",
-                              f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
-                              f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
-                              f"annotations supervised with masks: {mask_annotations}\n"
-                              f"annotations supervised with boxes: {box_annotations}\n"
-                              f"skipped non-finite iterations: {skipped_total}\n")
-        if val_json is not None and dist.is_main:
-            write_validation_losses(model, config, val_json, images_dir, cache, device, out_dir / "val.csv", progress)
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    return TrainResult(out_dir / "model.pt", iteration, epoch, skipped_total, dataset.clipped_boxes,
-                       dataset.dropped_boxes, encoder_runs(), mask_annotations, box_annotations, stopped,
-                       start.note)
+
+    def step(self, chosen: list) -> None:
+        """One optimisation step on the batch `chosen` (skipped when its loss is not finite)."""
+        lr = learning_rate(self.config, self.iteration, self.epoch, self.dist.world_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        embeddings, rgb, normalised, boxes, sizes = batch_tensors(self.model, chosen, self.cache, self.device)
+        losses = self.wrapped(embeddings, rgb, normalised, boxes, sizes, gt_masks=batch_masks(chosen, self.device))
+        total_loss = self.model.weighted_total(losses)
+        finite = distributed.all_finite(self.dist, total_loss)  # every rank takes part, every step
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            total_loss.backward()
+            if self.config.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.config.train.grad_clip)
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_run += 1
+            self.skipped_total += 1
+        self.iteration += 1
+        self.record(lr, total_loss, losses, finite)
+
+    def record(self, lr: float, total_loss, losses: dict, finite: bool) -> None:
+        """The step's row of log.csv, the progress bar and `on_iteration`; stop after too many non-finite
+        losses in a row, or when `on_iteration` returns True."""
+        row = {"epoch": self.epoch, "iteration": self.iteration, "lr": f"{lr:.6g}", "total": f"{total_loss.item():.6g}",
+               "skipped_nonfinite": int(not finite)}
+        row.update({name: f"{losses[name].item():.6g}" for name in LOSS_NAMES})
+        if self.log is not None:
+            self.log.write(row)
+        if finite:
+            self.recent = (self.recent + [total_loss.item()])[-20:]
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{np.mean(self.recent):.4f}" if self.recent else "nan", lr=f"{lr:.2g}")
+        if self.nonfinite_run >= self.config.train.max_nonfinite:
+            kept = (f"the last good checkpoint {self.last_path} is intact" if self.last_path.is_file()
+                    else "no checkpoint was written yet")
+            raise DessamError(
+                f"training stopped: {self.nonfinite_run} non-finite losses in a row at iteration {self.iteration}; "
+                f"{kept}; lower train.lr or set train.grad_clip"
+            )
+        if self.on_iteration is not None:
+            self.stopped = bool(self.on_iteration(self.iteration, self.total, total_loss.item()))
+
+    def end_epoch(self) -> None:
+        """The next epoch's position; the epoch's checkpoint, the last checkpoint and model.pt."""
+        self.epoch, self.start_batch = self.epoch + 1, 0
+        if self.dist.is_main:
+            state_now = self.model.trainable_state_dict()
+            self.write_checkpoint(self.last_path.parent / f"epoch_{self.epoch:03d}.pt", state_now)
+            self.write_checkpoint(self.last_path, state_now)
+            save_model_file(self.out_dir / "model.pt", state_now, self.config, self.identity, self.epoch, self.iteration,
+                            self.scale)
+
+    def write_checkpoint(self, path: Path, state_now: dict) -> None:
+        save_checkpoint(path, state_now, self.optimizer, self.config, self.identity, self.epoch, self.start_batch,
+                        self.iteration, self.nonfinite_run)
+
+    def finish(self) -> None:
+        """The last checkpoint, model.pt and data_report.txt (rank 0), and the validation losses."""
+        distributed.write_rank_digest(self.model.trainable_state_dict(), self.dist)
+        if not self.dist.is_main:
+            return
+        state_now = self.model.trainable_state_dict()
+        self.write_checkpoint(self.last_path, state_now)
+        save_model_file(self.out_dir / "model.pt", state_now, self.config, self.identity, self.epoch, self.iteration,
+                        self.scale)
+        dataset = self.dataset
+        write_text_atomic(self.out_dir / "data_report.txt",
+                          f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
+                          f"dropped zero-size boxes: {dataset.dropped_boxes}\n"
+                          f"annotations supervised with masks: {self.mask_annotations}\n"
+                          f"annotations supervised with boxes: {self.box_annotations}\n"
+                          f"skipped non-finite iterations: {self.skipped_total}\n")
+        if self.val_json is not None:
+            write_validation_losses(self.model, self.config, self.val_json, self.images_dir, self.cache, self.device,
+                                    self.out_dir / "val.csv", self.progress)
 
 
 def _count_calls(module: torch.nn.Module):

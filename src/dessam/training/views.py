@@ -15,9 +15,8 @@ from typing import Optional
 import numpy as np
 
 from ..data.coco import ImageRecord
-from ..data.transforms import resize_by
-from ..inference.inputs import ModelInput, prepare_image
-from ..inference.tiling import Window, tile_windows
+from ..geometry.inputs import ModelInput, prepare_image, resize_by
+from ..geometry.tiling import Window, tile_windows
 
 MIN_VISIBLE = 0.5   # of a box's area, for it to count in a window that cuts it
 WINDOW_OVERLAP = 0.25  # of the input size

@@ -14,7 +14,7 @@ from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
-from .instances import Instances
+from ..inference.instances import Instances
 
 
 def box_otsu_mask(stain: np.ndarray) -> np.ndarray:

@@ -22,13 +22,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .errors import DessamError
+from ..config import ModelConfig, choices
+from ..errors import DessamError
 
-MODES = ("fit", "fixed")
+MODES = choices(ModelConfig, "input_scaling")
 FIT_TOLERANCE = 1.05  # an image up to 5 % larger than the input at the training scale is still fitted whole
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelScale:
     mode: str = "fit"
     input_scale: Optional[float] = None     # the factor training images were resized by (median); None: unknown

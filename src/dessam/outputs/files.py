@@ -23,13 +23,13 @@ from typing import Iterable, Optional
 
 from tqdm.auto import tqdm
 
+from ..config import Postprocess
 from ..data.images import read_image_raw, to_rgb, to_uint8
-from ..errors import DessamError
-from ..export import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
-                      write_measurements_csv, write_overlay_png, write_summary_csv)
 from ..data.slide import SLIDE_SUFFIXES, is_slide
-from ..postprocess import Postprocess
-from .slide_stream import SlideOptions, predict_slide, slide_outputs
+from ..errors import DessamError
+from .slides import SlideOptions, predict_slide, slide_outputs
+from .writers import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
+                      write_measurements_csv, write_overlay_png, write_summary_csv)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | set(SLIDE_SUFFIXES)
 FORMATS = ("labels", "overlay", "geojson", "csv")
@@ -130,7 +130,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
                   slide_options: Optional[SlideOptions] = None, shard: Optional[tuple] = None) -> PredictRun:
     """`model` (a `Predictor`) over every image of `inputs`, writing `formats` into `out_dir`;
     `postprocess`: how results are read (default: the model's own). Whole slides are streamed
-    (`dessam.inference.slide_stream`, with `slide_options`). `shard` (K, N): only the K-th of every N
+    (`dessam.outputs.slides`, with `slide_options`). `shard` (K, N): only the K-th of every N
     inputs in sorted order, so that N array jobs share a list with no coordination."""
     unknown = set(formats) - set(FORMATS)
     if unknown:

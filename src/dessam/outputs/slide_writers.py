@@ -1,11 +1,11 @@
 """Whole-slide outputs written one nucleus at a time, never holding the slide.
 
 - `GeoJSONWriter`: a QuPath FeatureCollection of nucleus detections (File > Import objects),
-  outlines in level-0 pixel coordinates traced as `dessam.export.labels_to_geojson` traces them
+  outlines in level-0 pixel coordinates traced as `dessam.geometry.outlines.labels_to_geojson` traces them
   (along pixel edges, area = pixel count), measurements as QuPath measurements; ``.gz`` names
   are gzip-compressed (QuPath 0.4+ imports ``.geojson.gz``).
 - `MeasurementsCSVWriter`: one row per nucleus, the columns of
-  `dessam.export.nucleus_measurements` (lengths in µm when the pixel size is known);
+  `dessam.measurements.nucleus_measurements` (lengths in µm when the pixel size is known);
   `measure_nucleus` computes such a row for one nucleus from its pixels.
 - The instance label image: `dessam.data.label_pyramid.LabelPyramidWriter`.
 
@@ -25,9 +25,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .atomic import atomic_path
-from .data.nucleus import Nucleus
-from .export import _plain, labels_to_geojson, nucleus_measurements
+from ..atomic import atomic_path
+from ..data.nucleus import Nucleus
+from ..geometry.outlines import labels_to_geojson
+from ..measurements import nucleus_measurements
+from .writers import plain
 
 
 class _Aborted(Exception):
@@ -43,7 +45,7 @@ def _shifted(coordinates: list, dx: int, dy: int) -> list:
 
 def nucleus_feature(nucleus: Nucleus) -> Optional[dict]:
     """The QuPath detection feature of one nucleus in level-0 coordinates (None for an empty mask)."""
-    row = {"score": nucleus.score, **_plain(nucleus.measurements)}
+    row = {"score": nucleus.score, **plain(nucleus.measurements)}
     row["id"] = 1
     features = labels_to_geojson(nucleus.mask.astype(np.uint8), [row])["features"]
     if not features:
@@ -113,7 +115,7 @@ class GeoJSONWriter(_StreamedFile):
             self.add_feature(feature)
 
     def add_feature(self, feature: dict) -> None:
-        text = json.dumps(_plain(feature), separators=(",", ":"), allow_nan=False)
+        text = json.dumps(plain(feature), separators=(",", ":"), allow_nan=False)
         self._file.write(("," if self.count else "") + "\n" + text)
         self.count += 1
 
@@ -131,7 +133,7 @@ class MeasurementsCSVWriter(_StreamedFile):
         self._writer: Optional[csv.DictWriter] = None
 
     def add(self, nucleus: Nucleus) -> None:
-        row = {"id": nucleus.id, **_plain(nucleus.measurements)}
+        row = {"id": nucleus.id, **plain(nucleus.measurements)}
         row.setdefault("score", round(float(nucleus.score), 4))
         if self._writer is None:
             self._writer = csv.DictWriter(self._file, fieldnames=list(row), restval="")
@@ -141,7 +143,7 @@ class MeasurementsCSVWriter(_StreamedFile):
 
 
 def measure_nucleus(nucleus: Nucleus, pixels: np.ndarray, pixel_size_um: Optional[float] = None) -> dict:
-    """`dessam.export.nucleus_measurements` of one nucleus, centroid in level-0 coordinates.
+    """`dessam.measurements.nucleus_measurements` of one nucleus, centroid in level-0 coordinates.
 
     `pixels` are the image pixels under the nucleus's box (``h x w`` or ``h x w x channels``),
     e.g. ``slide.read_region(box[:2], 0, (w, h))``.

@@ -24,13 +24,13 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import write_text_atomic
-from ..config import Config
-from ..data.coco import label_map_to_annotations, write_coco
-from ..data.corpus import load_dataset, read_manifest, synthetic_scene
-from ..data.images import write_png
-from ..errors import DessamError
-from .model_card import corpus_table, weights_licence
+from .atomic import write_text_atomic
+from .config import Config
+from .data.coco import label_map_to_annotations, write_coco
+from .data.corpus import load_dataset, read_manifest, synthetic_scene
+from .data.images import write_png
+from .errors import DessamError
+from .training.model_card import corpus_table, weights_licence
 
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
@@ -80,20 +80,16 @@ def write_corpus_coco(datasets: list, folder: Path, synthetic_images: int, progr
 
 def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0) -> Config:
     """The `cpu` preset on `teacher`, from random weights."""
-    config = Config().apply_preset("cpu")
-    config.model.sam, config.model.sam_checkpoint = "default", str(teacher)
-    config.train.init = "scratch"
-    config.train.max_iters = max_iters
-    config.train.seed = seed
-    return config
+    return Config.compose("cpu", overrides={"model.sam": "default", "model.sam_checkpoint": str(teacher),
+                                            "train.init": "scratch", "train.max_iters": max_iters, "train.seed": seed})
 
 
 def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = None, epochs: Optional[int] = None,
                    synthetic_images: int = 200, seed: int = 0, command: str = "", resume: bool = False,
                    progress: bool = True) -> PretrainedModel:
     """See the module docstring."""
-    from ..evaluation.evaluate import evaluate_model_file
-    from .train import train
+    from .evaluation.evaluate import evaluate_model_file
+    from .training.train import train
 
     teacher, out_dir = Path(teacher), Path(out_dir)
     if not teacher.is_file():
@@ -112,8 +108,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         train_json, images_dir, val_files = write_corpus_coco(datasets, folder, synthetic_images, progress)
     config = pretrained_config(teacher, max_iters, seed)
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
-        config.train.epochs = int(epochs)
-        config.train.lr_steps = (max(int(round(epochs * 5 / 6)), 1),)
+        config = config.replace({"train.epochs": int(epochs),
+                                 "train.lr_steps": (max(int(round(epochs * 5 / 6)), 1),)})
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
     validation = {}
     for name, val_json in val_files.items():

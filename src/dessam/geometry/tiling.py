@@ -14,9 +14,12 @@ or more windows, possibly cut by a window edge in some of them; the merge keeps 
 So each nucleus comes from the window in which it lies farthest from the window border, and a
 copy cut at an inner edge survives only when no window saw the nucleus whole. Instances of the
 same window never suppress each other (that is the predictor's own business). This works when
-`overlap` exceeds the largest nucleus diameter: then every nucleus is whole in some window.
+`overlap` exceeds the largest nucleus diameter: then every nucleus is whole in some window. A given
+box (prompted in one window) belongs to the window the merge would choose: where it lies farthest
+from the window's inner edges (`best_windows`).
 
-Instances are mask crops (`Instances`), never full-size masks.
+Instances are mask crops with their origins (`dessam.inference.instances.Instances` holds them),
+never full-size masks.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DessamError
-from .instances import Instances
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,40 @@ def tile_windows(shape: tuple, tile: int, overlap: int) -> list:
     return windows
 
 
-def _margins(window: Window, instances: Instances) -> np.ndarray:
-    """Each instance's distance to the nearest window edge inside the image (inf: none)."""
+def whole_window(shape: tuple) -> Window:
+    return Window(0, 0, shape[0], shape[1], (False, False, False, False))
+
+
+def best_windows(boxes: np.ndarray, windows: list) -> np.ndarray:
+    """For each box (N, 4, x1y1x2y2), the window in which it lies farthest from the window's inner
+    edges (edges on the image border do not count), as the merge of detected nuclei chooses."""
+    margins = np.full((len(boxes), len(windows)), -np.inf)
+    for index, window in enumerate(windows):
+        top, bottom, left, right = window.inner
+        gaps = np.stack([
+            boxes[:, 1] - window.y0 if top else np.full(len(boxes), np.inf),
+            window.y1 - boxes[:, 3] if bottom else np.full(len(boxes), np.inf),
+            boxes[:, 0] - window.x0 if left else np.full(len(boxes), np.inf),
+            window.x1 - boxes[:, 2] if right else np.full(len(boxes), np.inf),
+        ])
+        inside = (boxes[:, 0] < window.x1) & (boxes[:, 2] > window.x0) & (boxes[:, 1] < window.y1) & (boxes[:, 3] > window.y0)
+        margins[inside, index] = gaps.min(axis=0)[inside]
+    return np.argmax(margins, axis=1) if len(windows) else np.zeros(len(boxes), np.int64)
+
+
+def window_boxes(boxes: np.ndarray, mine: np.ndarray, window: Window) -> np.ndarray:
+    """The boxes a window is to be prompted with, clipped to it and in its pixels."""
+    shift = np.float32([window.x0, window.y0, window.x0, window.y0])
+    limit = np.float32([window.x1, window.y1, window.x1, window.y1])
+    return np.clip(boxes[mine], shift, limit) - shift
+
+
+def _margins(window: Window, crops: list, origins: np.ndarray) -> np.ndarray:
+    """Each crop's distance to the nearest window edge inside the image (inf: none)."""
     top, bottom, left, right = window.inner
     height, width = window.y1 - window.y0, window.x1 - window.x0
     margins = []
-    for crop, (r0, c0) in zip(instances.crops, instances.origins):
+    for crop, (r0, c0) in zip(crops, origins):
         r1, c1 = r0 + crop.shape[0], c0 + crop.shape[1]
         margins.append(min(r0 if top else np.inf, height - r1 if bottom else np.inf,
                            c0 if left else np.inf, width - c1 if right else np.inf))
@@ -114,13 +144,15 @@ class Piece:
         return int(self.origin[0]) + self.crop.shape[0]
 
 
-def window_pieces(window: Window, instances: Instances, index: int, shape: tuple) -> list:
-    """The non-empty instances of one window (in its pixels) as merge candidates in the image."""
-    margins = _margins(window, instances)
-    shifted = instances.shifted(window.y0, window.x0, shape)
-    return [Piece(margins[k], float(shifted.scores[k]), index, shifted.crops[k], tuple(shifted.origins[k]),
-                  shifted.boxes[k])
-            for k in range(len(instances)) if instances.crops[k].size and instances.crops[k].any()]
+def window_pieces(window: Window, boxes: np.ndarray, scores: np.ndarray, crops: list, origins: np.ndarray,
+                  index: int) -> list:
+    """The non-empty instances of one window (boxes, scores, crops and origins in its pixels) as merge
+    candidates in the image."""
+    margins = _margins(window, crops, origins)
+    boxes = boxes + np.array([window.x0, window.y0, window.x0, window.y0], dtype=np.float32)
+    origins = origins + [window.y0, window.x0]
+    return [Piece(margins[k], float(scores[k]), index, crops[k], tuple(origins[k]), boxes[k])
+            for k in range(len(crops)) if crops[k].size and crops[k].any()]
 
 
 def unique_pieces(pieces: list) -> list:
@@ -143,16 +175,3 @@ def unique_pieces(pieces: list) -> list:
         extents[len(kept)] = (y0, x0, y1, x1)
         kept.append(index)
     return kept
-
-
-def pieces_to_instances(pieces: list, shape: tuple) -> Instances:
-    return Instances(np.array([p.box for p in pieces]).reshape(-1, 4), np.array([p.score for p in pieces]),
-                     [p.crop for p in pieces], [p.origin for p in pieces], shape)
-
-
-def merge_windows(found: list, shape: tuple) -> Instances:
-    """One `Instances` of the image from `(Window, Instances in window pixels)` pairs, without
-    duplicates across windows (see the module docstring); highest score first."""
-    pieces = [piece for index, (window, instances) in enumerate(found)
-              for piece in window_pieces(window, instances, index, shape)]
-    return pieces_to_instances([pieces[i] for i in unique_pieces(pieces)], shape).by_score()

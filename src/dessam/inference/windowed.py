@@ -1,0 +1,138 @@
+"""Images of any size through the predictor: whole, or in overlapping windows merged without seams.
+
+`image_instances` brings one image to the model's scale as its `WindowPlan` says (fitted whole, or
+resampled and cut into windows), runs the windows through `window_instances` in batches, merges the
+nuclei the windows share (`dessam.geometry.tiling`) and maps them back to the image's own pixels.
+
+Several mask sources can be read from one encoding and one detection per window: a `MaskSource`
+gives the masks of a batch of windows prompted with boxes, either the detector's or, with
+`given_boxes`, boxes given with the image (each prompted in the window where it lies farthest from
+the inner edges). `predict` reads the DES-SAM student; `dessam eval --baselines` reads its baselines
+too (`dessam.evaluation.sources`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..config import Postprocess
+from ..geometry.inputs import as_rgb
+from ..geometry.plan import WindowPlan
+from ..geometry.tiling import unique_pieces, window_boxes, window_pieces
+from .instances import Instances, rescale_instances
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where masks come from: `masks(predictor, encoded, images, boxes, scores, n_images)` gives the
+    `Instances` of each image of an encoded batch prompted with `boxes` (one (N, 4) array per image)
+    and their `scores`: the detections, or with `given_boxes` the boxes given with the images."""
+
+    masks: Callable
+    given_boxes: bool = False
+
+
+def window_instances(predictor, images: list, postprocess: Postprocess, sources: Mapping[str, MaskSource],
+                     given: Optional[list] = None, n_images: Optional[int] = None) -> list:
+    """Per image (each fitting one input at the model's scale), {name: raw `Instances`} of each source,
+    from one encoding and one detection; `given`: per image the boxes (N, 4) that the sources with
+    `given_boxes` are prompted with. Batched as the predictor's settings say."""
+    detected = {name: source for name, source in sources.items() if not source.given_boxes}
+    out = []
+    for start in range(0, len(images), predictor.settings.batch_size):
+        batch = images[start:start + predictor.settings.batch_size]
+        encoded = predictor.encode(batch, n_images)
+        results = [{} for _ in batch]
+        if detected:
+            found = predictor.detect(encoded, postprocess)
+            _fill(results, detected, predictor, encoded, batch, [b for b, _ in found], [s for _, s in found], n_images)
+        if given is not None and len(detected) < len(sources):
+            boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given[start:start + len(batch)]]
+            _fill(results, {name: source for name, source in sources.items() if source.given_boxes}, predictor,
+                  encoded, batch, boxes, [np.ones(len(b)) for b in boxes], n_images)
+        out += results
+    return out
+
+
+def _fill(results: list, sources: Mapping[str, MaskSource], predictor, encoded, images: list, boxes: list,
+          scores: list, n_images) -> None:
+    """Each source's `Instances` of every image of a batch, prompted with `boxes`."""
+    for name, source in sources.items():
+        for result, instances in zip(results, source.masks(predictor, encoded, images, boxes, scores, n_images)):
+            result[name] = instances
+
+
+def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSource],
+                    postprocess: Optional[Postprocess] = None, given_boxes: Optional[np.ndarray] = None,
+                    tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
+                    progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None) -> dict:
+    """{name: raw `Instances`} of one image of any size, brought to the model's scale as `predict`
+    brings it (see `dessam.geometry.plan`): resampled, then whole, or in overlapping windows whose
+    nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where they lie
+    farthest from its inner edges. Instances come back in the image's own pixels.
+    on_window(done, total): called after each batch of windows (a viewer's progress bar); an
+    exception it raises stops the work there."""
+    postprocess = postprocess or predictor.postprocess
+    image = as_rgb(image)
+    plan = WindowPlan.for_image(image.shape, predictor.image_size, predictor.scale, pixel_size_um, tile, overlap)
+    if plan.fitted:
+        given = None if given_boxes is None else [given_boxes]
+        return window_instances(predictor, [image], postprocess, sources, given)[0]
+    working = plan.working(image)
+    scaled = None if given_boxes is None else plan.to_working(given_boxes)
+    owner = None if scaled is None else plan.owners(scaled)
+    found = []
+    bar = tqdm(total=len(plan.windows), desc="tiles", unit="tile", disable=not progress or len(plan.windows) == 1)
+    try:
+        for batch in plan.batches(predictor.settings.batch_size):
+            windows = [plan.windows[index] for index in batch]
+            given = None if scaled is None else [window_boxes(scaled, owner == index, plan.windows[index])
+                                                 for index in batch]
+            found += window_instances(predictor, [working[w.rows, w.cols] for w in windows], postprocess, sources,
+                                      given, n_images=len(plan.windows))
+            bar.update(len(batch))
+            if on_window is not None:
+                on_window(len(found), len(plan.windows))
+    finally:
+        bar.close()
+    out = {}
+    for name, source in sources.items():
+        pairs = [(window, result[name]) for window, result in zip(plan.windows, found)]
+        if source.given_boxes:
+            merged = gather_given(pairs, owner, plan.shape)
+        else:
+            merged = merge_windows(pairs, plan.shape) if plan.tiled else pairs[0][1]
+        out[name] = merged if plan.shape == image.shape[:2] else rescale_instances(merged, image.shape[:2])
+    return out
+
+
+def pieces(window, instances: Instances, index: int) -> list:
+    """The non-empty instances of one window (in its pixels) as merge candidates in the image."""
+    return window_pieces(window, instances.boxes, instances.scores, instances.crops, instances.origins, index)
+
+
+def pieces_to_instances(pieces: list, shape: tuple) -> Instances:
+    return Instances(np.array([p.box for p in pieces]).reshape(-1, 4), np.array([p.score for p in pieces]),
+                     [p.crop for p in pieces], [p.origin for p in pieces], shape)
+
+
+def merge_windows(found: list, shape: tuple) -> Instances:
+    """One `Instances` of the image from `(Window, Instances in window pixels)` pairs, without
+    duplicates across windows (see `dessam.geometry.tiling`); highest score first."""
+    candidates = [piece for index, (window, instances) in enumerate(found) for piece in pieces(window, instances, index)]
+    return pieces_to_instances([candidates[i] for i in unique_pieces(candidates)], shape).by_score()
+
+
+def gather_given(pairs: list, owner: np.ndarray, shape: tuple) -> Instances:
+    """The instances of given boxes, each from its own window, back in the boxes' order."""
+    crops, origins, boxes, scores = [None] * len(owner), [None] * len(owner), [None] * len(owner), [None] * len(owner)
+    for index, (window, instances) in enumerate(pairs):
+        placed = instances.shifted(window.y0, window.x0, shape)
+        for k, box_index in enumerate(np.flatnonzero(owner == index)):
+            crops[box_index], origins[box_index] = placed.crops[k], tuple(placed.origins[k])
+            boxes[box_index], scores[box_index] = placed.boxes[k], placed.scores[k]
+    return Instances(np.array(boxes).reshape(-1, 4), np.array(scores, dtype=np.float64), crops, origins, shape)
