@@ -12,6 +12,7 @@ from scenes import tiled_field  # noqa: E402
 from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
 
 from dessam.data.images import read_image  # noqa: E402
+from dessam.geometry.plan import WindowPlan  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
 from dessam.napari.model_choice import MODEL_FILE  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
@@ -65,11 +66,14 @@ def test_segment_adds_labels_whose_features_hold_what_predicts_csv_holds(viewer,
 def test_cancel_stops_a_large_image_before_its_last_window(viewer, qtbot, finding_model):
     image, _, _ = tiled_field(1024)
     viewer.add_image(image, name="large")
+    model = load_model(finding_model)
+    windows = len(WindowPlan.for_image(image.shape, model.image_size, model.scale).windows)
+    assert windows == 9                                  # 3 x 3 windows of the cpu preset's 512 px
     widget = _widget(viewer, finding_model)
     shown = stop_at_first_progress(widget)
     status = run(qtbot, widget)
     assert status == widget.stopped_message
-    assert shown and shown[-1][0] < shown[-1][1] == 25   # 5 x 5 windows of 256 px; not all ran
+    assert shown and shown[-1][0] < shown[-1][1] == windows   # not all ran
     assert [layer.name for layer in viewer.layers] == ["large"]
     assert widget.run_button.enabled and not widget.stop_button.enabled
 
