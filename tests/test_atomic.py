@@ -26,3 +26,15 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomic(tmp_path / "out.csv", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_weights_are_the_same_bytes_every_time(tmp_path):
+    import torch
+
+    from dessam.models.checkpoints import file_sha256, save_torch_atomic
+
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_torch_atomic(state, tmp_path / "a.pt")
+    save_torch_atomic(state, tmp_path / "b.pt")
+    assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], state["w"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import warnings
 from pathlib import Path
@@ -44,6 +45,17 @@ def _load_failure_detail(exc: BaseException) -> str:
             if marker in line:
                 return line.split(". ")[0][:160]
     return (lines[0] if lines else type(exc).__name__)[:160]
+
+
+def save_torch_atomic(obj, path: str | Path) -> None:
+    """`torch.save` to `path` atomically, in bytes that depend on `obj` only: torch names the records
+    of its archive after the file it writes to, so saving straight to a temporary file would make the
+    same weights hash differently each time (and a teacher's SHA-256 is how models name it)."""
+    from ..atomic import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_sam_state_dict(path: str | Path) -> dict:

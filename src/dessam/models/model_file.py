@@ -17,11 +17,10 @@ from typing import Optional
 
 import torch
 
-from ..atomic import atomic_path
 from ..config import Config, settings_by_key
 from ..errors import DessamError
 from ..geometry.scale import ModelScale
-from .checkpoints import file_sha256, safe_torch_load, weights_sha256
+from .checkpoints import file_sha256, safe_torch_load, save_torch_atomic, weights_sha256
 from .default_teacher import DEFAULT_TEACHER_PATH, teacher_for_digest
 from .fetch import find_sam_checkpoint
 from .sam import OFFICIAL_VARIANTS, build_sam
@@ -52,8 +51,7 @@ def save_model_file(path: Path, trainable_state: dict, config: Config, identity:
         "epoch": epoch,
         "iteration": iteration,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 def save_checkpoint(path: Path, trainable_state: dict, optimizer, config: Config, identity: dict, epoch: int,
@@ -70,8 +68,7 @@ def save_checkpoint(path: Path, trainable_state: dict, optimizer, config: Config
         "nonfinite_run": nonfinite_run,
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 def read_checkpoint(path: Path) -> dict:

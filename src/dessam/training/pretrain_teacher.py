@@ -37,7 +37,7 @@ from ..atomic import atomic_path, remove_stale_temporaries
 from ..data.augment import random_view
 from ..data.corpus import Corpus, LoadedDataset, load_dataset, read_manifest, synthetic_scene
 from ..errors import DessamError
-from ..models.checkpoints import safe_torch_load
+from ..models.checkpoints import safe_torch_load, save_torch_atomic
 from ..models.default_teacher import build_default_architecture, full_arch, teacher_file
 from ..models.prompted_decoder import PromptedMaskDecoder, prompt_windows
 
@@ -393,8 +393,7 @@ def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, d
 
     info = {"recipe": asdict(recipe), "steps_done": step, "validation": history[-1],
             "datasets": [{"name": d.spec.name, "licence": d.spec.licence, **d.counts()} for d in datasets]}
-    with atomic_path(out_dir / "teacher.pt") as tmp:
-        torch.save(teacher_file(sam, arch, train=json.loads(json.dumps(info))), tmp)
+    save_torch_atomic(teacher_file(sam, arch, train=json.loads(json.dumps(info))), out_dir / "teacher.pt")
     seconds = time.monotonic() - started
     card = teacher_card(corpus, datasets, recipe, history, step, arch, sam, command, seconds)
     with atomic_path(out_dir / "teacher.md") as tmp:
@@ -402,8 +401,7 @@ def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, d
     state = {"recipe": {**asdict(recipe), "margins": list(recipe.margins)}, "step": step, "history": history,
              "state_dict": {k: v.detach().cpu().clone() for k, v in sam.state_dict().items()},
              "optimizer": optimizer.state_dict()}
-    with atomic_path(out_dir / "checkpoints" / "last.pt") as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, out_dir / "checkpoints" / "last.pt")
 
 
 def read_history(log_csv: Path) -> list:
