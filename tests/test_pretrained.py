@@ -95,3 +95,23 @@ def test_eval_with_baselines_has_a_row_for_the_bundled_model(box_dataset, as_bun
     assert main(["eval", "--model", str(as_bundled), "--data", str(masks_json), "--images", str(images),
                  "--out", str(tmp_path / "self"), "--baselines", "--quiet", "--device", "cpu"]) == 0
     assert "pretrained (bundled)" not in json.loads((tmp_path / "self" / "metrics.json").read_text())["methods"]
+
+
+def test_bundled_models_are_named_on_the_command_line(as_bundled, monkeypatch, tmp_path):
+    from dessam.inference.loading import load_model
+    from dessam.models.default_teacher import TEACHER_FILES
+    from dessam.presets import DEFAULT_TEACHERS
+
+    assert bundled.resolve_model("pretrained") == as_bundled
+    assert str(bundled.resolve_model("runs/x/model.pt")) == "runs/x/model.pt"
+    assert load_model("pretrained").path == as_bundled
+    assert tuple(TEACHER_FILES) == DEFAULT_TEACHERS  # the presets know every bundled teacher's name
+
+
+def test_a_teacher_not_bundled_is_one_line(tmp_path, monkeypatch):
+    from dessam.models import default_teacher
+    from dessam.models.sam import build_sam
+
+    monkeypatch.setitem(default_teacher.TEACHER_FILES, "default-permissive", tmp_path / "absent.pt")
+    with pytest.raises(DessamError, match="not bundled with this installation"):
+        build_sam("default-permissive")

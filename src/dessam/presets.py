@@ -27,6 +27,7 @@ class Preset:
 
 
 REGISTRY: dict = {}
+DEFAULT_TEACHERS = ("default", "default-permissive")  # the bundled teachers (`dessam.models.default_teacher`)
 
 
 def register(preset: Preset) -> Preset:
@@ -37,7 +38,7 @@ def register(preset: Preset) -> Preset:
 def implied_preset(sam: Optional[str]) -> Optional[str]:
     """The preset a run on `sam` starts from when it names none and gives no config file: `cpu` for
     the bundled teacher (the official schedule is for 8 GPUs and ViT-B)."""
-    return "cpu" if sam == "default" else None
+    return "cpu" if sam in DEFAULT_TEACHERS else None
 
 
 def preset_layers(name: str, source: str = "--preset") -> list:

@@ -22,7 +22,8 @@ from .settings import InferenceSettings, fast_settings
 
 def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int] = None,
                settings: Optional[InferenceSettings] = None, input_scale: Optional[float] = None) -> Predictor:
-    """Load `RUN/model.pt`; the SAM weights it names are found and their SHA-256 checked.
+    """Load `RUN/model.pt` (or a bundled model by name, e.g. "pretrained"); the SAM weights it
+    names are found and their SHA-256 checked.
 
     image_size: run the model at another input size than it was trained at (the default
     teacher is fully convolutional; ViT position tables are interpolated).
@@ -30,7 +31,9 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     `dessam.inference.settings`); its `test_proposals` is fixed when the model is built.
     input_scale: resize images by this factor instead of the model's training scale.
     """
-    path = Path(path)
+    from ..models.bundled import resolve_model
+
+    path = resolve_model(path)
     model_file = read_model_file(path)
     config = model_file.config
     sam = sam_for_model(model_file, sam_checkpoint, image_size)
@@ -89,8 +92,8 @@ def teacher_predictor(sam, identity: dict, margin: Optional[int] = None, setting
 
 def teacher_margin(sam_name: str, checkpoint=None) -> Optional[int]:
     """The decoding window margin a default-teacher file asks for (None: decode the whole embedding)."""
-    if sam_name != "default":
-        return None
-    from ..models.default_teacher import DEFAULT_TEACHER_PATH, teacher_architecture
+    from ..models.default_teacher import is_default_teacher, teacher_architecture, teacher_path
 
-    return teacher_architecture(checkpoint or DEFAULT_TEACHER_PATH).get("local_margin")
+    if not is_default_teacher(sam_name):
+        return None
+    return teacher_architecture(checkpoint or teacher_path(sam_name)).get("local_margin")

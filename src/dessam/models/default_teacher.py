@@ -31,6 +31,9 @@ from .unet_encoder import UNetEncoder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_TEACHER_PATH = ASSETS / "default_teacher.pt"
+# The bundled teachers by the name `--sam` takes: `default`, and its variant trained only on data whose
+# licences put no condition on the weights (see each file's model card, NAME.md).
+TEACHER_FILES = {"default": DEFAULT_TEACHER_PATH, "default-permissive": ASSETS / "default_teacher_permissive.pt"}
 # Earlier bundled teachers: a model trained on one of them is run with it (found by SHA-256).
 EARLIER_TEACHER_PATHS = (ASSETS / "default_teacher_v1.pt",)
 ENCODERS = {"unet": UNetEncoder, "conv": ConvEncoder}
@@ -133,9 +136,23 @@ def teacher_architecture(path: str | Path) -> dict:
     return full_arch({"encoder": "conv", **arch})  # files from before the unet teacher name no encoder
 
 
+def is_default_teacher(name) -> bool:
+    """True for the names of dessam's own teachers (`default`, `default-permissive`)."""
+    return name in TEACHER_FILES
+
+
+def teacher_path(name: str) -> Path:
+    """The file of the bundled teacher `name`, or a one-line error when this installation lacks it."""
+    path = TEACHER_FILES[name]
+    if not path.is_file():
+        raise DessamError(f"{path}: the teacher '{name}' is not bundled with this installation; use --sam default, "
+                          "or create one with `dessam pretrain-teacher` and pass --sam-checkpoint")
+    return path
+
+
 def teacher_for_digest(sha256: str) -> Optional[Path]:
     """The bundled teacher file (today's or an earlier one) whose SHA-256 is `sha256`, if any."""
-    for path in (DEFAULT_TEACHER_PATH, *EARLIER_TEACHER_PATHS):
+    for path in (*TEACHER_FILES.values(), *EARLIER_TEACHER_PATHS):
         if path.is_file() and file_sha256(path) == sha256:
             return path
     return None

@@ -21,7 +21,7 @@ from ..config import Config, settings_by_key
 from ..errors import DessamError
 from ..geometry.scale import ModelScale
 from .checkpoints import file_sha256, safe_torch_load, save_torch_atomic, weights_sha256
-from .default_teacher import DEFAULT_TEACHER_PATH, teacher_for_digest
+from .default_teacher import is_default_teacher, teacher_for_digest, teacher_path
 from .fetch import find_sam_checkpoint
 from .sam import OFFICIAL_VARIANTS, build_sam
 
@@ -33,8 +33,9 @@ def sam_identity(name: str, checkpoint: Optional[str], sam) -> dict:
     """Name and SHA-256 of the SAM weights a model is trained on (stored in model.pt)."""
     if checkpoint:
         return {"name": name, "checkpoint": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
-    if name == "default":
-        return {"name": name, "checkpoint": DEFAULT_TEACHER_PATH.name, "sha256": file_sha256(DEFAULT_TEACHER_PATH)}
+    if is_default_teacher(name):
+        path = teacher_path(name)
+        return {"name": name, "checkpoint": path.name, "sha256": file_sha256(path)}
     return {"name": name, "checkpoint": None, "sha256": weights_sha256(sam)}
 
 
@@ -146,7 +147,7 @@ def sam_for_model(model: ModelFile, sam_checkpoint=None, image_size: Optional[in
     trained_size = model.config.model.image_size
     size = image_size or trained_size
     checkpoint = digest = None
-    if sam_name in OFFICIAL_VARIANTS or (identity.get("checkpoint") and sam_name != "default"):
+    if sam_name in OFFICIAL_VARIANTS or (identity.get("checkpoint") and not is_default_teacher(sam_name)):
         checkpoint = find_sam_weights(identity, path, sam_checkpoint)
         if checkpoint is None or not checkpoint.is_file():
             fetch = f" or run `dessam fetch-sam {sam_name}`" if sam_name in OFFICIAL_VARIANTS else ""
@@ -158,7 +159,7 @@ def sam_for_model(model: ModelFile, sam_checkpoint=None, image_size: Optional[in
     elif sam_checkpoint:
         checkpoint = Path(sam_checkpoint)
         digest = file_sha256(checkpoint)
-    elif sam_name == "default":  # a bundled teacher (today's or an earlier one), or the named file beside the model
+    elif is_default_teacher(sam_name):  # a bundled teacher (today's or an earlier one), or the named file beside the model
         checkpoint = teacher_for_digest(identity["sha256"])
         beside = find_sam_weights(identity, path) if checkpoint is None else None
         if beside is not None and beside.is_file() and file_sha256(beside) == identity["sha256"]:

@@ -28,7 +28,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from ..errors import DessamError
 from ..geometry.inputs import PIXEL_MEAN, PIXEL_STD
 from .checkpoints import read_sam_state_dict
-from .default_teacher import build_default_architecture, load_default_teacher
+from .default_teacher import build_default_architecture, is_default_teacher, load_default_teacher, teacher_path
 
 
 
@@ -61,13 +61,13 @@ VIT_SPECS = {
     ),
 }
 OFFICIAL_VARIANTS = ("vit_b", "vit_l", "vit_h")
-SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "default")
+SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "default", "default-permissive")
 TINY_SEED = 20240601
 
 
 def build_sam_architecture(name: str, image_size: Optional[int] = None) -> Sam:
     """The named SAM with freshly initialised weights (no checkpoint)."""
-    if name == "default":
+    if is_default_teacher(name):
         return build_default_architecture(image_size)
     if name not in VIT_SPECS:
         raise DessamError(f"unknown SAM '{name}': choose one of {', '.join(SAM_NAMES)} or give a checkpoint path")
@@ -124,8 +124,8 @@ def build_sam(name: str, checkpoint: Optional[str | Path] = None, image_size: Op
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
             sam = build_sam_architecture(name, image_size)
-    elif name == "default":  # the bundled teacher, or a teacher file written by `dessam pretrain-teacher`
-        sam = load_default_teacher(image_size, checkpoint)
+    elif is_default_teacher(name):  # a bundled teacher, or a teacher file written by `dessam pretrain-teacher`
+        sam = load_default_teacher(image_size, checkpoint or teacher_path(name))
     else:
         state = None
         if checkpoint is not None:  # refuse a wrong file before allocating the model (ViT-H: 2.5 GB)

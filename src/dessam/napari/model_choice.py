@@ -15,6 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit
 
 from ..errors import DessamError
 from ..models.bundled import bundled_models
+from ..models.default_teacher import TEACHER_FILES
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
 
@@ -38,7 +39,7 @@ def model_choices(teachers: bool) -> list:
     fetched) when `teachers`, the bundled DES-SAM models, then a file of one's own."""
     choices = []
     if teachers:
-        choices.append(TEACHER + "default")
+        choices += [TEACHER + name for name, path in TEACHER_FILES.items() if path.is_file()]
         choices += [TEACHER + name for name in OFFICIAL_VARIANTS if find_sam_checkpoint(sam_file_name(name))]
     return choices + [f"bundled: {name}" for name in bundled_models()] + [MODEL_FILE]
 

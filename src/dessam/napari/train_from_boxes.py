@@ -32,8 +32,10 @@ from ..atomic import atomic_path
 from ..config import Config
 from ..data.coco import load_coco
 from ..errors import DessamError
+from ..models.default_teacher import TEACHER_FILES
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
+from ..presets import implied_preset
 from ..training.train import train, training_factor
 from ..training.views import training_views
 from .job_widget import JobWidget, is_layer, layer_box
@@ -45,8 +47,9 @@ LOSS_WINDOW = 20   # iterations in the loss readout's running mean
 
 
 def sam_choices() -> list:
-    """`default` (bundled) and the official SAMs already fetched (`dessam fetch-sam`)."""
-    return ["default"] + [name for name in OFFICIAL_VARIANTS if find_sam_checkpoint(sam_file_name(name))]
+    """The bundled teachers and the official SAMs already fetched (`dessam fetch-sam`)."""
+    bundled = [name for name, path in TEACHER_FILES.items() if path.is_file()]
+    return bundled + [name for name in OFFICIAL_VARIANTS if find_sam_checkpoint(sam_file_name(name))]
 
 
 def preset_config(sam: str) -> Config:
@@ -54,7 +57,7 @@ def preset_config(sam: str) -> Config:
     overrides = {"model.sam": sam}
     if sam in OFFICIAL_VARIANTS:
         overrides["model.sam_checkpoint"] = str(find_sam_checkpoint(sam_file_name(sam)))
-    return Config.compose("cpu" if sam == "default" else "tiny" if sam == "tiny" else "patchseg", overrides=overrides)
+    return Config.compose(implied_preset(sam) or ("tiny" if sam == "tiny" else "patchseg"), overrides=overrides)
 
 
 def fit_schedule(config: Config, iterations: int, views: int) -> Config:

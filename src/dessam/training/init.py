@@ -1,12 +1,13 @@
 """Where training starts: the bundled pretrained model, another model file, or random weights.
 
 `train.init` (`dessam train --init`):
-- ``auto`` (the default): the bundled pretrained model (`dessam.models.bundled`) when the run uses
-  the bundled default teacher and the same detector shape as that model (the `cpu` preset, which
-  `--sam default` applies), else random weights;
-- ``pretrained``: the bundled pretrained model, or a one-line error saying why it cannot be;
+- ``auto`` (the default): the bundled pretrained model (`dessam.models.bundled`) trained on the
+  run's teacher (`pretrained` for `--sam default`, `pretrained-permissive` for
+  `--sam default-permissive`) when the run has that model's detector shape (the `cpu` preset,
+  which `--sam default` applies), else random weights;
+- ``pretrained``: that bundled model, or a one-line error saying why it cannot be;
 - ``scratch``: freshly initialised detector and token (the authors' way);
-- a path to a `model.pt`: that model's detector and token (to fine-tune a model of one's own).
+- a path to a `model.pt`, or a bundled model's name: that model's detector and token (to fine-tune).
 Only what training changes is loaded (neck, detector, token); SAM is never touched.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DessamError
-from ..models.bundled import PRETRAINED_NAME, bundled_models
+from ..models.bundled import bundled_models, resolve_model
 
 CHOICES = ("auto", "pretrained", "scratch")
 
@@ -28,29 +29,44 @@ class Start:
     note: str                # one line for the user
 
 
+def matching_bundled_model(identity: dict) -> Optional[Path]:
+    """The bundled DES-SAM model trained on the SAM weights `identity` names, if any."""
+    from ..models.model_file import read_model_file
+
+    for path in bundled_models().values():
+        if read_model_file(path).identity["sha256"] == identity["sha256"]:
+            return path
+    return None
+
+
 def starting_weights(model, identity: dict, init: str) -> Start:
     """Load the starting weights `init` asks for into `model` (a `DESSAM`) and say where they came from."""
     from ..models.model_file import read_model_file
 
     if init == "scratch":
         return Start(None, "started from random weights (--init scratch)")
-    if init in ("auto", "pretrained"):
-        path = bundled_models().get(PRETRAINED_NAME)
-        if path is None:
+    bundled = init in ("auto", "pretrained")
+    if bundled:
+        if not bundled_models():
             if init == "pretrained":
                 raise DessamError("--init pretrained: this installation has no bundled pretrained model; "
                                   "use --init scratch")
             return Start(None, "started from random weights (no bundled pretrained model)")
+        path = matching_bundled_model(identity)
+        if path is None:
+            if init == "auto":
+                return Start(None, "started from random weights (the bundled pretrained models belong to the bundled "
+                                   "teachers, not this SAM)")
+            raise DessamError(f"--init pretrained: no bundled pretrained model was trained on these SAM weights "
+                              f"({identity.get('checkpoint') or identity['name']}); train with --sam default, or use "
+                              "--init scratch")
     else:
-        path = Path(init)
+        path = resolve_model(init)
         if not path.is_file():
             raise DessamError(f"{path}: --init model file not found; give a RUN/model.pt, pretrained or scratch")
     source = read_model_file(path)
-    label = "the bundled pretrained model" if init in ("auto", "pretrained") else str(path)
+    label = f"the bundled pretrained model {path.name}" if bundled or path in bundled_models().values() else str(path)
     if source.identity["sha256"] != identity["sha256"]:
-        if init == "auto":
-            return Start(None, "started from random weights (the bundled pretrained model belongs to the bundled "
-                               "default teacher, not this SAM)")
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
                           f"({source.identity.get('checkpoint') or source.identity['name']}); train with those, "
                           "or use --init scratch")
