@@ -1,6 +1,6 @@
 """The README's napari picture: a real napari window, the Segment widget docked, its labels on an image.
 
-    .venv/bin/python docs/napari_screenshot.py --model RUN/model.pt --image TILE.png [--out docs/napari_segment.png]
+    .venv/bin/python docs/napari_screenshot.py --image TILE.png [--model pretrained|RUN/model.pt] [--out docs/napari_segment.png]
 
 Opens the image in napari, docks dessam's Segment widget as napari's Plugins menu does, clicks
 Segment with the given model and, once the labels are in, saves a screenshot of the whole window.
@@ -45,7 +45,7 @@ def start_display() -> subprocess.Popen | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a DES-SAM model.pt")
+    parser.add_argument("--model", default="pretrained", help="a bundled model's name (default: pretrained) or a model.pt")
     parser.add_argument("--image", required=True, help="the image to segment (e.g. an H&E tile)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("napari_segment.png")))
     parser.add_argument("--size", default="1500x900", help="window size, W x H pixels")
@@ -67,8 +67,12 @@ def main() -> int:
         image = viewer.add_image(read_image(args.image), name=Path(args.image).stem)
         _, widget = viewer.window.add_plugin_dock_widget("dessam", "Segment")
         widget.image.value = image
-        widget.model.source.value = MODEL_FILE
-        widget.model.file.value = args.model
+        bundled = f"bundled: {args.model}"
+        if bundled in widget.model.source.choices:
+            widget.model.source.value = bundled
+        else:
+            widget.model.source.value = MODEL_FILE
+            widget.model.file.value = args.model
         widget.run_button.native.click()
         while widget.running:
             QApplication.processEvents()

@@ -1,6 +1,8 @@
 """The callbacks a viewer uses for progress and to stop: per window of prediction and of box masks,
 per iteration of training. Without them everything runs as before."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from scenes import make_nuclei_scene, tiled_field, tiny_config
 from dessam.geometry.plan import WindowPlan
 from dessam.inference.box_masks import box_masks
 from dessam.inference.loading import load_model, load_teacher
+from dessam.inference.settings import fast_settings
 from dessam.training.train import train
 
 
@@ -49,7 +52,7 @@ def test_predict_counts_an_image_predicted_whole_as_one_window(trained_tiny):
 
 
 def test_box_masks_reports_the_windows_that_hold_boxes_and_stops_when_asked():
-    teacher = load_teacher("default")
+    teacher = load_teacher("default", settings=replace(fast_settings("cpu"), batch_size=1))  # a report per window
     image, _, boxes = tiled_field(600)
     calls = []
     reported = box_masks(teacher, image, boxes, use_token=False, on_window=lambda d, t: calls.append((d, t)))

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True,
                    help="COCO JSON with boxes; segmentations, where given, supervise their nuclei's masks")
     p.add_argument("--images", required=True, help="folder of the images named in the JSON")
-    p.add_argument("--sam", help="vit_b | vit_l | vit_h | default | tiny, or an official checkpoint path")
+    p.add_argument("--sam", help="vit_b | vit_l | vit_h | default | default-permissive | tiny, or an official checkpoint path")
     p.add_argument("--sam-checkpoint", help="path of the SAM checkpoint (.pth) for --sam vit_*")
     p.add_argument("--out", required=True, help="run folder (model.pt, log.csv, checkpoints/)")
     p.add_argument("--val", help="COCO JSON of validation images (losses written to RUN/val.csv)")
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of the images named in the JSON")
     p.add_argument("--out", required=True, help="COCO JSON to write, with an RLE mask per box")
     p.add_argument("--model", help="a trained model (RUN/model.pt): masks of the student and its learned token")
-    p.add_argument("--sam", help="or the frozen teacher: vit_b | vit_l | vit_h | default, or a checkpoint path")
+    p.add_argument("--sam", help="or the frozen teacher: vit_b | vit_l | vit_h | default | default-permissive, or a checkpoint path")
     p.add_argument("--sam-checkpoint", help="the SAM checkpoint (.pth) of --sam, or of the model if not found")
     p.add_argument("--review", help="folder for the review sheet (review.png, review.csv)")
     p.add_argument("--review-count", type=int, help="masks in the review mosaic (default 48)")

@@ -109,7 +109,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default
+    sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default | default-permissive
     sam_checkpoint: Optional[str] = None
     image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
     input_scaling: Literal["fit", "fixed"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows

@@ -2,7 +2,7 @@
 
 1. synthetic cervical cytology: a box-only training split of mixed scenes, and three masked test
    splits (isolated cells "patch", crowded "cluster", and "shifted": another stain, scale, blur);
-2. DES-SAM trained from the boxes on the bundled default teacher;
+2. DES-SAM trained from the boxes on the first bundled teacher (`default-v1`, synthetic shapes only);
 3. `eval --baselines` on each test split (box-as-mask, training-free SAM, DES-SAM, teacher with
    ground-truth boxes);
 4. `demo_output/`: report.md with the summary table, loss_curve.png, the overlays of each report.
@@ -100,7 +100,7 @@ def run_demo(out="demo_output", quick: bool = False, progress: bool = True, n_tr
     text = (
         "# dessam demo\n\n"
         f"DES-SAM trained from boxes only ({n_train} synthetic cytology fields, {config.train.epochs} epochs, "
-        f"default teacher) and evaluated on three masked test splits of {n_test} fields each, "
+        f"first bundled teacher, default-v1) and evaluated on three masked test splits of {n_test} fields each, "
         f"with the baselines, in {minutes:.1f} minutes.\n\n"
         "Methods: `box-as-mask` (detected boxes filled), `sam` (training-free SAM on the detected boxes), "
         "`des-sam` (the student with the learned prompt token), `teacher-gt-boxes` (frozen teacher prompted "

@@ -166,12 +166,15 @@ def student_masks(predictor: Predictor, encoded: Encoded, images: list, boxes: l
     return predictor.segment(encoded, boxes, scores, use_token=True, n_images=n_images)
 
 
-def local_margin(config, settings) -> Optional[int]:
+def local_margin(config, settings, sam=None) -> Optional[int]:
     """Tokens around each box when decoding locally (`settings.local_decoding`, else the model's
-    `model.local_decoding`), None for the whole embedding."""
+    `model.local_decoding`), None for the whole embedding. A SAM trained to decode on windows (the
+    U-Net default teacher, `decodes_locally`) has no whole-embedding mode: it always decodes locally."""
     local = settings.local_decoding
     if local is None:
         local = config.model.local_decoding
+    if getattr(sam, "decodes_locally", False):
+        local = True
     return config.model.local_margin if local else None
 
 
@@ -184,7 +187,7 @@ def decode(predictor, encoded, boxes: list, use_token: bool = True, n_images: Op
     prompts = torch.cat([torch.from_numpy(np.asarray(b, np.float32).reshape(-1, 4) * item.scale)
                          for item, b in zip(encoded.inputs, boxes)]).to(device)
     owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(device)
-    margin = local_margin(predictor.config, settings)
+    margin = local_margin(predictor.config, settings, model.sam)
     decoder = maybe_compile(model.decoder, settings, device, n_images)
     order = torch.arange(len(prompts))
     if margin is not None and len(prompts):  # similar boxes share a chunk: smaller windows

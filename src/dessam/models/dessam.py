@@ -95,7 +95,8 @@ class DESSAM(nn.Module):
             return losses
         # Teacher and student of one pair share a window (local decoding) so their logits line up.
         pairs = torch.cat([torch.minimum(matched[:, :2], proposals[:, :2]), torch.maximum(matched[:, 2:], proposals[:, 2:])], 1)
-        margin = self.config.model.local_margin if self.config.model.local_decoding else None
+        local = self.config.model.local_decoding or getattr(self.sam, "decodes_locally", False)
+        margin = self.config.model.local_margin if local else None
         origins, size = self.decoder.windows(pairs, margin)
         with torch.no_grad():
             teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size)

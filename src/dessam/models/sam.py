@@ -61,7 +61,7 @@ VIT_SPECS = {
     ),
 }
 OFFICIAL_VARIANTS = ("vit_b", "vit_l", "vit_h")
-SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "default", "default-permissive")
+SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "default", "default-permissive", "default-v1")
 TINY_SEED = 20240601
 
 
