@@ -50,7 +50,8 @@ def test_auto_starts_from_the_bundled_model_only_when_it_fits(box_dataset, as_bu
 
 
 def test_no_bundled_model_means_random_weights_or_a_clear_refusal(box_dataset, monkeypatch, tmp_path):
-    monkeypatch.setitem(bundled.BUNDLED_MODEL_FILES, bundled.PRETRAINED_NAME, tmp_path / "absent.pt")
+    for name in list(bundled.BUNDLED_MODEL_FILES):  # an installation without any bundled model
+        monkeypatch.setitem(bundled.BUNDLED_MODEL_FILES, name, tmp_path / "absent.pt")
     boxes_json, _, images = box_dataset
     assert "no bundled pretrained model" in train(tiny_config(max_iters=0), boxes_json, images, tmp_path / "a",
                                                   progress=False).start
