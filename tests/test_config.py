@@ -120,9 +120,10 @@ def test_the_preset_registry():
     assert preset_layers("demo") == [SMALL_CPU.overlay, REGISTRY["demo"].overlay]
     demo, cpu = Config.compose("demo"), Config.compose("cpu")
     for config in (demo, cpu):  # the shared base
-        assert config.model.neck_channels == 32 and config.model.local_margin == 4
+        assert config.model.neck_channels == 32
         assert config.train.optimizer == "adamw" and config.train.lr == 2e-4 and config.train.grad_clip == 5.0
     assert (demo.model.sam, cpu.model.sam) == ("default-v1", "default")  # the demo keeps the first teacher
+    assert (demo.model.local_margin, cpu.model.local_margin) == (10, 4)   # 10 tokens of 8 px, 4 of 4 px
     assert (demo.model.image_size, demo.model.input_scaling, demo.train.epochs, demo.train.init) == (256, "fit", 24, "scratch")
     assert (cpu.model.image_size, cpu.model.input_scaling, cpu.train.epochs, cpu.train.init) == (512, "fixed", 12, "auto")
     assert implied_preset("default") == "cpu" and implied_preset("vit_b") is None

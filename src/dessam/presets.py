@@ -87,6 +87,7 @@ register(Preset("demo", "the CPU demo: the first bundled teacher (default-v1) at
                         # the real-nuclei teacher (`default`) cut the demo's DES-SAM AJI to 0.42 / 0.31 / 0.29
                         # (patch / cluster / shifted) from 0.68 / 0.37 / 0.37: its detector over-calls here
                         "sam": "default-v1",
+                        "local_margin": 10,       # the first teacher's window (stride 8), as the demo always had
                         "image_size": 256,
                         "neck_finest_stride": 2,  # pyramid at strides 2-16: these nuclei are 8-20 px
                     },
