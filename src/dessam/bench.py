@@ -464,7 +464,7 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         rows[-1].met = rows[-1].speedup >= 20
     stages.update(1)
     stages.close()
-    margin = local_margin(quick_path.config, quick_path.settings)
+    margin = local_margin(quick_path.config, quick_path.settings, quick_path.model.sam)
     memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
                    "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
     lines = [

@@ -27,7 +27,7 @@ from ..config import Config, Postprocess
 from ..geometry.inputs import as_rgb, prepare_image
 from ..geometry.plan import WindowPlan
 from ..geometry.scale import ModelScale
-from ..models.prompted_decoder import windows_needed
+from ..models.prompted_decoder import decoding_margin, windows_needed
 from . import windowed
 from .acceleration import autocast_for, maybe_compile
 from .instances import Instances
@@ -166,16 +166,10 @@ def student_masks(predictor: Predictor, encoded: Encoded, images: list, boxes: l
     return predictor.segment(encoded, boxes, scores, use_token=True, n_images=n_images)
 
 
-def local_margin(config, settings, sam=None) -> Optional[int]:
-    """Tokens around each box when decoding locally (`settings.local_decoding`, else the model's
-    `model.local_decoding`), None for the whole embedding. A SAM trained to decode on windows (the
-    U-Net default teacher, `decodes_locally`) has no whole-embedding mode: it always decodes locally."""
-    local = settings.local_decoding
-    if local is None:
-        local = config.model.local_decoding
-    if getattr(sam, "decodes_locally", False):
-        local = True
-    return config.model.local_margin if local else None
+def local_margin(config, settings, sam) -> Optional[int]:
+    """Tokens around each box when decoding locally as `settings.local_decoding` asks (None: as the
+    model was configured), None for the whole embedding (see `decoding_margin`)."""
+    return decoding_margin(config, sam, settings.local_decoding)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from ..losses import distillation_losses, edge_aware_losses, valid_region
 from .detector import BoxDetector
 from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid
-from .prompted_decoder import PromptedMaskDecoder
+from .prompted_decoder import PromptedMaskDecoder, decoding_margin
 
 TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.")
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
@@ -95,8 +95,7 @@ class DESSAM(nn.Module):
             return losses
         # Teacher and student of one pair share a window (local decoding) so their logits line up.
         pairs = torch.cat([torch.minimum(matched[:, :2], proposals[:, :2]), torch.maximum(matched[:, 2:], proposals[:, 2:])], 1)
-        local = self.config.model.local_decoding or getattr(self.sam, "decodes_locally", False)
-        margin = self.config.model.local_margin if local else None
+        margin = decoding_margin(self.config, self.sam)
         origins, size = self.decoder.windows(pairs, margin)
         with torch.no_grad():
             teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size)

@@ -177,6 +177,19 @@ def _gather_windows(maps: torch.Tensor, index: torch.Tensor, origins: torch.Tens
     return picked.permute(0, 3, 1, 2)
 
 
+def decoding_margin(config, sam, local: Optional[bool] = None) -> Optional[int]:
+    """Tokens of embedding around each box when decoding locally, None for the whole embedding.
+
+    `local`: whether to decode locally (None: the model's `model.local_decoding`). A SAM trained to
+    decode on windows (the U-Net default teacher, `decodes_locally`) has no whole-embedding mode:
+    it always decodes locally, in training as at test time."""
+    if local is None:
+        local = config.model.local_decoding
+    if getattr(sam, "decodes_locally", False):
+        local = True
+    return config.model.local_margin if local else None
+
+
 def windows_needed(boxes: torch.Tensor, stride: int, margin: int) -> torch.Tensor:
     """Per box (N, 4, input frame), the side in tokens of its own window: prompts sorted by it share
     decoder calls with similar ones, so that each call's common window stays small."""

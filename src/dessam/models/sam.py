@@ -28,7 +28,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from ..errors import DessamError
 from ..geometry.inputs import PIXEL_MEAN, PIXEL_STD
 from .checkpoints import read_sam_state_dict
-from .default_teacher import build_default_architecture, is_default_teacher, load_default_teacher, teacher_path
+from .default_teacher import (TEACHER_FILES, build_default_architecture, is_default_teacher, load_default_teacher,
+                              teacher_path)
 
 
 
@@ -61,7 +62,7 @@ VIT_SPECS = {
     ),
 }
 OFFICIAL_VARIANTS = ("vit_b", "vit_l", "vit_h")
-SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", "default", "default-permissive", "default-v1")
+SAM_NAMES = ("vit_b", "vit_l", "vit_h", "tiny", *TEACHER_FILES)
 TINY_SEED = 20240601
 
 

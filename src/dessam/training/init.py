@@ -29,13 +29,15 @@ class Start:
     note: str                # one line for the user
 
 
-def matching_bundled_model(identity: dict) -> Optional[Path]:
-    """The bundled DES-SAM model trained on the SAM weights `identity` names, if any."""
+def matching_bundled_model(identity: dict) -> Optional[tuple]:
+    """The bundled DES-SAM model trained on the SAM weights `identity` names, if any: its path and
+    its read `ModelFile`."""
     from ..models.model_file import read_model_file
 
     for path in bundled_models().values():
-        if read_model_file(path).identity["sha256"] == identity["sha256"]:
-            return path
+        source = read_model_file(path)
+        if source.identity["sha256"] == identity["sha256"]:
+            return path, source
     return None
 
 
@@ -52,19 +54,20 @@ def starting_weights(model, identity: dict, init: str) -> Start:
                 raise DessamError("--init pretrained: this installation has no bundled pretrained model; "
                                   "use --init scratch")
             return Start(None, "started from random weights (no bundled pretrained model)")
-        path = matching_bundled_model(identity)
-        if path is None:
+        found = matching_bundled_model(identity)
+        if found is None:
             if init == "auto":
                 return Start(None, "started from random weights (the bundled pretrained models belong to the bundled "
                                    "teachers, not this SAM)")
             raise DessamError(f"--init pretrained: no bundled pretrained model was trained on these SAM weights "
                               f"({identity.get('checkpoint') or identity['name']}); train with --sam default, or use "
                               "--init scratch")
+        path, source = found
     else:
         path = resolve_model(init)
         if not path.is_file():
             raise DessamError(f"{path}: --init model file not found; give a RUN/model.pt, pretrained or scratch")
-    source = read_model_file(path)
+        source = read_model_file(path)
     label = f"the bundled pretrained model {path.name}" if bundled or path in bundled_models().values() else str(path)
     if source.identity["sha256"] != identity["sha256"]:
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
