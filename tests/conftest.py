@@ -94,3 +94,20 @@ def viewer_display():
 def viewer(viewer_display, make_napari_viewer):
     """A real napari viewer (Qt and OpenGL) on the test run's display."""
     return make_napari_viewer()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small pre-training corpus manifest: a DSB-layout folder and synthetic Pap fields."""
+    import yaml
+    from public_layouts import write_dsb
+
+    write_dsb(tmp_path / "dsb", count=8, size=(48, 56))
+    path = tmp_path / "corpus.yaml"
+    path.write_text(yaml.safe_dump({"datasets": [
+        {"name": "dsb", "format": "dsb", "path": "dsb", "licence": "CC0-1.0", "val_fraction": 0.3,
+         "stain": "fluorescence"},
+        {"name": "pap", "format": "synthetic", "generator": "pap", "licence": "Apache-2.0", "weight": 0.5,
+         "val_images": 1},
+    ]}))
+    return path

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from public_layouts import write_dsb
 
 from dessam.cli import main
 from dessam.models.checkpoints import read_sam_state_dict
@@ -21,19 +20,6 @@ TINY = {"widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "prompt_dim": 16, "decod
 @pytest.fixture
 def tiny_arch(monkeypatch):
     monkeypatch.setitem(pt.ARCH_SIZES, "tiny", TINY)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    write_dsb(tmp_path / "dsb", count=8, size=(48, 56))
-    path = tmp_path / "corpus.yaml"
-    path.write_text(yaml.safe_dump({"datasets": [
-        {"name": "dsb", "format": "dsb", "path": "dsb", "licence": "CC0-1.0", "val_fraction": 0.3,
-         "stain": "fluorescence"},
-        {"name": "pap", "format": "synthetic", "generator": "pap", "licence": "Apache-2.0", "weight": 0.5,
-         "val_images": 1},
-    ]}))
-    return path
 
 
 def _recipe(**changes):

@@ -177,3 +177,22 @@ def test_default_config_is_the_authors_patchseg_config():
         Config.compose("vit")
     cluster = Config.compose("clusterseg")
     assert Config.from_dict(cluster.to_dict()).to_dict() == cluster.to_dict()
+
+
+def test_a_small_training_set_gets_enough_epochs_for_min_iters(box_dataset, tmp_path):
+    from dessam.config import Config
+    from dessam.training.train import stretched_schedule
+
+    cpu = Config.compose("cpu")
+    assert cpu.train.min_iters == 1200
+    thirty = stretched_schedule(cpu, 30)  # 30 tiles: 360 iterations in 12 epochs
+    assert thirty.train.epochs == 40 and thirty.train.lr_steps == (33,)
+    assert stretched_schedule(cpu, 500) is cpu  # a large set keeps its 12 epochs
+    unstretched = cpu.replace({"train.min_iters": None})
+    assert stretched_schedule(unstretched, 30) is unstretched
+    boxes_json, _, images = box_dataset
+    n = len(json.loads(boxes_json.read_text())["images"])
+    result = train(tiny_config(epochs=1, min_iters=2 * n + 1), boxes_json, images, tmp_path / "run", progress=False)
+    assert result.epochs_done == 3 and result.iterations == 3 * n  # whole epochs, at least min_iters
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"min_iters: {2 * n + 1}" in saved and "epochs: 3" in saved

@@ -235,7 +235,8 @@ def cmd_pretrain_teacher(args) -> int:
     from .training.pretrain_teacher import Recipe, pretrain_teacher
 
     options = {key: getattr(args, key) for key in ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch",
-                                                   "eval_every", "nucleus_px") if getattr(args, key) is not None}
+                                                   "eval_every", "nucleus_px", "views_from", "view_size", "view_context")
+               if getattr(args, key) is not None}
     if args.resume and options:
         raise DessamError(f"--resume continues {args.out} with its own recipe; leave out {', '.join(sorted(options))}")
     result = pretrain_teacher(args.corpus, args.out, None if args.resume else Recipe(**options), resume=args.resume,
@@ -252,7 +253,7 @@ def cmd_pretrain_model(args) -> int:
 
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
-                            command=" ".join(["dessam"] + sys.argv[1:]), progress=not args.quiet)
+                            command=" ".join(["dessam"] + sys.argv[1:]), progress=not args.quiet, init=args.init)
     scores = "; ".join(f"{name}: AJI {m['aji']:.3f}, detection F1 {m['f1']:.3f}" for name, m in result.validation.items())
     print(f"model written to {result.model_path}; held-out sets: {scores or 'none'}; model card: {result.card_path}")
     return 0
@@ -454,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="validate and save every this many steps (default 500)")
     p.add_argument("--nucleus-px", type=float, help="rescale each image around the size that makes its median "
                    "nucleus this many pixels wide (default: around its own scale)")
+    p.add_argument("--views-from", metavar="TEACHER",
+                   help="train a teacher that segments each box on a view of its own, on top of this teacher "
+                        "(a bundled name or a teacher.pt, whose whole-image encoder it keeps for the detector)")
+    p.add_argument("--view-size", type=int, help="pixels across each box's view, a multiple of 16 (default 64)")
+    p.add_argument("--view-context", type=float, help="each view spans this many times its box's longer side (default 2)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")
     p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--device", default="cpu")
@@ -467,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, help="stop after this many iterations (default: the cpu preset's epochs)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--synthetic-images", type=int, default=200, help="scenes drawn per synthetic dataset (default 200)")
+    p.add_argument("--init", default="scratch", help="where the detector starts: scratch (default), or a model.pt "
+                   "trained on this teacher or on the teacher it was built on (--views-from)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true")

@@ -172,6 +172,7 @@ class TrainConfig:
     lr_steps: tuple = (30, 36)         # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     max_iters: Optional[int] = None    # stop after this many iterations (all epochs together)
+    min_iters: Optional[int] = None    # a small training set gets more epochs, up to this many iterations
     init: str = "auto"                 # where training starts: auto | pretrained | scratch | a model.pt (dessam.training.init)
     seed: int = 0
     pixel_size_um: Optional[float] = None  # of the training images, in microns (recorded; drives fixed scaling)

@@ -78,15 +78,16 @@ def write_corpus_coco(datasets: list, folder: Path, synthetic_images: int, progr
     return train_json, images_dir, val_files
 
 
-def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0) -> Config:
-    """The `cpu` preset on `teacher`, from random weights."""
+def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0, init: str = "scratch") -> Config:
+    """The `cpu` preset on `teacher`, from random weights (or from `init`, a model file)."""
     return Config.compose("cpu", overrides={"model.sam": "default", "model.sam_checkpoint": str(teacher),
-                                            "train.init": "scratch", "train.max_iters": max_iters, "train.seed": seed})
+                                            "train.init": init, "train.max_iters": max_iters, "train.seed": seed,
+                                            "train.min_iters": None})  # epochs as asked: the corpus is not small
 
 
 def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = None, epochs: Optional[int] = None,
                    synthetic_images: int = 200, seed: int = 0, command: str = "", resume: bool = False,
-                   progress: bool = True) -> PretrainedModel:
+                   progress: bool = True, init: str = "scratch") -> PretrainedModel:
     """See the module docstring."""
     from .evaluation.evaluate import evaluate_model_file
     from .training.train import train
@@ -106,7 +107,7 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         val_files = {d.spec.name: folder / f"val_{d.spec.name}.json" for d in datasets if d.val}
     else:
         train_json, images_dir, val_files = write_corpus_coco(datasets, folder, synthetic_images, progress)
-    config = pretrained_config(teacher, max_iters, seed)
+    config = pretrained_config(teacher, max_iters, seed, init)
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config = config.replace({"train.epochs": int(epochs),
                                  "train.lr_steps": (max(int(round(epochs * 5 / 6)), 1),)})
@@ -145,7 +146,7 @@ starts (`--init scratch` starts from random weights).
 {corpus_table(datasets)}
 
 Synthetic datasets: {synthetic_images} scenes each. {result.iterations} iterations ({result.epochs_done} epochs) of the
-`cpu` preset: images at their own resolution in windows of {config.model.image_size} px.
+`cpu` preset: images at their own resolution in windows of {config.model.image_size} px; {result.start or 'started from random weights'}.
 
 ## Held-out sets (`dessam eval`, the model's own post-processing)
 

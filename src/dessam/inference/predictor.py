@@ -38,11 +38,13 @@ from .settings import InferenceSettings, fast_settings
 
 @dataclass
 class Encoded:
-    """Images as the model took them (`ModelInput`s: the original sizes, how they were resized) and
-    their SAM embeddings (B, C, h, w), float32."""
+    """Images as the model took them (`ModelInput`s: the original sizes, how they were resized),
+    their SAM embeddings (B, C, h, w), float32, and the normalised images (B, 3, S, S) themselves
+    (which a SAM that decodes on per-box views reads)."""
 
     inputs: list
     embeddings: torch.Tensor
+    images: Optional[torch.Tensor] = None
 
 
 class Predictor:
@@ -80,7 +82,7 @@ class Predictor:
         with autocast_for(self.settings, self.device):
             for start in range(0, len(batch), self.settings.batch_size):
                 pieces.append(encoder(batch[start:start + self.settings.batch_size]).float())
-        return Encoded(inputs, torch.cat(pieces))
+        return Encoded(inputs, torch.cat(pieces), batch)
 
     @torch.no_grad()
     def detect(self, encoded: Encoded, postprocess: Optional[Postprocess] = None) -> list:
@@ -185,14 +187,15 @@ def decode(predictor, encoded, boxes: list, use_token: bool = True, n_images: Op
     decoder = maybe_compile(model.decoder, settings, device, n_images)
     order = torch.arange(len(prompts))
     if margin is not None and len(prompts):  # similar boxes share a chunk: smaller windows
-        order = torch.argsort(windows_needed(prompts.cpu(), model.decoder.stride, margin), stable=True)
+        needed = windows_needed(model.decoder.window_boxes(prompts.cpu()), model.decoder.stride, margin)
+        order = torch.argsort(needed, stable=True)
     chunks = []
     for start in range(0, len(prompts), settings.decoder_chunk):
         chosen = order[start:start + settings.decoder_chunk].to(device)
         origins, size = model.decoder.windows(prompts[chosen], margin)
         with autocast_for(settings, device, "decoder"):
             decoded = decoder(encoded.embeddings, prompts[chosen], owner[chosen], use_token=use_token,
-                              origins=origins, size=size)
+                              origins=origins, size=size, images=encoded.images)
         decoded.logits = decoded.logits.float()
         chunks.append((chosen.tolist(), owner[chosen].tolist(), decoded))
     return chunks

@@ -50,7 +50,12 @@ DEFAULT_ARCH = {
     "iou_hidden": 64,
     "mask_in_chans": 16,
     "local_margin": 4,       # tokens of context around each box when decoding
+    "views": None,           # per-box views (`dessam.models.box_views`): VIEW_ARCH, or None
 }
+# A teacher that decodes every box on a view of its own: `size` px across, `context` x the box's longer
+# side (at least `min_side` px), encoded by a second U-Net of these widths and depths. The whole-image
+# encoder stays: the detector reads its embedding.
+VIEW_ARCH = {"size": 64, "context": 2.0, "min_side": 12.0, "widths": [16, 32, 64, 128], "depths": [1, 2, 2, 2]}
 # What a teacher file without an "encoder" entry was built as (the first bundled teacher).
 CONV_ARCH = {
     "encoder": "conv",
@@ -63,6 +68,7 @@ CONV_ARCH = {
     "iou_hidden": 64,
     "mask_in_chans": 16,
     "local_margin": None,    # decoded over the whole embedding unless a model says otherwise
+    "views": None,
 }
 
 
@@ -74,6 +80,10 @@ def full_arch(arch: Optional[dict] = None) -> dict:
     if spec["encoder"] not in ENCODERS:
         raise DessamError(f"unknown teacher encoder '{spec['encoder']}'; use {' or '.join(ENCODERS)}")
     spec["stride"] = STRIDES[spec["encoder"]]
+    if spec["views"] is not None:
+        spec["views"] = {**VIEW_ARCH, **spec["views"]}
+        if int(spec["views"]["size"]) % 16:
+            raise DessamError(f"view size {spec['views']['size']} is not a multiple of 16, as the view encoder needs")
     return spec
 
 
@@ -113,7 +123,12 @@ def build_default_architecture(image_size: Optional[int] = None, arch: Optional[
     )
     # Trained on windows of the embedding around each box: decoding it over the whole embedding is
     # another function (on synthetic nuclei its masks agreed with the windowed ones at a mean IoU of 0.67).
-    sam.decodes_locally = spec["local_margin"] is not None
+    sam.decodes_locally = spec["local_margin"] is not None or spec["views"] is not None
+    if spec["views"] is not None:
+        views = spec["views"]
+        sam.view_encoder = UNetEncoder(img_size=int(views["size"]), out_chans=dim, widths=tuple(views["widths"]),
+                                       depths=tuple(views["depths"]))
+        sam.view_spec = {key: views[key] for key in ("size", "context", "min_side")}
     return sam
 
 

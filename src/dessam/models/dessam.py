@@ -98,8 +98,10 @@ class DESSAM(nn.Module):
         margin = decoding_margin(self.config, self.sam)
         origins, size = self.decoder.windows(pairs, margin)
         with torch.no_grad():
-            teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size)
-        student = self.decoder(embeddings, proposals, image_index, use_token=True, origins=origins, size=size)
+            teacher = self.decoder(embeddings, matched, image_index, use_token=False, origins=origins, size=size,
+                                   images=images_normalised)
+        student = self.decoder(embeddings, proposals, image_index, use_token=True, origins=origins, size=size,
+                               images=images_normalised)
         frame_pixels = student.frame[0] * student.frame[1]
         targets = weights = None
         if gt_masks is not None:

@@ -23,6 +23,8 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from .box_views import cut_views, boxes_in_views, view_squares, views_to_windows
+
 UPSCALE = 4  # SAM's decoder upsamples the embedding grid 4 x into its low-resolution logits
 OUTSIDE = -1e4  # the logit of the pixels beyond a prompt's window (sigmoid 0)
 
@@ -98,10 +100,24 @@ class PromptedMaskDecoder(nn.Module):
     def stride(self) -> int:
         return int(self.sam.image_encoder.img_size) // self.grid
 
+    @property
+    def views(self) -> Optional[dict]:
+        """The per-box views this SAM decodes on (`dessam.models.box_views`), or None."""
+        return getattr(self.sam, "view_spec", None)
+
+    def window_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """What a prompt's decoding window must hold: its box, or the square of its view."""
+        if self.views is None:
+            return boxes
+        return view_squares(boxes, float(self.views["context"]), float(self.views["min_side"]))
+
     def windows(self, boxes: torch.Tensor, margin: Optional[int]) -> tuple:
-        """`prompt_windows` for this SAM's grid; margin None = full decoding."""
-        if margin is None:
+        """`prompt_windows` for this SAM's grid; margin None = full decoding. A SAM that decodes on
+        views gets windows that hold each box's view (and no further margin)."""
+        if margin is None and self.views is None:
             return None, self.grid
+        if self.views is not None:
+            return prompt_windows(self.window_boxes(boxes), self.stride, self.grid, 0)
         return prompt_windows(boxes, self.stride, self.grid, int(margin))
 
     def forward(
@@ -112,16 +128,17 @@ class PromptedMaskDecoder(nn.Module):
         use_token: bool = True,
         origins: Optional[torch.Tensor] = None,
         size: Optional[int] = None,
+        images: Optional[torch.Tensor] = None,
     ) -> DecodedMasks:
         """Low-resolution mask logits and IoU predictions for N boxes.
 
         embeddings: (B, C, h, w) image embeddings; boxes: (N, 4) x1y1x2y2 in the model's input
         frame; image_index: (N,) which embedding each box belongs to (default: all image 0);
         origins / size: each prompt's window of the embedding grid (`windows`), or None for the
-        whole grid.
+        whole grid; images: the normalised input images (B, 3, S, S), which a SAM that decodes on
+        per-box views needs.
         """
         sam = self.sam
-        decoder = sam.mask_decoder
         n = boxes.shape[0]
         h, w = embeddings.shape[-2:]
         frame = (UPSCALE * h, UPSCALE * w)
@@ -133,15 +150,14 @@ class PromptedMaskDecoder(nn.Module):
         if n == 0:
             return DecodedMasks(embeddings.new_zeros((0, 1, UPSCALE * size_h, UPSCALE * size_w)),
                                 embeddings.new_zeros((0, 1)), origins, frame)
-        sparse, _ = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-        dense = decoder_dense(sam, n, size_h, size_w)
-        tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight]
-        if use_token and self.prompt_token is not None:
-            tokens.append(self.prompt_token.weight)
-        output_tokens = torch.cat(tokens, dim=0).unsqueeze(0).expand(n, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)
-
         index = torch.zeros(n, dtype=torch.long, device=boxes.device) if image_index is None else image_index
+        if self.views is not None:
+            if images is None:
+                raise ValueError("this SAM decodes on per-box views: give the normalised images")
+            if size_h != size_w:
+                raise ValueError("views are decoded onto square windows")
+            return self._decode_views(images, boxes, index, use_token, origins, size_h, frame)
+        sparse, _ = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
         pe = sam.prompt_encoder.get_dense_pe()
         if size_h == h and size_w == w:
             src = embeddings[:1].expand(n, -1, -1, -1) if image_index is None else embeddings[index]
@@ -149,6 +165,21 @@ class PromptedMaskDecoder(nn.Module):
         else:
             src = _gather_windows(embeddings, index, origins, size_h)
             pos_src = _gather_windows(pe, torch.zeros_like(index), origins, size_h)
+        masks, iou = self._decode(src, pos_src, sparse, use_token)
+        return DecodedMasks(masks, iou, origins * UPSCALE, frame)
+
+    def _decode(self, src: torch.Tensor, pos_src: torch.Tensor, sparse: torch.Tensor, use_token: bool) -> tuple:
+        """SAM's `MaskDecoder.predict_masks` (first mask token), with the learned token when asked:
+        (logits (N, 1, 4h, 4w), IoU (N, 1)) of embeddings `src` (N, C, h, w)."""
+        sam = self.sam
+        decoder = sam.mask_decoder
+        n, _, size_h, size_w = src.shape
+        dense = decoder_dense(sam, n, size_h, size_w)
+        tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+        if use_token and self.prompt_token is not None:
+            tokens.append(self.prompt_token.weight)
+        output_tokens = torch.cat(tokens, dim=0).unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
         src = src + dense
         b, c = src.shape[:2]
         hs, src = decoder.transformer(src, pos_src, tokens)
@@ -160,7 +191,32 @@ class PromptedMaskDecoder(nn.Module):
         b, c, uh, uw = upscaled.shape
         masks = (hyper.unsqueeze(1) @ upscaled.view(b, c, uh * uw)).view(b, 1, uh, uw)
         iou = decoder.iou_prediction_head(iou_token_out)[:, :1]
-        return DecodedMasks(masks, iou, origins * UPSCALE, frame)
+        return masks, iou
+
+    def decode_views(self, images: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, use_token: bool) -> tuple:
+        """(logits (N, 1, r, r) over each box's view, IoU (N, 1), the views' squares (N, 4)) for boxes
+        (N, 4) of the normalised `images[index]` (input frame)."""
+        sam, spec = self.sam, self.views
+        size = int(spec["size"])
+        squares = self.window_boxes(boxes)
+        views = cut_views(images, index, squares, size)
+        learning = any(p.requires_grad for p in sam.view_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and learning):  # frozen: DES-SAM trains the token only
+            src = sam.view_encoder(views)
+        grid = src.shape[-1]
+        # The box in its view, scaled to the prompt encoder's frame: it normalises coordinates by the
+        # input size, and the positional encoding of a grid x grid map spans the same unit square.
+        local = boxes_in_views(boxes, squares, size) * (self.grid * self.stride / size)
+        sparse, _ = sam.prompt_encoder(points=None, boxes=local, masks=None)
+        pos_src = sam.prompt_encoder.pe_layer((grid, grid)).unsqueeze(0).expand(len(boxes), -1, -1, -1)
+        logits, iou = self._decode(src, pos_src, sparse, use_token)
+        return logits, iou, squares
+
+    def _decode_views(self, images, boxes, index, use_token, origins, size, frame) -> DecodedMasks:
+        logits, iou, squares = self.decode_views(images, boxes, index, use_token)
+        per_logit = self.stride / UPSCALE
+        windows = views_to_windows(logits, squares, origins * UPSCALE, UPSCALE * size, per_logit)
+        return DecodedMasks(windows, iou, origins * UPSCALE, frame)
 
 
 def decoder_dense(sam: Sam, n: int, h: int, w: int) -> torch.Tensor:

@@ -69,6 +69,7 @@ def fit_schedule(config: Config, iterations: int, views: int) -> Config:
     return config.replace({
         "train.epochs": epochs,
         "train.max_iters": int(iterations),
+        "train.min_iters": None,
         "train.lr_steps": tuple(max(1, round(step * epochs / planned)) for step in config.train.lr_steps),
         "train.warmup_iters": min(config.train.warmup_iters, max(iterations // 4, 1)),
     })

@@ -69,6 +69,10 @@ def starting_weights(model, identity: dict, init: str) -> Start:
             raise DessamError(f"{path}: --init model file not found; give a RUN/model.pt, pretrained or scratch")
         source = read_model_file(path)
     label = f"the bundled pretrained model {path.name}" if bundled or path in bundled_models().values() else str(path)
+    if source.identity["sha256"] != identity["sha256"] and source.identity["sha256"] == views_base_digest(model.config):
+        load_detector(model, source.state_dict, path)
+        return Start(path, f"started the detector from {label} ({path}), trained on the teacher this one was built on "
+                           "(the same image encoder); the prompt token starts anew")
     if source.identity["sha256"] != identity["sha256"]:
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
                           f"({source.identity.get('checkpoint') or source.identity['name']}); train with those, "
@@ -82,3 +86,37 @@ def starting_weights(model, identity: dict, init: str) -> Start:
         raise DessamError(f"{path}: --init {init}: {label} has another detector shape than this configuration; "
                           "train with its settings (the cpu preset for the bundled model), or use --init scratch") from None
     return Start(path, f"started from {label} ({path}); --init scratch starts from random weights")
+
+
+def views_base_digest(config) -> Optional[str]:
+    """The SHA-256 of the teacher file that the run's teacher was built on, when the run's teacher
+    decodes on per-box views (`dessam pretrain-teacher --views-from`): the whole-image encoder is that
+    teacher's, frozen, so a detector trained on it reads the same embedding."""
+    from ..models.checkpoints import safe_torch_load
+    from ..models.default_teacher import is_default_teacher, is_teacher_file, teacher_path
+
+    settings = config.model
+    if settings.sam_checkpoint:
+        path = Path(settings.sam_checkpoint)
+    elif is_default_teacher(settings.sam):
+        path = teacher_path(settings.sam)
+    else:
+        return None
+    if not path.is_file() or not is_teacher_file(path):
+        return None
+    train = safe_torch_load(path).get("train") or {}
+    return (train.get("views_from") or {}).get("sha256")
+
+
+def load_detector(model, state: dict, path: Path) -> None:
+    """The neck and detector of a model file's weights, the token left as it starts."""
+    wanted = {k for k in model.trainable_state_dict() if not k.startswith("decoder.prompt_token.")}
+    given = {k: v for k, v in state.items() if not k.startswith("decoder.prompt_token.")}
+    if set(given) != wanted:
+        raise DessamError(f"{path}: --init: its detector has another shape than this configuration's; train with its "
+                          "settings, or use --init scratch")
+    try:
+        model.load_state_dict(given, strict=False)
+    except RuntimeError:
+        raise DessamError(f"{path}: --init: its detector has another shape than this configuration's; train with its "
+                          "settings, or use --init scratch") from None

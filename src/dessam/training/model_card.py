@@ -44,6 +44,20 @@ def validation_table(history: list, names: list) -> str:
     return "\n".join(lines)
 
 
+def views_paragraph(arch: dict, recipe) -> str:
+    """What a teacher that decodes on per-box views does with each box (empty for other teachers)."""
+    views = arch.get("views")
+    if not views:
+        return ""
+    return f"""
+Each box is segmented on a view of its own: a square {views['context']:g} x the box's longer side (at least
+{views['min_side']:g} px) resampled to {views['size']} x {views['size']} px and encoded by a second U-Net (widths
+{views['widths']}), so that every nucleus is drawn at the same resolution whatever its size. The whole-image
+encoder, which the detector reads, is that of `{recipe.views_from}`, kept frozen; the view encoder and SAM's
+prompt encoder and mask decoder started from it and were trained on the views.
+"""
+
+
 def teacher_card(corpus: Corpus, datasets: list, recipe, history: list, steps: int, arch: dict, sam, command: str,
                  seconds: float) -> str:
     """The model card of a pre-trained default teacher."""
@@ -57,7 +71,7 @@ A promptable nucleus segmenter of SAM's design: a {arch['encoder']} image encode
 {arch['prompt_dim']}; {params / 1e6:.2f} M parameters. Given an image and a box around a nucleus, it draws that
 nucleus's mask. It is `--sam default` in dessam: DES-SAM's frozen teacher, and what `dessam label --sam default`
 uses.
-
+{views_paragraph(arch, recipe)}
 **Licence of these weights:** {weights_licence(corpus)}.
 
 ## Training data (corpus `{corpus.path.name}`)

@@ -39,6 +39,7 @@ from ..data.corpus import Corpus, LoadedDataset, load_dataset, read_manifest, sy
 from ..errors import DessamError
 from ..models.checkpoints import safe_torch_load, save_torch_atomic
 from ..models.default_teacher import build_default_architecture, full_arch, teacher_file
+from ..models.box_views import boxes_in_views, cut_views
 from ..models.prompted_decoder import PromptedMaskDecoder, prompt_windows
 
 MIN_PROMPT_AREA = 16    # pixels of a nucleus visible in a crop, for it to be prompted
@@ -69,6 +70,9 @@ class Recipe:
     nucleus_px: Optional[float] = None  # rescale around the size that makes the median nucleus this wide (None: native)
     eval_every: int = 500
     val_limit: int = 24            # validation images per dataset (the first ones, in name order)
+    views_from: Optional[str] = None  # a teacher file or bundled name: train per-box views on top of it
+    view_size: int = 64            # pixels across each box's view (views only)
+    view_context: float = 2.0      # each view spans this many times its box's longer side (views only)
 
     def __post_init__(self):
         if self.arch not in ARCH_SIZES:
@@ -81,6 +85,10 @@ class Recipe:
             raise DessamError(f"--crop {self.crop}: give a multiple of 16")
         if not self.lr > 0:
             raise DessamError(f"--lr {self.lr}: give a positive learning rate")
+        if self.views_from is not None and (self.view_size % 16 or self.view_size < 16):
+            raise DessamError(f"--view-size {self.view_size}: give a multiple of 16")
+        if self.views_from is not None and self.arch == "conv":
+            raise DessamError("--views-from: the view encoder is a U-Net; choose --arch small or medium")
         self.margins = tuple(int(m) for m in self.margins)
 
 
@@ -224,6 +232,73 @@ def crop_losses(decoder: PromptedMaskDecoder, embedding: torch.Tensor, labels: n
     return loss.sum(), iou
 
 
+def view_losses(decoder: PromptedMaskDecoder, images: torch.Tensor, labels: list, prompts: list) -> tuple:
+    """Summed loss and the achieved IoUs of every prompt of a batch, each decoded on its own view.
+
+    images: the normalised crops (B, 3, C, C); each prompt's target is its nucleus resampled onto its
+    view as the view's pixels are."""
+    device = images.device
+    boxes = torch.from_numpy(np.concatenate([p.boxes for p in prompts])).to(device)
+    exact = torch.from_numpy(np.concatenate([p.exact for p in prompts])).to(device)
+    index = torch.cat([torch.full((len(p.ids),), i, dtype=torch.long) for i, p in enumerate(prompts)]).to(device)
+    ids = torch.from_numpy(np.concatenate([p.ids for p in prompts])).to(device)
+    logits, iou_pred, squares = decoder.decode_views(images, boxes, index, use_token=False)
+    size = logits.shape[-1]
+    maps = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)
+    nuclei = (maps[index] == ids[:, None, None]).float()[:, None]            # (N, 1, C, C)
+    target = cut_views(nuclei, torch.arange(len(ids), device=device), squares, size)
+    exact_in_view = boxes_in_views(exact, squares, size)
+    near = near_box(exact_in_view, torch.zeros((len(ids), 2), device=device), size, 1.0, margin=size / 16)
+    loss, iou = mask_losses(logits, iou_pred, target, near)
+    return loss.sum(), iou
+
+
+def views_base(recipe: Recipe) -> tuple:
+    """(arch, state dict) of the teacher that a view teacher is trained on top of: its whole-image
+    encoder stays (frozen; the detector reads its embedding), its decoder and encoder start the views."""
+    from ..models.default_teacher import teacher_architecture
+
+    path = views_base_path(recipe)
+    if not path.is_file():
+        raise DessamError(f"--views-from {path}: no such teacher file; give a bundled name or a teacher.pt")
+    arch = teacher_architecture(path)
+    if arch["encoder"] != "unet":
+        raise DessamError(f"--views-from {path}: views go on top of a U-Net teacher (stride 4), not '{arch['encoder']}'")
+    arch.pop("stride")
+    size = ARCH_SIZES[recipe.arch]
+    arch["views"] = {"size": recipe.view_size, "context": recipe.view_context, "widths": size["widths"],
+                     "depths": size["depths"]}
+    return arch, safe_torch_load(path)["state_dict"]
+
+
+def views_base_path(recipe: Recipe) -> Path:
+    """The teacher file `--views-from` names."""
+    from ..models.default_teacher import is_default_teacher, teacher_path
+
+    return teacher_path(recipe.views_from) if is_default_teacher(recipe.views_from) else Path(recipe.views_from)
+
+
+def views_base_sha256(recipe: Recipe) -> str:
+    from ..models.checkpoints import file_sha256
+
+    return file_sha256(views_base_path(recipe))
+
+
+def start_views(sam: Sam, base_state: dict) -> None:
+    """Load the base teacher into a view teacher: every module as it was, and the view encoder from the
+    whole-image encoder where their shapes agree; freeze the whole-image encoder."""
+    state = dict(base_state)
+    own = sam.state_dict()
+    for key, value in base_state.items():
+        if key.startswith("image_encoder."):
+            twin = "view_encoder." + key[len("image_encoder."):]
+            if twin in own and own[twin].shape == value.shape:
+                state[twin] = value
+    sam.load_state_dict(state, strict=False)
+    for parameter in sam.image_encoder.parameters():
+        parameter.requires_grad_(False)
+
+
 def normalise(sam: Sam, images: torch.Tensor) -> torch.Tensor:
     """SAM's pixel normalisation without its padding to the input size (`Sam.preprocess` pads)."""
     return (images - sam.pixel_mean) / sam.pixel_std
@@ -317,8 +392,15 @@ def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resu
     weights /= weights.sum()
 
     torch.manual_seed(recipe.seed)
-    arch = full_arch(ARCH_SIZES[recipe.arch])
-    sam = build_default_architecture(arch["image_size"], arch).to(device)
+    if recipe.views_from is not None:
+        base_arch, base_state = views_base(recipe)
+        arch = full_arch(base_arch)
+        sam = build_default_architecture(arch["image_size"], arch)
+        start_views(sam, base_state)
+        sam = sam.to(device)
+    else:
+        arch = full_arch(ARCH_SIZES[recipe.arch])
+        sam = build_default_architecture(arch["image_size"], arch).to(device)
     if recipe.crop > arch["image_size"]:
         raise DessamError(f"--crop {recipe.crop}: at most the model's input size, {arch['image_size']}")
     decoder = PromptedMaskDecoder(sam, prompt_token=False)
@@ -341,14 +423,18 @@ def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resu
             margin = int(rng.integers(recipe.margins[0], recipe.margins[1] + 1))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, recipe)
-            embeddings = sam.image_encoder(normalise(sam, images.to(device)))  # the crops alone, unpadded
-            total, count, ious = 0.0, 0, []
-            free = decoder.grid - embeddings.shape[-1]  # where a crop may sit in the input frame
-            for index, (crop_labels, prompted) in enumerate(zip(labels, prompts)):
-                offset = (int(rng.integers(free + 1)), int(rng.integers(free + 1)))
-                loss, iou = crop_losses(decoder, embeddings[index:index + 1], crop_labels, prompted, margin, offset)
-                total, count = total + loss, count + len(prompted.ids)
-                ious.append(iou)
+            if decoder.views is not None:
+                total, iou = view_losses(decoder, normalise(sam, images.to(device)), labels, prompts)
+                count, ious = len(iou), [iou]
+            else:
+                embeddings = sam.image_encoder(normalise(sam, images.to(device)))  # the crops alone, unpadded
+                total, count, ious = 0.0, 0, []
+                free = decoder.grid - embeddings.shape[-1]  # where a crop may sit in the input frame
+                for index, (crop_labels, prompted) in enumerate(zip(labels, prompts)):
+                    offset = (int(rng.integers(free + 1)), int(rng.integers(free + 1)))
+                    loss, iou = crop_losses(decoder, embeddings[index:index + 1], crop_labels, prompted, margin, offset)
+                    total, count = total + loss, count + len(prompted.ids)
+                    ious.append(iou)
             loss = total / max(count, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -393,6 +479,8 @@ def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, d
 
     info = {"recipe": asdict(recipe), "steps_done": step, "validation": history[-1],
             "datasets": [{"name": d.spec.name, "licence": d.spec.licence, **d.counts()} for d in datasets]}
+    if recipe.views_from is not None:  # models trained on that teacher keep their detector on this one
+        info["views_from"] = {"name": Path(recipe.views_from).name, "sha256": views_base_sha256(recipe)}
     save_torch_atomic(teacher_file(sam, arch, train=json.loads(json.dumps(info))), out_dir / "teacher.pt")
     seconds = time.monotonic() - started
     card = teacher_card(corpus, datasets, recipe, history, step, arch, sam, command, seconds)
