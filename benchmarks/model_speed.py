@@ -5,7 +5,7 @@
 Each model predicts every image as `dessam predict` does (the fast path of the device, the model's
 own scale and windows); the models take turns image by image, so that whatever else the machine
 does weighs on all of them alike. Prints megapixels per second for each model and its ratio to
-the first. "pretrained" names the bundled pretrained model.
+the first. "pretrained" and "pretrained-permissive" name the bundled models.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,19 +21,20 @@ import torch
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, help="a folder of images")
-    parser.add_argument("--models", nargs="+", required=True, help="model.pt files, or 'pretrained'")
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="model.pt files, or the bundled models' names (pretrained, pretrained-permissive)")
     parser.add_argument("--limit", type=int, default=20, help="images used (the first, by name; default 20)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
 
     from dessam.data.images import read_image
     from dessam.inference.loading import load_model
-    from dessam.models.bundled import PRETRAINED_NAME, bundled_models
+    from dessam.models.bundled import resolve_model
     from dessam.outputs.files import expand_inputs
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = [Path(m) if m != "pretrained" else bundled_models()[PRETRAINED_NAME] for m in args.models]
+    paths = [resolve_model(m) for m in args.models]
     models = [load_model(path, device="cpu") for path in paths]
     images = [read_image(p) for p in expand_inputs([args.images])[:args.limit]]
     for model in models:  # the first call builds what later calls reuse

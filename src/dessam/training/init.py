@@ -71,7 +71,8 @@ def starting_weights(model, identity: dict, init: str) -> Start:
     label = f"the bundled pretrained model {path.name}" if bundled or path in bundled_models().values() else str(path)
     if source.identity["sha256"] != identity["sha256"] and source.identity["sha256"] == views_base_digest(model.config):
         load_detector(model, source.state_dict, path)
-        return Start(path, f"started the detector from {label} ({path}), trained on the teacher this one was built on "
+        where = label if label == str(path) else f"{label} ({path})"
+        return Start(path, f"started the detector from {where}, trained on the teacher this one was built on "
                            "(the same image encoder); the prompt token starts anew")
     if source.identity["sha256"] != identity["sha256"]:
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
