@@ -10,9 +10,8 @@ from dessam.models.default_teacher import build_default_architecture, full_arch,
 from dessam.models.dessam import DESSAM
 from dessam.models.prompted_decoder import PromptedMaskDecoder
 from dessam.training import pretrain_teacher as pt
+from test_pretrain_teacher import TINY
 
-TINY = {"widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "prompt_dim": 16, "decoder_mlp_dim": 32, "decoder_heads": 2,
-        "iou_hidden": 16, "mask_in_chans": 4, "image_size": 128, "local_margin": 2}
 TINY_VIEWS = {**TINY, "views": {"size": 32, "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1]}}
 
 

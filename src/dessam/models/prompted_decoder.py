@@ -114,10 +114,10 @@ class PromptedMaskDecoder(nn.Module):
     def windows(self, boxes: torch.Tensor, margin: Optional[int]) -> tuple:
         """`prompt_windows` for this SAM's grid; margin None = full decoding. A SAM that decodes on
         views gets windows that hold each box's view (and no further margin)."""
-        if margin is None and self.views is None:
-            return None, self.grid
         if self.views is not None:
             return prompt_windows(self.window_boxes(boxes), self.stride, self.grid, 0)
+        if margin is None:
+            return None, self.grid
         return prompt_windows(boxes, self.stride, self.grid, int(margin))
 
     def forward(
@@ -154,8 +154,6 @@ class PromptedMaskDecoder(nn.Module):
         if self.views is not None:
             if images is None:
                 raise ValueError("this SAM decodes on per-box views: give the normalised images")
-            if size_h != size_w:
-                raise ValueError("views are decoded onto square windows")
             return self._decode_views(images, boxes, index, use_token, origins, size_h, frame)
         sparse, _ = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
         pe = sam.prompt_encoder.get_dense_pe()

@@ -36,7 +36,7 @@ from ..models.default_teacher import TEACHER_FILES
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
 from ..presets import implied_preset
-from ..training.train import train, training_factor
+from ..training.train import train, training_factor, with_epochs
 from ..training.views import training_views
 from .job_widget import JobWidget, is_layer, layer_box
 from .layers import rgb_image, shape_boxes
@@ -64,13 +64,10 @@ def fit_schedule(config: Config, iterations: int, views: int) -> Config:
     """`config` trained for `iterations` steps over `views` training windows: as many epochs as
     that takes, the preset's learning-rate steps at the same fractions of the run, warm-up at most
     a quarter of it."""
-    planned = config.train.epochs
     epochs = max(1, math.ceil(iterations / max(views, 1)))
-    return config.replace({
-        "train.epochs": epochs,
+    return with_epochs(config, epochs).replace({
         "train.max_iters": int(iterations),
         "train.min_iters": None,
-        "train.lr_steps": tuple(max(1, round(step * epochs / planned)) for step in config.train.lr_steps),
         "train.warmup_iters": min(config.train.warmup_iters, max(iterations // 4, 1)),
     })
 

@@ -94,7 +94,7 @@ def views_base_digest(config) -> Optional[str]:
     decodes on per-box views (`dessam pretrain-teacher --views-from`): the whole-image encoder is that
     teacher's, frozen, so a detector trained on it reads the same embedding."""
     from ..models.checkpoints import safe_torch_load
-    from ..models.default_teacher import is_default_teacher, is_teacher_file, teacher_path
+    from ..models.default_teacher import is_default_teacher, teacher_path
 
     settings = config.model
     if settings.sam_checkpoint:
@@ -103,10 +103,15 @@ def views_base_digest(config) -> Optional[str]:
         path = teacher_path(settings.sam)
     else:
         return None
-    if not path.is_file() or not is_teacher_file(path):
+    if not path.is_file():
         return None
-    train = safe_torch_load(path).get("train") or {}
-    return (train.get("views_from") or {}).get("sha256")
+    try:
+        teacher = safe_torch_load(path)
+    except DessamError:
+        return None
+    if not isinstance(teacher, dict) or teacher.get("format") != "dessam-sam":  # an official SAM checkpoint
+        return None
+    return ((teacher.get("train") or {}).get("views_from") or {}).get("sha256")
 
 
 def load_detector(model, state: dict, path: Path) -> None:
