@@ -132,6 +132,21 @@ def test_mat_with_default_and_custom_key(tmp_path):
         convert("mat", tmp_path / "mat", tmp_path / "img", tmp_path / "c.json", mat_key="other")
 
 
+def test_npy_instance_maps_as_consep_ships_them(tmp_path):
+    _image(tmp_path / "images", "test_1_000.jpg", (8, 9))
+    (tmp_path / "inst").mkdir()
+    inst = np.zeros((8, 9), np.int32)
+    inst[1:4, 2:5] = 7
+    inst[5:8, 0:2] = 2
+    np.save(tmp_path / "inst" / "test_1_000.npy", inst)
+    convert("npy", tmp_path / "inst", tmp_path / "images", tmp_path / "a.json")
+    rec = load_coco(tmp_path / "a.json", tmp_path / "images").images[0]
+    np.testing.assert_allclose(sorted(rec.boxes.tolist()), [[0, 5, 2, 8], [2, 1, 5, 4]])
+    np.save(tmp_path / "inst" / "test_1_000.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DessamError, match=r"test_1_000\.npy: cannot read"):
+        convert("npy", tmp_path / "inst", tmp_path / "images", tmp_path / "b.json")
+
+
 def test_labelme_shapes(tmp_path):
     _image(tmp_path / "img", "s.png", (50, 60))
     shapes = [

@@ -8,12 +8,15 @@ from dessam.data.coco import label_map_to_annotations, load_coco, record_label_m
 from dessam.data.images import read_image
 from dessam.data.synth import MIN_NUCLEUS_PX, make_dataset, make_scene, touching_fraction
 
-CASES = [(scene, shift, seed) for scene in ("patch", "cluster", "mixed") for shift in (False, True) for seed in (0, 1)]
+CASES = [(scene, shift, seed, False) for scene in ("patch", "cluster", "mixed") for shift in (False, True)
+         for seed in (0, 1)]
+CASES += [("mixed", False, 2, True), ("cluster", True, 3, True)]
 
 
-@pytest.mark.parametrize("scene, shift, seed", CASES)
-def test_every_nucleus_is_one_region_inside_its_box(scene, shift, seed):
-    image, labels = make_scene(np.random.default_rng(seed), scene=scene, shift=shift, size=(192, 224))
+@pytest.mark.parametrize("scene, shift, seed, hard", CASES)
+def test_every_nucleus_is_one_region_inside_its_box(scene, shift, seed, hard):
+    image, labels = make_scene(np.random.default_rng(seed), scene=scene, shift=shift, size=(192, 224),
+                               hard_negatives=hard)
     assert image.shape == (192, 224, 3) and image.dtype == np.uint8
     assert labels.shape == (192, 224) and labels.dtype == np.uint16
     ids = np.unique(labels[labels > 0])
@@ -27,6 +30,19 @@ def test_every_nucleus_is_one_region_inside_its_box(scene, shift, seed):
     # nuclei are stained: darker than the rest of the field
     gray = image.mean(axis=2)
     assert gray[labels > 0].mean() < gray[labels == 0].mean() - 40
+
+
+def test_hard_negatives_add_dark_unlabelled_look_alikes():
+    def dark_unlabelled(hard):
+        pieces = 0
+        for seed in range(6):
+            image, labels = make_scene(np.random.default_rng(seed), scene="patch", hard_negatives=hard)
+            dark = (image.min(axis=2) < 150) & (ndimage.binary_dilation(labels > 0, iterations=2) == 0)
+            found, count = ndimage.label(dark)
+            pieces += int(np.sum(np.bincount(found.ravel())[1:] >= MIN_NUCLEUS_PX))  # nucleus-sized
+        return pieces
+
+    assert dark_unlabelled(True) > 1.3 * dark_unlabelled(False)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -10,6 +10,8 @@
   become boxes without masks; other shape types are skipped and counted.
 - ``mat``: a folder of MATLAB ``.mat`` files holding an instance-label array under ``mat_key``
   (default ``inst_map``); matched to images by stem.
+- ``npy``: a folder of NumPy ``.npy`` files, each one 2-D instance-label array (CoNSeP's and
+  HoVer-Net's ``inst/`` folders); matched to images by stem. Files are read without pickles.
 - ``voc``: a folder of Pascal VOC XML files (boxes only). VOC pixel indices are 1-based and
   inclusive, so ``xmin`` becomes ``x = xmin - 1`` and ``w = xmax - xmin + 1``.
 - ``yolo``: a folder of YOLO ``.txt`` files, one object per line: ``class cx cy w h`` normalised
@@ -64,7 +66,7 @@ from .qupath_geojson import read_qupath_geojson
 from .slide import SLIDE_SUFFIXES, is_slide
 from .slide_tiles import check_slide, cut_training_tiles
 
-FORMATS = ("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml")
+FORMATS = ("labels", "labelme", "mat", "npy", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml")
 _UNINDEXED = ("coco", "dsb")  # formats whose annotations name their images themselves
 _SLIDE_FORMATS = ("geojson", "csv")  # formats whose images may be whole slides
 
@@ -213,6 +215,18 @@ def _mat(src: Path, images_dir: Path, index: dict, out: _Collected, summary: Con
         return data[mat_key]
 
     _from_label_maps(_source_files(src, (".mat",)), read, lambda p: p.stem, index, images_dir, out)
+
+
+def read_npy_labels(path: Path) -> np.ndarray:
+    """One instance-label array from a .npy file (never unpickled)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DessamError(f"{path}: cannot read as a .npy array ({exc}); save the label map with numpy.save") from None
+
+
+def _npy(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, **_):
+    _from_label_maps(_source_files(src, (".npy",)), read_npy_labels, lambda p: p.stem, index, images_dir, out)
 
 
 def _mask_annotation(mask: np.ndarray) -> tuple[list[float], dict, int]:
@@ -452,7 +466,8 @@ def _aperio_xml(src: Path, images_dir: Path, index: dict, out: _Collected, summa
 
 
 _CONVERTERS = {"labels": _labels, "labelme": _labelme, "mat": _mat, "voc": _voc, "yolo": _yolo, "coco": _coco,
-               "geojson": _geojson, "csv": _csv, "dsb": _dsb, "aperio-xml": _aperio_xml}
+               "geojson": _geojson, "csv": _csv, "dsb": _dsb, "aperio-xml": _aperio_xml,
+               "npy": _npy}
 
 
 def convert(fmt: str, src: str | os.PathLike, images_dir: Optional[str | os.PathLike], out_json: str | os.PathLike,

@@ -3,7 +3,7 @@
     # corpus.yaml (paths relative to this file)
     datasets:
       - name: dsb2018
-        format: dsb                      # dsb | aperio-xml | coco | labels | synthetic
+        format: dsb                      # dsb | aperio-xml | coco | labels | npy | synthetic
         path: data/dsb2018/stage1_train
         licence: CC0-1.0
         weight: 1.0                      # share of the training draws (relative to the others)
@@ -17,7 +17,8 @@
         pixel_size_um: 0.25
       - name: synthetic-pap
         format: synthetic
-        generator: pap                   # pap (dessam's Pap smear fields) | anything (generic shapes)
+        generator: pap                   # pap (dessam's Pap smear fields) | pap-negatives (the same with hard
+                                         # negatives: stacked squames, folds, debris, leukocytes) | anything (shapes)
         licence: Apache-2.0
         use: [teacher, model]            # the default: the teacher learns its masks, the model its boxes
 
@@ -40,8 +41,8 @@ from tqdm.auto import tqdm
 from ..errors import DessamError
 from ..yaml_file import read_yaml
 
-FORMATS = ("dsb", "aperio-xml", "coco", "labels", "synthetic")
-GENERATORS = ("pap", "anything")
+FORMATS = ("dsb", "aperio-xml", "coco", "labels", "npy", "synthetic")
+GENERATORS = ("pap", "anything", "pap-negatives")  # the order seeds each one's held-out scenes: append only
 USES = ("teacher", "model")  # pretrain-teacher learns masks from a dataset, pretrain-model learns to detect its nuclei
 NON_COMMERCIAL = "NC"  # licences carrying this part (CC BY-NC, CC BY-NC-SA) restrict the weights trained on them
 SYNTHETIC_SIZE = 256
@@ -73,7 +74,7 @@ class DatasetSpec:
                 raise DessamError(f"{where}: a synthetic dataset needs generator: {' or '.join(GENERATORS)}")
         elif not self.path:
             raise DessamError(f"{where}: give its path (the annotations folder or file)")
-        if self.format in ("aperio-xml", "coco", "labels") and not self.images:
+        if self.format in ("aperio-xml", "coco", "labels", "npy") and not self.images:
             raise DessamError(f"{where}: format {self.format} needs images: FOLDER")
         if not float(self.weight) > 0:
             raise DessamError(f"{where}: weight {self.weight}: give a positive share")
@@ -176,7 +177,7 @@ def load_dataset(spec: DatasetSpec, progress: bool = False) -> LoadedDataset:
         rng_of = (lambda i: np.random.default_rng([SYNTHETIC_VAL_STREAM, GENERATORS.index(spec.generator), i]))
         return LoadedDataset(spec, [], [synthetic_scene(spec.generator, rng_of(i)) for i in range(count)])
     loaded = LoadedDataset(spec)
-    for sample in tqdm(_read_samples(spec, loaded.notes), desc=f"reading {spec.name}", unit="img",
+    for sample in tqdm(read_samples(spec, loaded.notes), desc=f"reading {spec.name}", unit="img",
                        disable=not progress, leave=False):
         (loaded.val if is_held_out(sample.name, spec.val_fraction) else loaded.train).append(sample)
     if not loaded.train:
@@ -186,11 +187,12 @@ def load_dataset(spec: DatasetSpec, progress: bool = False) -> LoadedDataset:
 
 def synthetic_scene(generator: str, rng: np.random.Generator) -> Sample:
     """One synthetic field: a Pap smear scene of a random kind and stain, or a generic-shapes scene."""
-    if generator == "pap":
+    if generator in ("pap", "pap-negatives"):
         from .synth import make_scene
 
         kind = ("patch", "cluster", "mixed")[int(rng.integers(3))]
-        image, labels = make_scene(rng, scene=kind, size=(SYNTHETIC_SIZE, SYNTHETIC_SIZE), shift=bool(rng.random() < 0.3))
+        image, labels = make_scene(rng, scene=kind, size=(SYNTHETIC_SIZE, SYNTHETIC_SIZE), shift=bool(rng.random() < 0.3),
+                                   hard_negatives=generator == "pap-negatives")
     else:
         from .anything import make_anything_scene
 
@@ -198,7 +200,9 @@ def synthetic_scene(generator: str, rng: np.random.Generator) -> Sample:
     return Sample(generator, np.ascontiguousarray(image[..., :3]), labels.astype(np.uint32))
 
 
-def _read_samples(spec: DatasetSpec, notes: list):
+def read_samples(spec: DatasetSpec, notes: list):
+    """Every (image, instance map) sample of a non-synthetic dataset, in file order; files left out are
+    noted in `notes`."""
     from .images import read_image
 
     if spec.format == "dsb":
@@ -222,13 +226,14 @@ def _read_samples(spec: DatasetSpec, notes: list):
 
         for record in load_coco(spec.path, spec.images).images:
             yield Sample(record.file_name, read_record_image(record), record_label_map(record).astype(np.uint32))
-    else:  # labels: instance-label images next to images of the same stem
-        from .convert import _index_images, _source_files, as_label_map
+    else:  # labels or npy: instance-label images or arrays beside images of the same stem
+        from .convert import _index_images, _source_files, as_label_map, read_npy_labels
         from .images import read_image_raw
 
+        suffixes, read = ((".npy",), read_npy_labels) if spec.format == "npy" else ((".png", ".tif", ".tiff"), read_image_raw)
         index = _index_images(Path(spec.images))
-        for path in _source_files(Path(spec.path), (".png", ".tif", ".tiff")):
+        for path in _source_files(Path(spec.path), suffixes):
             if path.stem not in index:
                 notes.append(f"{path.name}: no image named {path.stem} in {spec.images}, left out")
                 continue
-            yield Sample(path.stem, read_image(index[path.stem]), as_label_map(read_image_raw(path), path).astype(np.uint32))
+            yield Sample(path.stem, read_image(index[path.stem]), as_label_map(read(path), path).astype(np.uint32))

@@ -30,6 +30,12 @@ the image and the labels, so the two always agree.
 of nuclei touch another), ``mixed`` (each scene is patch or cluster at random).
 `shift=True` changes the stain palette, the magnification (0.7-1.4x), blur and noise, to test
 generalisation to another lab or scanner.
+
+`hard_negatives=True` adds what a detector trained on clean fields mistakes for nuclei on real
+smears (none of it labelled): squames stacked on each other, whose overlaps are darker; folded cell
+corners, small dense patches of cytoplasm colour; anucleate squames; clumps of nucleus-sized debris
+stained like chromatin; and sheets of inflammatory cells. The pre-training corpus draws such
+scenes (`generator: pap-negatives`); the demo's scenes keep the clean generator.
 """
 
 from __future__ import annotations
@@ -414,6 +420,53 @@ def _debris(rng, cv: _Canvas, look: Look) -> None:
     cv.add((0, 0, h, w), dens[..., None] * np.asarray(look.stains.hematoxylin, np.float32))
 
 
+def _stacked_squames(rng, cv: _Canvas, look: Look, cy: float, cx: float) -> None:
+    """Two or three squames lying on each other, one of them without a nucleus: where they overlap the
+    cytoplasm is darker (optical densities add), and a fold may cross it."""
+    for k in range(int(rng.integers(2, 4))):
+        radius = rng.uniform(28, 45) * look.scale
+        y, x = cy + rng.normal(0, 0.5 * radius), cx + rng.normal(0, 0.5 * radius)
+        cyto = _shape(rng, y, x, radius, rng.uniform(0.6, 1.0), irregular=0.08, jitter=0.15, n=int(rng.integers(6, 10)))
+        nucleus = None if k == 0 or rng.random() < 0.5 else _nucleus(rng, y, x, rng.uniform(4.5, 7.0) * look.scale, False)
+        _draw_cell(rng, cv, look, cyto, _cyto_od(rng, look.stains, rng.uniform(0.35, 0.7)), nucleus,
+                   folds=int(rng.integers(1, 3)))
+
+
+def _folded_corner(rng, cv: _Canvas, look: Look, cy: float, cx: float) -> None:
+    """A corner of cytoplasm folded over: a small dense patch, nucleus-sized, of cytoplasm colour."""
+    patch = _shape(rng, cy, cx, rng.uniform(4.0, 9.0) * look.scale, rng.uniform(0.4, 0.8), irregular=0.15, n=8)
+    win = cv.window(patch, margin=3)
+    if win is None or cv.labels[win[0]:win[2], win[1]:win[3]].any():
+        return
+    dens = ndimage.gaussian_filter(_raster(patch, win), 0.8) * rng.uniform(0.8, 1.6)
+    cv.add(win, dens[..., None] * _cyto_od(rng, look.stains, 1.0, keratin=0.5))
+
+
+def _clump(rng, cv: _Canvas, look: Look, cy: float, cx: float) -> None:
+    """Nucleus-sized debris stained like chromatin: irregular, mottled, sharp-edged."""
+    shape = _shape(rng, cy, cx, rng.uniform(3.5, 9.0) * look.scale, rng.uniform(0.5, 1.0), irregular=0.35, n=14)
+    win = cv.window(shape, margin=3)
+    if win is None or cv.labels[win[0]:win[2], win[1]:win[3]].any():
+        return
+    mask = _raster(shape, win)
+    dens = mask * rng.uniform(0.6, 1.4) * (1 + 0.5 * _smooth_noise(rng, mask.shape, 1.5))
+    cv.add(win, np.clip(dens, 0, None)[..., None] * np.asarray(look.stains.hematoxylin, np.float32))
+
+
+def _look_alikes(rng, cv: _Canvas, look: Look, area: float) -> None:
+    """The small unlabelled look-alikes of `make_scene(hard_negatives=True)`, drawn where they hide no
+    labelled nucleus (see the module docstring)."""
+    h, w = cv.shape
+    for p in _spread(rng, rng.poisson(4.0 * area), h, w, 0, 0):
+        _folded_corner(rng, cv, look, *p)
+    for p in _spread(rng, rng.poisson(4.0 * area), h, w, 0, 0):
+        _clump(rng, cv, look, *p)
+    if rng.random() < 0.4:  # a sheet of inflammatory cells
+        centre = np.array([rng.uniform(0, h), rng.uniform(0, w)])
+        for _ in range(int(rng.integers(8, 30))):
+            _neutrophil(rng, cv, look, *(centre + rng.normal(0, 25, 2)))
+
+
 def _spread(rng, n: int, h: int, w: int, min_dist: float, pad: float) -> list[np.ndarray]:
     """Up to n points in the (padded) field, kept min_dist apart where possible."""
     pts: list[np.ndarray] = []
@@ -443,9 +496,11 @@ def _finish(rng, cv: _Canvas, look: Look) -> np.ndarray:
 
 
 def make_scene(
-    rng: np.random.Generator, scene: str = "mixed", shift: bool = False, size: tuple[int, int] = (256, 256)
+    rng: np.random.Generator, scene: str = "mixed", shift: bool = False, size: tuple[int, int] = (256, 256),
+    hard_negatives: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic field: (RGB uint8 (H, W, 3), nucleus labels uint16 (H, W), 0 = background)."""
+    """One synthetic field: (RGB uint8 (H, W, 3), nucleus labels uint16 (H, W), 0 = background);
+    `hard_negatives` adds unlabelled look-alikes of nuclei (see the module docstring)."""
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     if scene == "mixed":
@@ -457,6 +512,9 @@ def make_scene(
 
     for _ in range(int(rng.integers(0, 3))):
         _mucus(rng, cv, look)
+    if hard_negatives:  # stacked squames first: the labelled cells lie on top of them
+        for p in _spread(rng, rng.poisson(1.0 * area), h, w, 0, 10 * look.scale):
+            _stacked_squames(rng, cv, look, *p)
     n_squamous = rng.integers(4, 8) if scene == "patch" else rng.integers(2, 5)
     for p in _spread(rng, max(1, round(n_squamous * area)), h, w, 45 * look.scale, 20 * look.scale):
         kind = "koilocyte" if rng.random() < 0.12 else "normal"
@@ -475,6 +533,8 @@ def make_scene(
         for _ in range(int(rng.integers(1, 6))):
             _neutrophil(rng, cv, look, *(p + rng.normal(0, 12, 2)))
     _debris(rng, cv, look)
+    if hard_negatives:
+        _look_alikes(rng, cv, look, area)
     return _finish(rng, cv, look), cv.labels
 
 
