@@ -51,10 +51,15 @@ def setup(tmp_path_factory):
                 test_images=test_images, train_json=train_json, report=report, report_dir=report_dir)
 
 
-def _table_rows(markdown: str) -> list:
-    """The cells of every table line (header and separator included)."""
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in markdown.splitlines() if line.startswith("|")]
+def _table_rows(markdown: str, which: int = 0) -> list:
+    """The cells of every line of the `which`-th table (header and separator included)."""
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables, current = tables + [current], []
+    return tables[which]
 
 
 def _numbers(tree):
@@ -73,6 +78,14 @@ def test_report_files_and_table(setup):
     assert header[1:] == [title for _, title, _ in METRIC_COLUMNS] + [title for _, title in COUNT_COLUMNS]
     assert len(separator) == len(header)
     assert [row[0] for row in body] == list(METHODS)
+    sizes = _table_rows((report_dir / "metrics.md").read_text(), which=1)
+    assert sizes[0] == ["Method", "recall <12 px", "recall 12-20 px", "recall 20-30 px", "recall >=30 px"]
+    assert [row[0] for row in sizes[2:]] == list(METHODS)
+    report = json.loads((report_dir / "metrics.json").read_text())
+    for method in METHODS:
+        pooled = report["methods"][method]["recall_by_size"]
+        assert sum(entry["n"] for entry in pooled.values()) == report["methods"][method]["counts"]["n_gt"]
+        assert sum(entry["found"] for entry in pooled.values()) == report["methods"][method]["counts"]["tp"]
     assert all(len(row) == len(header) for row in body)
 
     saved = json.loads((report_dir / "metrics.json").read_text())

@@ -430,3 +430,24 @@ def test_aji_iou_tie_matches_hovernet(hovernet):
     """Exact IoU ties are rare in random maps; this one is settled by HoVer-Net's 1e-6 as by dessam's."""
     gt, pred = iou_tie_pair()
     assert metrics.aji(gt, pred) == pytest.approx(hovernet.get_fast_aji(gt, pred), rel=0, abs=1e-12)
+
+
+def test_recall_by_size_counts_each_nucleus_in_the_bucket_of_its_longer_side():
+    from dessam.metrics import pool_size_counts, recall_by_size
+
+    gt = np.zeros((80, 80), np.int32)
+    gt[2:8, 2:12] = 1      # 6 x 10: under 12
+    gt[20:35, 2:10] = 2    # 15 x 8: 12-20
+    gt[40:65, 40:50] = 3   # 25 x 10: 20-30
+    gt[2:40, 40:70] = 4    # 38 x 30: 30 and over
+    pred = np.zeros_like(gt)
+    pred[gt == 2] = 9      # found exactly
+    pred[40:65, 40:44] = 5  # a sliver of nucleus 3: IoU 0.4, not found
+    pred[2:40, 40:70] = 7  # found
+    counts = recall_by_size(gt, pred)
+    assert counts == {"<12": {"n": 1, "found": 0}, "12-20": {"n": 1, "found": 1},
+                      "20-30": {"n": 1, "found": 0}, ">=30": {"n": 1, "found": 1}}
+    pooled = pool_size_counts([counts, recall_by_size(gt, gt), recall_by_size(np.zeros_like(gt), pred)])
+    assert pooled["<12"] == {"n": 2, "found": 1, "recall": 0.5}
+    assert pooled[">=30"] == {"n": 2, "found": 2, "recall": 1.0}
+    assert pool_size_counts([recall_by_size(np.zeros_like(gt), pred)])["12-20"]["recall"] is None

@@ -26,6 +26,9 @@ Definitions (per image; `summarize` averages them over images):
   distance is the one of the two pixel sets (Euclidean, pixel units), as the GlaS evaluation code
   computes it with ``bwdist``.
 - COCO mask AP / AP50 / AP75: pycocotools ``COCOeval`` (segm) over a set of images.
+- recall by size (`recall_by_size`): the detection matches above, counted per ground-truth
+  nucleus size (the longer side of its box, in pixels) in `SIZE_BUCKETS`; pooled over a set's
+  images (`pool_size_counts`), not averaged, since a bucket may be empty in most images.
 
 Conventions when a map is empty (no instance):
 
@@ -70,7 +73,13 @@ __all__ = [
     "evaluate_pair",
     "coco_mask_ap",
     "summarize",
+    "recall_by_size",
+    "pool_size_counts",
+    "SIZE_BUCKETS",
 ]
+
+# Nucleus size buckets for recall: the longer side of the ground-truth box, in pixels.
+SIZE_BUCKETS = (("<12", 0, 12), ("12-20", 12, 20), ("20-30", 20, 30), (">=30", 30, math.inf))
 
 AJI_IOU_EPS = 1e-6  # HoVer-Net's get_fast_aji scores candidate pairs with inter / (union + 1e-6)
 
@@ -450,6 +459,31 @@ def evaluate_pair(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict:
         n_gt=table.n_gt,
         n_pred=table.n_pred,
     )
+
+
+def recall_by_size(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict:
+    """Per size bucket (`SIZE_BUCKETS`): the ground-truth nuclei of that size, and how many of them
+    a prediction matches at IoU > `iou` (the matches of PQ and the detection scores)."""
+    table = overlap_table(gt, pred)
+    matched = np.zeros(table.n_gt, bool)
+    pair_iou = table.iou
+    matched[table.rows[pair_iou > iou]] = True
+    boxes = _boxes(table.gt_index, table.n_gt)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + 1
+    return {name: {"n": int(np.sum((sides >= low) & (sides < high))),
+                   "found": int(np.sum(matched & (sides >= low) & (sides < high)))}
+            for name, low, high in SIZE_BUCKETS}
+
+
+def pool_size_counts(per_image: Sequence[dict]) -> dict:
+    """`recall_by_size` results of several images pooled: per bucket n, found and recall (None when
+    the bucket holds no nucleus)."""
+    pooled = {}
+    for name, _, _ in SIZE_BUCKETS:
+        n = sum(result[name]["n"] for result in per_image)
+        found = sum(result[name]["found"] for result in per_image)
+        pooled[name] = {"n": n, "found": found, "recall": found / n if n else None}
+    return pooled
 
 
 def summarize(per_image: Sequence[dict]) -> dict:

@@ -4,7 +4,8 @@
 
 - `REPORT/metrics.json`  per method: every per-image metric averaged over images, COCO mask
   AP / AP50 / AP75, instance counts summed over images, and the settings used;
-- `REPORT/metrics.md`    the same as a table (one row per method, one column per metric);
+- `REPORT/metrics.md`    the same as a table (one row per method, one column per metric), and the
+  detection recall per nucleus size (the longer side of each ground-truth box), pooled over images;
 - `REPORT/per_image.csv` one row per image x method;
 - `REPORT/overlays/worst_K_NAME.png` prediction (yellow) vs ground-truth (green) contours of the
   five images where the DES-SAM student has the lowest AJI.
@@ -50,11 +51,12 @@ from ..config import Postprocess
 from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_label_map
 from ..errors import DessamError
 from ..geometry.plan import WindowPlan
+from ..geometry.scale import median_box_side
 from ..inference.loading import load_model
 from ..inference.prediction import Prediction
 from ..inference.predictor import STUDENT
 from ..inference.windowed import image_instances
-from ..metrics import coco_mask_ap, evaluate_pair, summarize
+from ..metrics import SIZE_BUCKETS, coco_mask_ap, evaluate_pair, pool_size_counts, recall_by_size, summarize
 from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..outputs.writers import write_json, write_overlay_png
 from .sources import METHODS
@@ -87,14 +89,15 @@ COUNT_COLUMNS = (("n_gt", "GT"), ("n_pred", "Pred."), ("tp", "TP"), ("fp", "FP")
 
 
 def method_instances(model, image: np.ndarray, gt_boxes: np.ndarray, methods: Sequence[str],
-                     postprocess: Postprocess, pixel_size_um: Optional[float] = None) -> dict:
+                     postprocess: Postprocess, pixel_size_um: Optional[float] = None,
+                     plan: Optional[WindowPlan] = None) -> dict:
     """Raw `Instances` of each method for one image, from one encoding and one detection per window,
-    the image brought to the model's scale as `dessam predict` brings it."""
+    the image brought to the model's scale as `dessam predict` brings it (`plan`, when made already)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     return image_instances(model, image, {method: METHODS[method] for method in methods}, postprocess,
-                           given_boxes=gt_boxes, pixel_size_um=pixel_size_um)
+                           given_boxes=gt_boxes, pixel_size_um=pixel_size_um, plan=plan)
 
 
 # ---------------------------------------------------------------- report building
@@ -142,12 +145,31 @@ def markdown_table(rows: Sequence[tuple]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def size_recall_table(rows: Sequence[tuple]) -> str:
+    """A Markdown table of `(row name, method summary)` pairs: detection recall per nucleus size
+    (found / nuclei of that size, pooled over images)."""
+    titles = ["Method"] + [f"recall {name} px" for name, _, _ in SIZE_BUCKETS]
+    lines = ["| " + " | ".join(titles) + " |", "|---|" + "---:|" * (len(titles) - 1)]
+    for name, summary in rows:
+        cells = [name]
+        for bucket, _, _ in SIZE_BUCKETS:
+            entry = (summary.get("recall_by_size") or {}).get(bucket)
+            cells.append("n/a" if not entry or entry["recall"] is None
+                         else f"{entry['recall']:.3f} ({entry['found']}/{entry['n']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _settings_lines(settings: dict) -> list:
     """Human-readable lines for the settings block of a report."""
     threshold = settings["score_threshold"]
     cleaning = (f"holes and islands under {settings['min_size']} px removed "
                 f"({settings.get('connectivity', 4)}-connected)" if settings["remove_small"] else "off")
-    return [
+    sizes = settings.get("nucleus_size") or {}
+    size_line = ([f"- nucleus size the images were brought by (nucleus scaling): median ratio to the ground truth's "
+                  f"median box side {sizes['median_ratio']:.2f}, {sizes['within_25_percent']:.0%} of images within 25 %"]
+                 if sizes.get("images") else [])
+    return size_line + [
         f"- model: `{settings.get('model') or 'in memory'}` (SAM {settings['sam'].get('name')}, "
         f"sha256 {str(settings['sam'].get('sha256'))[:12]})",
         f"- data: `{settings['data']}` ({settings['n_images']} images)",
@@ -164,6 +186,8 @@ def _markdown_report(report: dict) -> str:
     lines.append(markdown_table(rows))
     lines.append("Means over images, except AP (COCO mask AP over all images) and the counts (totals). "
                  "Obj. = GlaS object-level; Det. = detection at IoU > 0.5.")
+    lines += ["", "Detection recall by nucleus size (the longer side of the ground-truth box; nuclei found / "
+              "nuclei of that size, over all images):", "", size_recall_table(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -207,11 +231,13 @@ def _load_test_set(data_json, images_dir):
 def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, score_threshold: Optional[float] = None,
              pixel_size_um: Optional[float] = None,
              remove_small: bool = True, min_size: Optional[int] = None, progress: bool = True,
-             model_path=None, reference=None) -> dict:
+             model_path=None, reference=None, nucleus_size: Optional[float] = None) -> dict:
     """Score `model` (a `Predictor`) on a COCO test set with masks and write the report to `out_dir`.
 
     score_threshold: None = the model's own (official 0.55); 0 keeps every detection.
     pixel_size_um: the test images' pixel size, when known (brings them to the model's scale).
+    nucleus_size: the test images' typical nucleus side in pixels, when known (models with `nucleus`
+    scaling; None: estimated per image, as `dessam predict` does).
     remove_small / min_size: hole and island removal (min_size None = the model's, official 70 px).
     model_path: recorded in the report (defaults to the model's `path` attribute, if any).
     reference: another `Predictor` (the bundled pretrained model) whose DES-SAM masks are scored
@@ -234,13 +260,17 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
                           remove_islands=remove_small)
 
     per_image = {method: [] for method in rows}
+    by_size = {method: [] for method in rows}
     predictions = {method: [] for method in rows}  # per image: (RLEs, scores)
-    csv_rows, worst, oversized = [], [], 0
+    csv_rows, worst, oversized, sizes = [], [], 0, []
     for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
         image = read_record_image(record)
-        oversized += WindowPlan.for_image(image.shape, model.image_size, model.scale, pixel_size_um).tiled
+        plan = model.plan(image, pixel_size_um, nucleus_size=nucleus_size)
+        oversized += plan.tiled
+        true_size, used_size = median_box_side(record.boxes, at_least=1), _nucleus_side(model, plan)
+        sizes.append((true_size, used_size))
         gt_labels = record_label_map(record)
-        raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um)
+        raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um, plan)
         for method in rows:
             if method == PRETRAINED:
                 prediction = reference.predict(image, pixel_size_um=pixel_size_um)
@@ -250,9 +280,11 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
                     raw[method].postprocessed(replace(postprocess, score_threshold=cut)), postprocess.overlap_winner)
             result = evaluate_pair(gt_labels, prediction.labels)
             per_image[method].append(result)
+            by_size[method].append(recall_by_size(gt_labels, prediction.labels))
             instances = prediction.instances
             predictions[method].append(([instances.rle(k) for k in range(len(instances))], instances.scores))
-            csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method, **result})
+            csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method,
+                             "nucleus_px_true": _rounded(true_size), "nucleus_px_used": _rounded(used_size), **result})
             if method == STUDENT:
                 worst.append((result["aji"], index, record.file_name, image, prediction.labels, gt_labels))
                 worst = sorted(worst, key=lambda item: item[:2])[:N_OVERLAYS]
@@ -260,6 +292,8 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
     summaries = {method: _method_summary(per_image[method], coco_mask_ap(gt_maps, predictions[method]))
                  for method in rows}
+    for method in rows:
+        summaries[method]["recall_by_size"] = pool_size_counts(by_size[method])
 
     model_path = model_path if model_path is not None else getattr(model, "path", None)
     report = {
@@ -284,6 +318,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
             "images_in_windows": int(oversized),
             "pixel_size_um": pixel_size_um,
             "model_scale": model.scale.to_dict(),
+            "nucleus_size": _size_agreement(sizes) if model.scale.mode == "nucleus" else None,
             "match_iou": 0.5,
         },
         "methods": summaries,
@@ -295,11 +330,35 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     return report
 
 
+def _nucleus_side(model, plan: WindowPlan) -> Optional[float]:
+    """The typical nucleus side (source pixels) that `plan` brings to the model's, for `nucleus` scaling."""
+    if model.scale.mode != "nucleus" or not model.scale.nucleus_px:
+        return None
+    return float(model.scale.nucleus_px) / plan.factor
+
+
+def _rounded(value: Optional[float]):
+    return None if value is None else round(float(value), 2)
+
+
+def _size_agreement(sizes: list) -> dict:
+    """How the nucleus sizes the images were brought by compare with their ground truth's median box
+    side: the median ratio, and the share of images within 25 %."""
+    ratios = np.array([used / true for true, used in sizes if true and used])
+    if not ratios.size:
+        return {"images": 0}
+    return {"images": int(ratios.size), "median_ratio": float(np.median(ratios)),
+            "within_25_percent": float(np.mean(np.abs(np.log(ratios)) <= np.log(1.25)))}
+
+
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
-                        settings=None, **options) -> dict:
+                        settings=None, on_model: Optional[Callable] = None, **options) -> dict:
     """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`; with
-    baselines, the bundled pretrained model gets a row too (unless it is the model evaluated)."""
+    baselines, the bundled pretrained model gets a row too (unless it is the model evaluated).
+    on_model(predictor): called with the loaded model before any work (the command line's notes)."""
     model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
+    if on_model is not None:
+        on_model(model)
     reference = None
     bundled = bundled_models().get(PRETRAINED_NAME)
     if options.get("baselines") and bundled is not None and Path(model_path).resolve() != bundled.resolve():
