@@ -100,9 +100,11 @@ def cmd_predict(args) -> int:
     slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
                                  roi=args.roi,
                                  tissue={"min_od": args.tissue_threshold} if args.tissue_threshold is not None else {})
+    _scale_note(model, args)
     run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
                         pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet,
-                        postprocess=postprocess, slide_options=slide_options, shard=parse_shard(args.shard))
+                        postprocess=postprocess, slide_options=slide_options, shard=parse_shard(args.shard),
+                        nucleus_size=args.nucleus_size)
     print(f"{len(run.written)} images predicted into {args.out}"
           + (f", {len(run.skipped)} kept existing outputs (use --overwrite)" if run.skipped else ""))
     if run.failed:
@@ -110,6 +112,17 @@ def cmd_predict(args) -> int:
         for path, message in run.failed:
             print(f"  {path}: {message}", file=sys.stderr)
     return run.exit_status
+
+
+def _scale_note(model, args) -> None:
+    """The one line that says how --pixel-size and --nucleus-size bring images to this model."""
+    from .geometry.scale import check_nucleus_size, check_pixel_size
+
+    check_pixel_size(args.pixel_size)
+    check_nucleus_size(args.nucleus_size)
+    note = model.scale_note(args.pixel_size, args.nucleus_size)
+    if note:
+        print(f"dessam: {note}", file=sys.stderr)
 
 
 def cmd_label(args) -> int:
@@ -212,7 +225,8 @@ def cmd_eval(args) -> int:
     evaluate_model_file(_model_path(args), args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
                         device=args.device, settings=_settings(args), baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
-                        remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
+                        remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet,
+                        nucleus_size=args.nucleus_size, on_model=lambda model: _scale_note(model, args))
     print((Path(args.out) / "metrics.md").read_text())
     return 0
 
@@ -251,9 +265,12 @@ def cmd_pretrain_teacher(args) -> int:
 def cmd_pretrain_model(args) -> int:
     from .pretrain_model import pretrain_model
 
+    from .config import parse_set
+
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
-                            command=" ".join(["dessam"] + sys.argv[1:]), progress=not args.quiet, init=args.init)
+                            command=" ".join(["dessam"] + sys.argv[1:]), progress=not args.quiet, init=args.init,
+                            config_file=args.config, overrides=parse_set(args.set), size_steps=args.size_steps)
     scores = "; ".join(f"{name}: AJI {m['aji']:.3f}, detection F1 {m['f1']:.3f}" for name, m in result.validation.items())
     print(f"model written to {result.model_path}; held-out sets: {scores or 'none'}; model card: {result.card_path}")
     return 0
@@ -328,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
     p.add_argument("--pixel-size", type=float,
                    help="the images' pixel size in microns: brings them to the model's scale, measurements in um")
+    p.add_argument("--nucleus-size", type=float, metavar="PX",
+                   help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
+                        "size (the bundled ones) then skip their estimate")
     p.add_argument("--score-threshold", type=float, help="detection score threshold (default: the model's, 0.55)")
     p.add_argument("--max-detections", type=int, help="most nuclei per image or tile (default: the model's, 120)")
     p.add_argument("--image-size", type=int, help="run at another input size than trained")
@@ -353,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask source from the ground-truth boxes")
     p.add_argument("--score-threshold", type=float, help="default: the model's own (0.55 in the authors' presets, 0.45 in the cpu preset and the bundled models)")
     p.add_argument("--pixel-size", type=float, help="the test images' pixel size in microns (brings them to the model's scale)")
+    p.add_argument("--nucleus-size", type=float, metavar="PX",
+                   help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
+                        "size (the bundled ones) then skip their estimate")
     p.add_argument("--no-small-removal", action="store_true", help="keep holes and islands under --min-size")
     p.add_argument("--min-size", type=int, help="default: the model's (70 px)")
     p.add_argument("--quiet", action="store_true")
@@ -387,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert annotations to COCO JSON")
     p.add_argument("--from", dest="format", required=True,
-                   choices=("labels", "labelme", "mat", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml"))
+                   choices=("labels", "labelme", "mat", "npy", "voc", "yolo", "coco", "geojson", "csv", "dsb",
+                            "aperio-xml"))
     p.add_argument("src", help="annotation file or folder (dsb: the folder of ID/images, ID/masks folders)")
     p.add_argument("--images", help="folder holding the images (dsb: default the source folder)")
     p.add_argument("--out", required=True, help="COCO JSON to write")
@@ -476,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="scratch", help="where the detector starts: scratch (default), or a model.pt "
                    "trained on this teacher or on the teacher it was built on (--views-from)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="YAML file of settings on top of the cpu preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one setting on top of the cpu preset and --config (repeatable), e.g. train.copies=4")
+    p.add_argument("--size-steps", type=int, default=1500,
+                   help="steps of the nucleus-size head's training (nucleus scaling; default 1500, 0: none)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_model)

@@ -112,10 +112,12 @@ class ModelConfig:
     sam: str = "vit_b"                 # vit_b | vit_l | vit_h | tiny | default | default-permissive
     sam_checkpoint: Optional[str] = None
     image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
-    input_scaling: Literal["fit", "fixed"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows
+    input_scaling: Literal["fit", "fixed", "nucleus"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows | nucleus: every image resampled to nucleus_px nuclei, then as fixed
+    nucleus_px: float = 24.0           # nucleus scaling: the typical nucleus side (box sqrt(w x h)) every image is brought to
     pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
     neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
+    neck_convs: int = 0                # extra 3x3 conv layers on every pyramid level (official: 0)
     prompt_token: bool = True          # False drops the learnable token (ablation)
     prompt_token_init: Literal["not-a-point", "normal"] = "not-a-point"  # not-a-point (SAM's padding token; dessam: measured far better on the demo) | normal (official N(0, 1))
     local_decoding: bool = False       # decode each box on a window of the embedding around it (training and prediction)
@@ -176,6 +178,9 @@ class TrainConfig:
     init: str = "auto"                 # where training starts: auto | pretrained | scratch | a model.pt (dessam.training.init)
     seed: int = 0
     pixel_size_um: Optional[float] = None  # of the training images, in microns (recorded; drives fixed scaling)
+    copies: int = 1                    # nucleus scaling: versions of each training image (the first as it is, the others augmented)
+    zoom: tuple = (1.0, 1.0)           # nucleus scaling: the augmented copies' extra zoom, drawn log-uniformly from this range
+    recolour: bool = False             # nucleus scaling: the augmented copies' stain jitter, grey, blur and noise
     device: str = "auto"               # auto | cpu | cuda
     cache_dir: Optional[str] = None    # embedding cache; default RUN/cache
     max_nonfinite: int = 10            # consecutive non-finite losses before training stops
@@ -183,6 +188,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self, "train")
+        if int(self.copies) < 1:
+            raise DessamError(f"train.copies {self.copies}: give 1 or more versions of each training image")
+        if len(self.zoom) != 2 or not 0 < float(self.zoom[0]) <= float(self.zoom[1]):
+            raise DessamError(f"train.zoom {list(self.zoom)}: give [low, high] with 0 < low <= high, e.g. [0.7, 1.4]")
 
 
 # Keys of earlier layouts, where each setting lives now.

@@ -6,9 +6,11 @@
    scenes for each synthetic dataset; and each dataset's held-out images with their masks
    (`RUN/corpus/val_NAME.json`);
 2. trains DES-SAM on them with `dessam train` (the `cpu` preset on the given teacher, from random
-   weights): the detector and the token learn from boxes, the masks come from the teacher, as
-   everywhere in dessam;
-3. scores the model on every held-out set (`RUN/val/NAME/`) and writes `RUN/model.md`, its model
+   weights, with any `--config` / `--set` on top): the detector and the token learn from boxes, the
+   masks come from the teacher, as everywhere in dessam;
+3. with `nucleus` scaling (the `cpu` preset's), trains the model's nucleus-size head on crops of the
+   corpus's training images and their instance maps (`dessam.training.size_head`);
+4. scores the model on every held-out set (`RUN/val/NAME/`) and writes `RUN/model.md`, its model
    card.
 The model is then what `dessam predict` uses when given no `--model`, once `model.pt` and the
 teacher are copied into dessam's assets (see the README's "Pretrained models").
@@ -28,6 +30,7 @@ from .atomic import write_text_atomic
 from .config import Config
 from .data.coco import label_map_to_annotations, write_coco
 from .data.corpus import load_dataset, read_manifest, synthetic_scene
+from .training.size_head import SizeSource
 from .data.images import write_png
 from .errors import DessamError
 from .training.model_card import corpus_table, weights_licence
@@ -78,16 +81,56 @@ def write_corpus_coco(datasets: list, folder: Path, synthetic_images: int, progr
     return train_json, images_dir, val_files
 
 
-def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0, init: str = "scratch") -> Config:
-    """The `cpu` preset on `teacher`, from random weights (or from `init`, a model file)."""
-    return Config.compose("cpu", overrides={"model.sam": "default", "model.sam_checkpoint": str(teacher),
-                                            "train.init": init, "train.max_iters": max_iters, "train.seed": seed,
-                                            "train.min_iters": None})  # epochs as asked: the corpus is not small
+def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0, init: str = "scratch",
+                      file=None, overrides: Optional[dict] = None) -> Config:
+    """The `cpu` preset on `teacher`, from random weights (or from `init`, a model file), with the YAML
+    `file`'s settings and `overrides` on top."""
+    settings = {"model.sam": "default", "model.sam_checkpoint": str(teacher), "train.init": init,
+                "train.max_iters": max_iters, "train.seed": seed,
+                "train.min_iters": None}  # epochs as asked: the corpus is not small
+    return Config.compose("cpu", file, {**settings, **(overrides or {})})
+
+
+def size_sources(datasets: list) -> list:
+    """Where the nucleus-size head's crops come from: each dataset's training images with their
+    instance maps (synthetic ones drawn anew), in the shares the manifest gives."""
+    sources = []
+    for dataset in datasets:
+        if dataset.synthetic:
+            generator = dataset.spec.generator
+            draw = (lambda rng, g=generator: (lambda s: (s.image, s.labels))(synthetic_scene(g, rng)))
+        elif dataset.train:
+            samples = dataset.train
+            draw = (lambda rng, samples=samples: (lambda s: (s.image, s.labels))(samples[int(rng.integers(len(samples)))]))
+        else:
+            continue
+        sources.append(SizeSource(dataset.spec.name, draw, float(dataset.spec.weight)))
+    return sources
+
+
+def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, progress: bool) -> bool:
+    """Fit the nucleus-size head of the model file at `model_path` and write the file again; False when the
+    model has no head (not `nucleus` scaling) or it was trained already."""
+    from .inference.loading import load_model
+    from .models.checkpoints import safe_torch_load
+    from .models.model_file import save_model_file
+    from .training.size_head import fit_size_head
+
+    predictor = load_model(model_path, device="cpu")
+    head = predictor.model.size_head
+    if head is None or head.is_trained or steps <= 0:
+        return False
+    fit_size_head(predictor.model, size_sources(datasets), steps=steps, seed=seed, progress=progress)
+    payload = safe_torch_load(model_path)
+    save_model_file(model_path, predictor.model.trainable_state_dict(), predictor.model.config,
+                    payload["sam"], payload["epoch"], payload["iteration"], predictor.scale)
+    return True
 
 
 def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = None, epochs: Optional[int] = None,
                    synthetic_images: int = 200, seed: int = 0, command: str = "", resume: bool = False,
-                   progress: bool = True, init: str = "scratch") -> PretrainedModel:
+                   progress: bool = True, init: str = "scratch", config_file=None, overrides: Optional[dict] = None,
+                   size_steps: int = 1500) -> PretrainedModel:
     """See the module docstring."""
     from .evaluation.evaluate import evaluate_model_file
     from .training.train import train
@@ -99,6 +142,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         raise DessamError(f"--synthetic-images {synthetic_images}: give 0 or more")
     corpus = read_manifest(corpus_path)
     datasets = [load_dataset(spec, progress) for spec in corpus.datasets if "model" in spec.use]
+    if size_steps < 0:
+        raise DessamError(f"--size-steps {size_steps}: give 0 or more")
     if not datasets:
         raise DessamError(f"{corpus.path}: no dataset is for the model; give one with use: [model]")
     folder = out_dir / "corpus"
@@ -107,31 +152,48 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         val_files = {d.spec.name: folder / f"val_{d.spec.name}.json" for d in datasets if d.val}
     else:
         train_json, images_dir, val_files = write_corpus_coco(datasets, folder, synthetic_images, progress)
-    config = pretrained_config(teacher, max_iters, seed, init)
+    config = pretrained_config(teacher, max_iters, seed, init, config_file, overrides)
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config = config.replace({"train.epochs": int(epochs),
                                  "train.lr_steps": (max(int(round(epochs * 5 / 6)), 1),)})
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
+    train_size_head(result.model_path, datasets, size_steps, seed, progress)
     validation = {}
     for name, val_json in val_files.items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
                                      sam_checkpoint=teacher, device="cpu", progress=progress)
-        validation[name] = report["methods"]["des-sam"]
+        validation[name] = {**report["methods"]["des-sam"], "nucleus_size": report["settings"].get("nucleus_size")}
     card = model_card(corpus, datasets, validation, result, config, teacher, command, synthetic_images)
     card_path = out_dir / "model.md"
     write_text_atomic(card_path, card)
     return PretrainedModel(result.model_path, card_path, validation)
 
 
+def scaling_sentence(config: Config) -> str:
+    """How the model saw its training images, in words."""
+    model, train = config.model, config.train
+    if model.input_scaling != "nucleus":
+        return "images at their own resolution"
+    copies = (f", {train.copies} versions of each (the first as it is, the others zoomed {train.zoom[0]:g}-"
+              f"{train.zoom[1]:g}x, turned, flipped{' and recoloured' if train.recolour else ''})"
+              if train.copies > 1 else "")
+    return (f"each image resampled so that its median nucleus (box side) is {model.nucleus_px:g} px{copies}; a new "
+            "image is brought there by the nucleus size its size head estimates (or `--nucleus-size`)")
+
+
 def model_card(corpus, datasets, validation: dict, result, config: Config, teacher: Path, command: str,
                synthetic_images: int) -> str:
-    rows = ["| held-out set | images | " + " | ".join(title for _, title in SUMMARY_METRICS) + " |",
-            "|---|---:|" + "---:|" * len(SUMMARY_METRICS)]
+    nucleus = config.model.input_scaling == "nucleus"
+    rows = ["| held-out set | images | " + " | ".join(title for _, title in SUMMARY_METRICS)
+            + (" | nucleus size estimate / truth (median) |" if nucleus else " |"),
+            "|---|---:|" + "---:|" * (len(SUMMARY_METRICS) + nucleus)]
     for dataset in datasets:
         if dataset.spec.name in validation:
             metrics = validation[dataset.spec.name]
+            sizes = metrics.get("nucleus_size") or {}
             rows.append(f"| {dataset.spec.name} | {len(dataset.val)} | "
-                        + " | ".join(f"{metrics.get(key, float('nan')):.3f}" for key, _ in SUMMARY_METRICS) + " |")
+                        + " | ".join(f"{metrics.get(key, float('nan')):.3f}" for key, _ in SUMMARY_METRICS)
+                        + (f" | {sizes.get('median_ratio', float('nan')):.2f} |" if nucleus else " |"))
     return f"""# dessam pretrained model
 
 DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen default teacher,
@@ -146,7 +208,7 @@ starts (`--init scratch` starts from random weights).
 {corpus_table(datasets)}
 
 Synthetic datasets: {synthetic_images} scenes each. {result.iterations} iterations ({result.epochs_done} epochs) of the
-`cpu` preset: images at their own resolution in windows of {config.model.image_size} px; {result.start or 'started from random weights'}.
+`cpu` preset: {scaling_sentence(config)} in windows of {config.model.image_size} px; {result.start or 'started from random weights'}.
 
 ## Held-out sets (`dessam eval`, the model's own post-processing)
 

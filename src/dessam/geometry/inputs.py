@@ -41,6 +41,16 @@ def resize_by(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def normalised_padded(image: np.ndarray, side: int) -> torch.Tensor:
+    """(3, side, side) SAM-normalised float tensor of an RGB uint8 image no larger than `side`, zero-padded
+    bottom and right (as SAM pads)."""
+    height, width = image.shape[:2]
+    padded_h, padded_w = side, side
+    values = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+              - torch.tensor(PIXEL_MEAN)[:, None, None]) / torch.tensor(PIXEL_STD)[:, None, None]
+    return torch.nn.functional.pad(values, (0, padded_w - width, 0, padded_h - height))
+
+
 def box_scale(original_hw: tuple, resized_hw: tuple) -> np.ndarray:
     """Factors (sx, sy, sx, sy) that map x1y1x2y2 boxes from the original to the resized frame."""
     sy = resized_hw[0] / original_hw[0]

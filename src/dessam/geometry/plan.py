@@ -37,12 +37,13 @@ class WindowPlan:
 
     @classmethod
     def for_image(cls, shape: tuple, size: int, scale: ModelScale, pixel_size_um: Optional[float] = None,
-                  tile: Optional[bool] = None, overlap: int = 64) -> "WindowPlan":
+                  tile: Optional[bool] = None, overlap: int = 64, nucleus_size: Optional[float] = None) -> "WindowPlan":
         """The plan of an image of `shape` for a model of input `size` and `scale`: windows when it is
-        larger than one input at that scale (`tile` None), or as `tile` says."""
+        larger than one input at that scale (`tile` None), or as `tile` says. `nucleus_size`: the
+        image's typical nucleus in pixels, given or estimated (`nucleus` scaling)."""
         source = tuple(int(v) for v in shape[:2])
-        tiled = scale.needs_windows(source, size, pixel_size_um) if tile is None else bool(tile)
-        factor = scale.factor(pixel_size_um)
+        tiled = scale.needs_windows(source, size, pixel_size_um, nucleus_size) if tile is None else bool(tile)
+        factor = scale.factor(pixel_size_um, nucleus_size)
         if not tiled and scale.mode == "fit":
             return cls(source, source, (whole_window(source),), 1.0, fitted=True)
         working = source if factor == 1.0 else tuple(max(int(side * factor + 0.5), 1) for side in source)

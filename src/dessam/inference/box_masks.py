@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Postprocess
 from ..geometry.inputs import as_rgb
-from ..geometry.plan import WindowPlan
+from ..geometry.scale import median_box_side
 from .instances import Instances, clean_crop, rescale_instances
 from .masks import instance_crop
 from .predictor import decode
@@ -55,7 +55,8 @@ def box_masks(predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool =
     image = as_rgb(image)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     height, width = image.shape[:2]
-    plan = WindowPlan.for_image(image.shape, predictor.image_size, predictor.scale, pixel_size_um, overlap=overlap)
+    # with `nucleus` scaling the boxes say how large the nuclei are, when there are enough of them
+    plan = predictor.plan(image, pixel_size_um, overlap=overlap, nucleus_size=median_box_side(boxes))
     working = plan.working(image)  # when fitted, the image itself: fitted to the input by `encode`
     scaled = plan.to_working(boxes)
     owner = plan.owners(scaled)

@@ -70,6 +70,42 @@ class Predictor:
         reads results another way."""
         return self.config.model.postprocess
 
+    def nucleus_size(self, image: np.ndarray, nucleus_size: Optional[float] = None,
+                     pixel_size_um: Optional[float] = None) -> Optional[float]:
+        """The typical nucleus side (pixels) by which `image` is brought to a model with `nucleus`
+        scaling: `nucleus_size` when given, else none when the image's and the model's pixel sizes
+        decide, else the model's estimate (`dessam.inference.nucleus_size`; None when it has none)."""
+        if self.scale.mode != "nucleus" or nucleus_size is not None:
+            return nucleus_size
+        if pixel_size_um is not None and self.scale.pixel_size_um:
+            return None
+        from .nucleus_size import estimate_nucleus_size
+
+        return estimate_nucleus_size(self.model, as_rgb(image), self.device)
+
+    def scale_note(self, pixel_size_um: Optional[float] = None, nucleus_size: Optional[float] = None) -> Optional[str]:
+        """One line for the user when a given pixel size cannot bring images to this model (it was
+        trained without one) or a given nucleus size plays no part; None when both mean what they say."""
+        name = self.path.name if self.path is not None else "the model"
+        if nucleus_size is not None and self.scale.mode != "nucleus":
+            return (f"{name} does not bring images to a nucleus size: --nucleus-size {nucleus_size:g} plays no part; "
+                    "give --pixel-size to rescale images for it")
+        if pixel_size_um is None or self.scale.pixel_size_um:
+            return None
+        if self.scale.mode == "nucleus":
+            how = ("each image is brought to it by its nucleus size (--nucleus-size when given, else estimated from "
+                   "the image)")
+        else:
+            how = "images are used at the scale it was trained at (train with --pixel-size to make it count)"
+        return (f"{name} was trained without a pixel size, so --pixel-size {pixel_size_um:g} gives the "
+                f"measurements in microns and does not rescale: {how}")
+
+    def plan(self, image: np.ndarray, pixel_size_um: Optional[float] = None, tile: Optional[bool] = None,
+             overlap: int = 64, nucleus_size: Optional[float] = None) -> WindowPlan:
+        """How `image` is brought to the model (`dessam.geometry.plan`)."""
+        size = self.nucleus_size(image, nucleus_size, pixel_size_um)
+        return WindowPlan.for_image(image.shape, self.image_size, self.scale, pixel_size_um, tile, overlap, size)
+
     @torch.no_grad()
     def encode(self, images: list, n_images: Optional[int] = None) -> Encoded:
         """`images` (each fitting one input at the model's scale) prepared as SAM takes them and
@@ -120,7 +156,8 @@ class Predictor:
 
     def predict(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
                 overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
-                on_window: Optional[Callable[[int, int], None]] = None) -> Prediction:
+                on_window: Optional[Callable[[int, int], None]] = None,
+                nucleus_size: Optional[float] = None) -> Prediction:
         """Nuclei of `image` (H x W x 3 uint8 RGB; gray, RGBA and 16-bit are converted) at its own size.
 
         tile: None = automatic (windows when the image is larger than one input at the model's
@@ -129,20 +166,22 @@ class Predictor:
         the raw instances). pixel_size_um: the image's pixel size, when known (see
         `dessam.geometry.scale`). on_window(done, total): called after each batch of windows, (1, 1)
         for an image predicted whole; an exception it raises stops the work there (a viewer's
-        progress bar and Cancel).
+        progress bar and Cancel). nucleus_size: the image's typical nucleus side in pixels (models with
+        `nucleus` scaling; None: estimated).
         """
-        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um, on_window)[0]
+        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um, on_window,
+                                  nucleus_size)[0]
 
     def predict_batch(self, images: list, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
                       overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
-                      on_window: Optional[Callable[[int, int], None]] = None) -> list:
+                      on_window: Optional[Callable[[int, int], None]] = None,
+                      nucleus_size: Optional[float] = None) -> list:
         """`predict` for several images: those that go to the model whole share encoder and decoder calls
         (and count as one window each for `on_window`)."""
         postprocess = postprocess or self.postprocess
         images = [as_rgb(image) for image in images]
         sources = {STUDENT: windowed.MaskSource(student_masks)}
-        plans = [WindowPlan.for_image(image.shape, self.image_size, self.scale, pixel_size_um, tile, overlap)
-                 for image in images]
+        plans = [self.plan(image, pixel_size_um, tile, overlap, nucleus_size) for image in images]
         raw = [None] * len(images)
         together = [i for i, plan in enumerate(plans) if not plan.tiled and plan.factor == 1.0]
         found = windowed.window_instances(self, [images[i] for i in together], postprocess, sources,
@@ -154,7 +193,7 @@ class Predictor:
         for index in (i for i in range(len(images)) if raw[i] is None):
             raw[index] = windowed.image_instances(self, images[index], sources, postprocess, tile=tile, overlap=overlap,
                                                   pixel_size_um=pixel_size_um, progress=progress,
-                                                  on_window=on_window)[STUDENT]
+                                                  on_window=on_window, plan=plans[index])[STUDENT]
         return [Prediction.from_instances(instances.postprocessed(postprocess), postprocess.overlap_winner, image)
                 for instances, image in zip(raw, images)]
 

@@ -69,16 +69,18 @@ def _fill(results: list, sources: Mapping[str, MaskSource], predictor, encoded, 
 def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSource],
                     postprocess: Optional[Postprocess] = None, given_boxes: Optional[np.ndarray] = None,
                     tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
-                    progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None) -> dict:
+                    progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None,
+                    nucleus_size: Optional[float] = None, plan: Optional[WindowPlan] = None) -> dict:
     """{name: raw `Instances`} of one image of any size, brought to the model's scale as `predict`
     brings it (see `dessam.geometry.plan`): resampled, then whole, or in overlapping windows whose
     nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where they lie
     farthest from its inner edges. Instances come back in the image's own pixels.
     on_window(done, total): called after each batch of windows (a viewer's progress bar); an
-    exception it raises stops the work there."""
+    exception it raises stops the work there. nucleus_size: the image's typical nucleus side in pixels
+    (`nucleus` scaling; None: estimated); plan: the image's `WindowPlan` when already made."""
     postprocess = postprocess or predictor.postprocess
     image = as_rgb(image)
-    plan = WindowPlan.for_image(image.shape, predictor.image_size, predictor.scale, pixel_size_um, tile, overlap)
+    plan = plan or predictor.plan(image, pixel_size_um, tile, overlap, nucleus_size)
     if plan.fitted:
         given = None if given_boxes is None else [given_boxes]
         return window_instances(predictor, [image], postprocess, sources, given)[0]

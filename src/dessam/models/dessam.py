@@ -1,7 +1,8 @@
 """The DES-SAM model: frozen SAM + trained detector + self-distilled prompt token.
 
-Trainable: the feature-pyramid neck, the RPN, the RoI box head and the one prompt token.
-Everything of SAM stays frozen. Training works on image embeddings (which can be cached),
+Trainable: the feature-pyramid neck, the RPN, the RoI box head and the one prompt token; with
+`nucleus` scaling also a nucleus-size head (`dessam.models.size_head`), trained on its own stage and
+left out of the detector's optimiser. Everything of SAM stays frozen. Training works on image embeddings (which can be cached),
 never on pixels, except for the edge-aware loss which needs the image colours.
 """
 
@@ -17,8 +18,10 @@ from .detector import BoxDetector
 from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid
 from .prompted_decoder import PromptedMaskDecoder, decoding_margin
+from .size_head import NucleusSizeHead
 
-TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.")
+TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.", "size_head.")
+OWN_STAGE_PREFIXES = ("size_head.",)  # trained on its own (`dessam.training.size_head`), not with the detector
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
 
 
@@ -35,9 +38,11 @@ class DESSAM(nn.Module):
         self.embedding_stride = self.image_size // grid
         channels = int(sam.prompt_encoder.embed_dim)
         model = config.model
-        self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride, model.neck_finest_stride)
+        self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride, model.neck_finest_stride,
+                                         model.neck_convs)
         self.detector = BoxDetector(model.detector, model.neck_channels, self.neck.strides)
         self.decoder = PromptedMaskDecoder(sam, model.prompt_token, model.prompt_token_init)
+        self.size_head = NucleusSizeHead(channels) if model.input_scaling == "nucleus" else None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -57,7 +62,9 @@ class DESSAM(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def trainable_parameters(self):
-        return [p for n, p in self.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
+        """What the detector's training changes (not the parts trained on their own stage)."""
+        return [p for n, p in self.named_parameters()
+                if n.startswith(TRAINABLE_PREFIXES) and not n.startswith(OWN_STAGE_PREFIXES)]
 
     # ----- SAM pieces ------------------------------------------------------------------------
     @torch.no_grad()

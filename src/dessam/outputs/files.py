@@ -127,11 +127,13 @@ def parse_shard(text: Optional[str]) -> Optional[tuple]:
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
                   progress: bool = True, postprocess: Optional[Postprocess] = None,
-                  slide_options: Optional[SlideOptions] = None, shard: Optional[tuple] = None) -> PredictRun:
+                  slide_options: Optional[SlideOptions] = None, shard: Optional[tuple] = None,
+                  nucleus_size: Optional[float] = None) -> PredictRun:
     """`model` (a `Predictor`) over every image of `inputs`, writing `formats` into `out_dir`;
     `postprocess`: how results are read (default: the model's own). Whole slides are streamed
     (`dessam.outputs.slides`, with `slide_options`). `shard` (K, N): only the K-th of every N
-    inputs in sorted order, so that N array jobs share a list with no coordination."""
+    inputs in sorted order, so that N array jobs share a list with no coordination. `nucleus_size`: the
+    images' typical nucleus side in pixels, for models with `nucleus` scaling (None: estimated per image)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise DessamError(f"--formats: unknown {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
@@ -158,8 +160,9 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     previous_results, previous_rows = previous_run(out_dir) if not overwrite else ({}, {})
     for image_id, path in enumerate(tqdm(paths, desc="Predicting", unit="img", disable=not progress), start=1):
         if is_slide(path):
+            options = replace(slide_options or SlideOptions(), nucleus_size=nucleus_size)
             summary.append(_predict_one_slide(model, path, out_dir, formats, overwrite, pixel_size_um, overlap,
-                                              postprocess, slide_options, run, progress))
+                                              postprocess, options, run, progress))
             continue
         targets = output_paths(out_dir, path)
         wanted = {name: targets[name] for name in formats}
@@ -171,7 +174,8 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
         try:
             raw = read_image_raw(path)
             image = to_rgb(to_uint8(raw), path)
-            prediction = model.predict(image, postprocess, tile=tile, overlap=overlap, pixel_size_um=pixel_size_um)
+            prediction = model.predict(image, postprocess, tile=tile, overlap=overlap, pixel_size_um=pixel_size_um,
+                                       nucleus_size=nucleus_size)
             rows = prediction.measurements(pixel_size_um, image=without_alpha(raw))
             if "labels" in wanted:
                 write_label_tiff(wanted["labels"], prediction.labels)

@@ -45,6 +45,7 @@ class SlideOptions:
     skip_glass: bool = True                 # run only the windows that touch the tissue/cell mask
     tissue: dict = field(default_factory=dict)  # options of `dessam.data.tissue.tissue_mask`
     pixel_size_um: Optional[float] = None   # overrides the slide's own
+    nucleus_size: Optional[float] = None    # typical nucleus side in level-0 pixels (nucleus scaling; None: estimated)
     formats: tuple = SLIDE_FORMATS
     compress_geojson: bool = False
     resume: bool = False
@@ -72,16 +73,54 @@ def slide_outputs(out_dir: Path, slide_path: Path, formats=SLIDE_FORMATS, compre
     return {name: paths[name] for name in formats if name in paths}
 
 
+ESTIMATE_REGIONS = 4  # regions of the tissue read at full resolution to estimate the nucleus size
+
+
 def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float], tissue) -> tuple:
-    """(the `WindowPlan` of the region of interest, a bool per window: to predict)."""
+    """(the `WindowPlan` of the region of interest, a bool per window: to predict). With `nucleus`
+    scaling the slide is brought to the model by its nucleus size: given, or estimated on a few regions
+    of the windows to predict (`slide_nucleus_size`)."""
     roi = options.roi or (0, 0, *slide.dimensions)
     if isinstance(roi, str):
         roi = parse_roi(roi, slide.dimensions, str(slide.path))
-    plan = WindowPlan.for_region(roi, model.scale.factor(pixel_size), model.image_size, options.overlap)
+    plan, run = _region_plan(roi, model.scale.factor(pixel_size), model, options, tissue)
+    nucleus = options.nucleus_size
+    if model.scale.mode == "nucleus" and nucleus is None and not (pixel_size and model.scale.pixel_size_um):
+        nucleus = slide_nucleus_size(slide, model, plan, run)
+    if nucleus is not None and model.scale.mode == "nucleus":
+        plan, run = _region_plan(roi, model.scale.factor(pixel_size, nucleus), model, options, tissue)
+    return plan, run
+
+
+def _region_plan(roi, factor: float, model, options: SlideOptions, tissue) -> tuple:
+    plan = WindowPlan.for_region(roi, factor, model.image_size, options.overlap)
     run = np.ones(len(plan.windows), bool)
     if tissue is not None:
         run = select_tiles(tissue, [plan.source_rect(i) for i in range(len(plan.windows))])
     return plan, run
+
+
+def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optional[float]:
+    """The typical nucleus side (level-0 pixels) that the model reads on up to `ESTIMATE_REGIONS` regions
+    of the slide, centred in windows spread over those to predict; None when it cannot estimate."""
+    from ..inference.nucleus_size import estimate_nucleus_size
+    from ..models.size_head import CROP
+
+    chosen = np.flatnonzero(run)
+    if not len(chosen):
+        return None
+    picks = chosen[np.linspace(0, len(chosen) - 1, min(ESTIMATE_REGIONS, len(chosen))).round().astype(int)]
+    width, height = slide.dimensions
+    estimates = []
+    for index in picks:
+        x, y, w, h = plan.source_rect(int(index))
+        side = min(CROP, int(w), int(h), width, height)
+        left = int(min(max(x + w / 2 - side / 2, 0), width - side))
+        top = int(min(max(y + h / 2 - side / 2, 0), height - side))
+        estimate = estimate_nucleus_size(model.model, slide.read_region((left, top), 0, (side, side)), model.device)
+        if estimate is not None:
+            estimates.append(estimate)
+    return float(np.median(estimates)) if estimates else None
 
 
 def predict_slide(model, path, out_dir, options: Optional[SlideOptions] = None,

@@ -76,6 +76,12 @@ def all_finite(context: DistContext, loss: torch.Tensor) -> bool:
     return bool(flag.item() > 0)
 
 
+def barrier(context: DistContext) -> None:
+    """Wait until every rank gets here (a no-op for one process)."""
+    if context.enabled:
+        torch_dist.barrier()
+
+
 def write_rank_digest(state: dict, context: DistContext) -> None:
     """With $DESSAM_RANK_DIGEST_DIR set, write this rank's SHA-256 of `state` to rank{R}.sha256.
 

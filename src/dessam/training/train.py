@@ -43,6 +43,7 @@ from .cache import EmbeddingCache
 from .init import Start, starting_weights
 from .loss_log import LossLog
 from .mask_targets import supervision_counts
+from .prepared import prepare_training_set
 from .validation_loss import write_validation_losses
 
 
@@ -63,9 +64,12 @@ def build_model(config: Config, device: torch.device):
 
 def training_factor(config: Config) -> Optional[float]:
     """How much training images are resampled: None with `fit` scaling (each fitted to the input),
-    else the training images' pixel size over the model's (1: native resolution)."""
+    1 with `nucleus` scaling (the prepared images are at the model's scale already), else the
+    training images' pixel size over the model's (1: native resolution)."""
     if config.model.input_scaling == "fit":
         return None
+    if config.model.input_scaling == "nucleus":
+        return 1.0
     check_pixel_size(config.train.pixel_size_um, "train.pixel_size_um")
     check_pixel_size(config.model.pixel_size_um, "model.pixel_size_um")
     if config.train.pixel_size_um and config.model.pixel_size_um:
@@ -73,8 +77,13 @@ def training_factor(config: Config) -> Optional[float]:
     return 1.0
 
 
-def model_scale(config: Config, items: list, factor: Optional[float]) -> ModelScale:
-    """The scale the model is trained at, as recorded in model.pt."""
+def model_scale(config: Config, items: list, factor: Optional[float], prepared=None) -> ModelScale:
+    """The scale the model is trained at, as recorded in model.pt; with `nucleus` scaling (`prepared`
+    set), the nucleus size and the training set's median resampling (used when a new image's
+    nucleus size is neither given nor estimated)."""
+    if prepared is not None:
+        pixel_size = config.train.pixel_size_um / prepared.median_factor if config.train.pixel_size_um else None
+        return ModelScale("nucleus", prepared.median_factor, pixel_size, float(config.model.nucleus_px))
     if factor is None:
         input_scale = float(np.median([item.resized_hw[0] / item.record.height for item in items]))
     else:
@@ -193,6 +202,9 @@ class Trainer:
                 raise DessamError(f"{self.out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
             if not os.access(self.out_dir, os.W_OK):
                 raise DessamError(f"{self.out_dir}: the run folder is not writable; choose another --out")
+        self.prepared = self.prepared_val = None
+        if self.config.model.input_scaling == "nucleus":
+            self.prepare_nucleus_scale()
         self.state = None
         if self.resume:
             if self.dist.is_main:
@@ -200,6 +212,26 @@ class Trainer:
             if not self.last_path.is_file():
                 raise DessamError(f"{self.last_path}: nothing to resume from; run without --resume")
             self.state = read_checkpoint(self.last_path)
+
+    def prepare_nucleus_scale(self) -> None:
+        """`nucleus` scaling: the training (and validation) images brought to the model's nucleus size,
+        with augmented copies, written once into RUN/prepared/ (`dessam.training.prepared`)."""
+        config = self.config
+        folder = self.out_dir / "prepared"
+        if self.dist.is_main:
+            self.prepared = prepare_training_set(self.train_json, self.images_dir, folder / "train",
+                                                 config.model.nucleus_px, config.train.copies, config.train.zoom,
+                                                 config.train.recolour, config.train.seed, self.progress)
+            if self.val_json is not None:
+                self.prepared_val = prepare_training_set(self.val_json, self.images_dir, folder / "val",
+                                                         config.model.nucleus_px, progress=False)
+        distributed.barrier(self.dist)
+        if not self.dist.is_main:  # the main process wrote them: read what it wrote
+            self.prepared = prepare_training_set(self.train_json, self.images_dir, folder / "train",
+                                                 config.model.nucleus_px, config.train.copies, config.train.zoom,
+                                                 config.train.recolour, config.train.seed, False)
+        prepared = load_coco(self.prepared.json_path, self.prepared.images_dir)
+        self.annotated = [record for record in prepared.images if len(record.boxes)]
 
     def build(self) -> None:
         """The model and its starting weights, the cached embeddings, the optimizer, and the position
@@ -241,7 +273,7 @@ class Trainer:
         if not self.items:
             raise DessamError(f"{self.train_json}: no image keeps a box at the model's scale; check the boxes and "
                               "--pixel-size")
-        self.scale = model_scale(self.config, self.items, factor)
+        self.scale = model_scale(self.config, self.items, factor, self.prepared)
 
     def run_schedule(self) -> None:
         """Epochs of batches in a seeded order until the epochs or `train.max_iters` are done, or
@@ -343,7 +375,9 @@ class Trainer:
                           f"annotations supervised with boxes: {self.box_annotations}\n"
                           f"skipped non-finite iterations: {self.skipped_total}\n")
         if self.val_json is not None:
-            write_validation_losses(self.model, self.config, self.val_json, self.images_dir, self.cache, self.device,
+            val_json, val_images = ((self.prepared_val.json_path, self.prepared_val.images_dir) if self.prepared_val
+                                    else (self.val_json, self.images_dir))
+            write_validation_losses(self.model, self.config, val_json, val_images, self.cache, self.device,
                                     self.out_dir / "val.csv", self.progress)
 
 

@@ -1,0 +1,110 @@
+"""Nucleus scaling: training images brought to one nucleus size, the size head, prediction by it."""
+
+import numpy as np
+import pytest
+import torch
+from scenes import label_boxes, make_nuclei_scene, tiny_config
+
+from dessam.data.coco import label_map_to_annotations, load_coco, record_label_map, write_coco
+from dessam.data.images import write_png
+from dessam.errors import DessamError
+from dessam.geometry.scale import ModelScale, median_box_side
+from dessam.models.size_head import NucleusSizeHead
+from dessam.training.prepared import _transform_boxes, prepare_training_set
+
+
+def _scenes(folder, count=3, size=128, with_masks=True):
+    rng = np.random.default_rng(3)
+    images, annotations = [], []
+    for index in range(count):
+        image, labels = make_nuclei_scene(rng, size)
+        write_png(folder / "images" / f"s{index}.png", image)
+        images.append({"id": index + 1, "file_name": f"s{index}.png", "height": size, "width": size})
+        annotations += label_map_to_annotations(labels, index + 1, len(annotations) + 1, with_masks=with_masks)
+    write_coco(folder / "train.json", images, annotations)
+    return folder / "train.json", folder / "images"
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_boxes_follow_the_quarter_turns_and_flips_of_their_image(turns, flip):
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:7, 3:12] = 1
+    labels[10:19, 20:28] = 2
+    moved = np.rot90(labels, turns)
+    moved = moved[:, ::-1] if flip else moved
+    np.testing.assert_allclose(_transform_boxes(label_boxes(labels), labels.shape, turns, flip),
+                               label_boxes(np.ascontiguousarray(moved)))
+
+
+def test_prepared_copies_bring_the_median_nucleus_to_the_model_size_and_keep_masks_on_their_boxes(tmp_path):
+    train_json, images = _scenes(tmp_path)
+    prepared = prepare_training_set(train_json, images, tmp_path / "prepared", nucleus_px=30, copies=3,
+                                    zoom=(0.8, 1.25), colour=True, seed=1, progress=False)
+    dataset = load_coco(prepared.json_path, prepared.images_dir)
+    assert len(dataset.images) == 9
+    exact = dataset.images[::3]  # the first copy of each image is at exactly the nucleus size
+    for record in exact:
+        assert median_box_side(record.boxes) == pytest.approx(30, rel=0.06)
+    for record in dataset.images:
+        labels = record_label_map(record)
+        assert labels.max() == len(record.boxes)
+        np.testing.assert_allclose(label_boxes(labels), record.boxes, atol=1.5)
+    zoomed = [median_box_side(r.boxes) / 30 for i, r in enumerate(dataset.images) if i % 3]
+    assert all(0.75 < z < 1.33 for z in zoomed) and max(abs(np.log(zoomed))) > 0.01
+    assert prepared.median_nucleus == pytest.approx(median_box_side(
+        np.concatenate([r.boxes for r in load_coco(train_json, images).images])), rel=1e-6)
+    again = prepare_training_set(train_json, images, tmp_path / "prepared", nucleus_px=30, copies=3,
+                                 zoom=(0.8, 1.25), colour=True, seed=1, progress=False)
+    assert again == prepared  # made once, reused
+
+
+def test_nucleus_scale_factor_follows_the_nucleus_size_and_refuses_nonsense():
+    scale = ModelScale("nucleus", input_scale=0.8, nucleus_px=24.0)
+    assert scale.factor(nucleus_size=12) == pytest.approx(2.0)
+    assert scale.factor() == pytest.approx(0.8)  # neither given nor estimated: the training set's
+    assert scale.needs_windows((300, 300), 512, nucleus_size=12)
+    with pytest.raises(DessamError, match="--nucleus-size 0.5"):
+        scale.factor(nucleus_size=0.5)
+
+
+def test_the_size_head_reads_only_the_image_not_its_padding():
+    torch.manual_seed(0)
+    head = NucleusSizeHead(8).eval()
+    embedding = torch.randn(1, 8, 16, 16)
+    padded = torch.zeros(1, 8, 32, 32)
+    padded[..., :16, :16] = embedding
+    with torch.no_grad():
+        own = head(embedding, torch.tensor([[16.0, 16.0]]))
+        inside = head(padded, torch.tensor([[16.0, 16.0]]))
+    assert own.item() == pytest.approx(inside.item(), abs=1e-5)
+    assert not head.is_trained
+
+
+def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_size(tmp_path):
+    from dessam.inference.loading import load_model
+    from dessam.inference.nucleus_size import estimate_nucleus_size, estimation_crops
+    from dessam.training.size_head import SizeSource, fit_size_head
+    from dessam.training.train import train
+
+    train_json, images = _scenes(tmp_path, count=2, with_masks=False)
+    config = tiny_config(max_iters=3).replace({"model.input_scaling": "nucleus", "model.nucleus_px": 20,
+                                               "train.copies": 2, "train.zoom": [0.8, 1.2]})
+    result = train(config, train_json, images, tmp_path / "run", progress=False)
+    predictor = load_model(result.model_path)
+    assert predictor.scale.mode == "nucleus" and predictor.scale.nucleus_px == 20
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(images / "s0.png"))
+    assert predictor.nucleus_size(image) is None  # its head was never trained: the training set's scale
+    assert predictor.plan(image).factor == pytest.approx(predictor.scale.input_scale)
+    assert predictor.plan(image, nucleus_size=10).factor == pytest.approx(2.0)
+    predictor.predict(image, nucleus_size=10)
+
+    rng_scene = np.random.default_rng(5)
+    scenes = [make_nuclei_scene(rng_scene, 128) for _ in range(3)]
+    source = SizeSource("scenes", lambda rng: scenes[int(rng.integers(len(scenes)))])
+    losses = fit_size_head(predictor.model, [source], steps=4, batch=2, progress=False)
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    estimate = estimate_nucleus_size(predictor.model, image)
+    assert estimate is not None and 5 <= estimate <= 100
+    assert predictor.plan(image).factor == pytest.approx(20 / estimate)
+    assert len(estimation_crops(np.zeros((1000, 600, 3), np.uint8))) == 4
