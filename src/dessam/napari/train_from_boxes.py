@@ -36,6 +36,7 @@ from ..models.default_teacher import TEACHER_FILES
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
 from ..presets import implied_preset
+from ..training.prepared import image_factors
 from ..training.train import train, training_factor, with_epochs
 from ..training.views import training_views
 from .job_widget import JobWidget, is_layer, layer_box
@@ -77,6 +78,10 @@ def count_views(config: Config, data: TrainingSet) -> int:
     records = [record for record in load_coco(data.json_path, data.images_dir).images if len(record.boxes)]
     if config.model.input_scaling == "fit":
         return len(records)
+    if config.model.input_scaling == "nucleus":  # each image at its own median box, in train.copies versions
+        factors = image_factors(records, config.model.nucleus_px)
+        return config.train.copies * sum(len(training_views(record, config.model.image_size, factor))
+                                         for record, factor in zip(records, factors))
     factor = training_factor(config)
     return sum(len(training_views(record, config.model.image_size, factor)) for record in records)
 
