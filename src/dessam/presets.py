@@ -98,12 +98,23 @@ register(Preset("demo", "the CPU demo: the first bundled teacher (default-v1) at
                         "init": "scratch",        # the demo shows training from boxes, not the pretrained model
                     },
                 }))
-register(Preset("cpu", "--sam default's own (applied when no preset or config is given): native resolution in 512 px "
-                "windows, a narrow detector, 12 epochs of AdamW (at least 1200 iterations), from the bundled pretrained model", SMALL_CPU, {
+register(Preset("cpu", "--sam default's own (applied when no preset or config is given): every image brought to 24 px "
+                "nuclei in 512 px windows, a narrow detector, 12 epochs of AdamW (at least 1200 iterations) on 4 "
+                "versions of each image, from the bundled pretrained model", SMALL_CPU, {
                     "model": {
                         "image_size": 512,
-                        "input_scaling": "fixed",  # images at their own resolution, cut into 512 px windows
+                        # every image resampled so that its median nucleus is 24 px (the size the bundled teacher
+                        # was trained at), then cut into 512 px windows; a new image's size is estimated
+                        "input_scaling": "nucleus",
+                        "nucleus_px": 24.0,
                         "neck_finest_stride": 4,
+                        "neck_convs": 2,           # room to tell nuclei from look-alikes (official: none)
+                        "detector": {
+                            # anchors of 11 to 128 px, two per octave: a nucleus of 8 px at 24 px scaling matches one
+                            "anchor_scale": 2.83, "anchor_octave_scales": (1.0, 1.41),
+                            "rpn_convs": 2,        # the authors' two (small-cpu: one)
+                            "box_head_fc": 256,    # official 1024, small-cpu 128
+                        },
                         # logit > 0, i.e. probability > 0.5, as SAM draws masks and as the pseudo-masks the
                         # student learns are cut; the authors' 0.5 is on logits because their sigmoid is
                         # commented out (docs/fidelity.md), and their presets keep it
@@ -113,8 +124,10 @@ register(Preset("cpu", "--sam default's own (applied when no preset or config is
                         "postprocess": {"score_threshold": 0.45},
                     },
                     "loss": {"distill_max_prompts": 32},
-                    # at least 1200 iterations: a small set (30 tiles) gets 40 epochs instead of 12
-                    "train": {"epochs": 12, "lr_steps": [10], "warmup_iters": 100, "min_iters": 1200},
+                    # at least 1200 iterations: a small set (30 tiles) gets 40 epochs instead of 12; each image in 4
+                    # versions, 3 of them zoomed 0.7-1.4x, turned, flipped and recoloured (dessam.training.prepared)
+                    "train": {"epochs": 12, "lr_steps": [10], "warmup_iters": 100, "min_iters": 1200,
+                              "copies": 4, "zoom": (0.7, 1.4), "recolour": True},
                 }))
 register(Preset("tiny", "for tests only: a tiny random SAM at 128 px", None, {  # a few iterations on a narrow detector
     "model": {

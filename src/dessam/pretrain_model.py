@@ -154,8 +154,7 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         train_json, images_dir, val_files = write_corpus_coco(datasets, folder, synthetic_images, progress)
     config = pretrained_config(teacher, max_iters, seed, init, config_file, overrides)
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
-        config = config.replace({"train.epochs": int(epochs),
-                                 "train.lr_steps": (max(int(round(epochs * 5 / 6)), 1),)})
+        config = config.replace({"train.epochs": int(epochs), "train.lr_steps": (epochs * 5 / 6,)})
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
     train_size_head(result.model_path, datasets, size_steps, seed, progress)
     validation = {}

@@ -112,11 +112,15 @@ def stretched_schedule(config: Config, batches_per_epoch: int) -> Config:
     return with_epochs(config, math.ceil(train.min_iters / max(batches_per_epoch, 1)))
 
 
-def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1) -> float:
-    """Official schedule: linear warm-up, then x gamma at each step epoch; lr scaled to the batch."""
+def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1,
+                  batches_per_epoch: Optional[int] = None) -> float:
+    """Official schedule: linear warm-up, then x gamma at each step epoch; lr scaled to the batch. A step
+    may fall inside an epoch (1.5: half-way through the second), counted in batches when
+    `batches_per_epoch` is given."""
     train = config.train
     base = train.lr * train.batch_size * world_size / train.lr_reference_batch
-    factor = train.lr_gamma ** sum(epoch >= step for step in train.lr_steps)
+    position = epoch if not batches_per_epoch else max(epoch, iteration / batches_per_epoch)
+    factor = train.lr_gamma ** sum(position >= step for step in train.lr_steps)
     if iteration < train.warmup_iters:
         alpha = iteration / max(train.warmup_iters, 1)
         factor *= train.warmup_ratio * (1 - alpha) + alpha
@@ -302,7 +306,7 @@ class Trainer:
 
     def step(self, chosen: list) -> None:
         """One optimisation step on the batch `chosen` (skipped when its loss is not finite)."""
-        lr = learning_rate(self.config, self.iteration, self.epoch, self.dist.world_size)
+        lr = learning_rate(self.config, self.iteration, self.epoch, self.dist.world_size, self.batches_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         embeddings, rgb, normalised, boxes, sizes = batch_tensors(self.model, chosen, self.cache, self.device)
