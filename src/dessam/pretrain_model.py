@@ -108,7 +108,8 @@ def size_sources(datasets: list) -> list:
     return sources
 
 
-def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, progress: bool) -> bool:
+def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, progress: bool,
+                    teacher: Optional[Path] = None) -> bool:
     """Fit the nucleus-size head of the model file at `model_path` and write the file again; False when the
     model has no head (not `nucleus` scaling) or it was trained already."""
     from .inference.loading import load_model
@@ -116,7 +117,7 @@ def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, pro
     from .models.model_file import save_model_file
     from .training.size_head import fit_size_head
 
-    predictor = load_model(model_path, device="cpu")
+    predictor = load_model(model_path, device="cpu", sam_checkpoint=teacher)
     head = predictor.model.size_head
     if head is None or head.is_trained or steps <= 0:
         return False
@@ -156,7 +157,7 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config = config.replace({"train.epochs": int(epochs), "train.lr_steps": (epochs * 5 / 6,)})
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
-    train_size_head(result.model_path, datasets, size_steps, seed, progress)
+    train_size_head(result.model_path, datasets, size_steps, seed, progress, teacher)
     validation = {}
     for name, val_json in val_files.items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
