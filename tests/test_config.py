@@ -125,10 +125,22 @@ def test_the_preset_registry():
     assert (demo.model.sam, cpu.model.sam) == ("default-v1", "default")  # the demo keeps the first teacher
     assert (demo.model.local_margin, cpu.model.local_margin) == (10, 4)   # 10 tokens of 8 px, 4 of 4 px
     assert (demo.model.image_size, demo.model.input_scaling, demo.train.epochs, demo.train.init) == (256, "fit", 24, "scratch")
-    assert (cpu.model.image_size, cpu.model.input_scaling, cpu.train.epochs, cpu.train.init) == (512, "fixed", 12, "auto")
+    assert (cpu.model.image_size, cpu.model.input_scaling, cpu.train.epochs, cpu.train.init) == (512, "nucleus", 12, "auto")
+    assert (cpu.model.nucleus_px, cpu.train.copies, cpu.model.neck_convs) == (24.0, 4, 2)
     assert implied_preset("default") == "cpu" and implied_preset("vit_b") is None
     with pytest.raises(DessamError, match="--preset: unknown preset 'vit'; choose one of clusterseg, cpu, demo"):
         Config.compose("vit")
+
+
+def test_a_saved_configuration_is_read_as_written_not_through_todays_preset():
+    """A model file names its preset; settings it lacks take the defaults (what dessam did before they
+    existed), never what the preset holds today."""
+    saved = Config.compose("cpu").to_dict()
+    del saved["model"]["neck_convs"]
+    saved["model"]["detector"]["anchor_scale"] = 4.0
+    loaded = Config.from_dict(saved)
+    assert loaded.preset == "cpu"
+    assert loaded.model.neck_convs == 0 and loaded.model.detector.anchor_scale == 4.0
 
 
 def test_dessam_train_composes_its_flags_in_order(monkeypatch, tmp_path):
@@ -155,7 +167,7 @@ def test_dessam_train_composes_its_flags_in_order(monkeypatch, tmp_path):
     assert main(common + ["--set", "model.sam=default", "--epochs", "3", "--set", "train.epochs=5"]) == 0
     assert main(common + ["--preset", "demo", "--sam", "tiny", "--no-prompt-token", "--set", "model.min_object_size=3"]) == 0
     implied, from_file, by_set, demo = seen
-    assert implied.preset == "cpu" and implied.model.input_scaling == "fixed"
+    assert implied.preset == "cpu" and implied.model.input_scaling == "nucleus"
     assert from_file.preset is None and from_file.train.epochs == 4 and from_file.train.seed == 0
     assert by_set.preset is None and by_set.model.sam == "default" and by_set.train.epochs == 5
     assert demo.preset == "demo" and demo.model.sam == "tiny" and demo.model.prompt_token is False

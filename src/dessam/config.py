@@ -227,9 +227,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "config") -> "Config":
-        """The defaults with `data` ({"model": {...}, ...} or {"model.key": value}) on top."""
+        """The defaults with `data` ({"model": {...}, ...} or {"model.key": value}) on top: a saved
+        configuration (a model file's) as it was written. The preset it names is recorded, not applied
+        again: today's preset may hold other values than the one the model was trained with."""
+        data = dict(data or {})
+        preset = data.pop("preset", None)
         composer = _Composer()
-        composer.apply(data or {}, source)
+        composer.apply(data, source)
+        composer.values["preset"] = preset
         return composer.build()
 
     def replace(self, overrides: Mapping[str, Any], source: str = "replace") -> "Config":
