@@ -52,7 +52,7 @@ from ..errors import DessamError
 from ..geometry.plan import WindowPlan
 from ..inference.loading import load_model
 from ..inference.prediction import Prediction
-from ..inference.predictor import STUDENT
+from ..inference.pipeline import STUDENT
 from ..inference.windowed import image_instances
 from ..metrics import coco_mask_ap, evaluate_pair, summarize
 from ..models.bundled import PRETRAINED_NAME, bundled_models

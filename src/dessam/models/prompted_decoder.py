@@ -23,10 +23,10 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from ..geometry.mapping import OUTSIDE
 from .box_views import cut_views, boxes_in_views, view_squares, views_to_windows
 
 UPSCALE = 4  # SAM's decoder upsamples the embedding grid 4 x into its low-resolution logits
-OUTSIDE = -1e4  # the logit of the pixels beyond a prompt's window (sigmoid 0)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""The steps of inference that every engine shares, in numpy: windows, masks, instances, label map.
+
+An engine runs the model's networks: the PyTorch `Predictor` (`dessam.inference.predictor`), or
+`OnnxPredictor` (`dessam.inference.onnx_predictor`), which runs the graphs `dessam export` writes
+with ONNX Runtime and never imports torch. Each gives three calls:
+
+- `encode(images, n_images)`: images (each fitting one input at the model's scale) prepared as SAM
+  takes them (`prepare_image`) and through the image encoder: an `Encoded`;
+- `detect(encoded, postprocess)`: per image (boxes (N, 4) float32 in original pixels, scores (N,));
+- `decode(encoded, boxes, use_token, n_images)`: the mask decoder prompted with boxes, as
+  `DecodedChunk`s of numpy logits.
+
+`Pipeline` builds the rest on them, once for every engine: `segment` (logits to mask crops at the
+image's own size, `dessam.inference.masks`), and `predict` / `predict_batch` (an image of any size
+brought to the model's scale by its `WindowPlan`, windows batched, nuclei merged across windows,
+cleaned and painted into a label map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..config import Config, Postprocess
+from ..geometry.inputs import as_rgb
+from ..geometry.plan import WindowPlan
+from . import windowed
+from .instances import Instances
+from .masks import instance_crop
+from .prediction import Prediction
+
+
+@dataclass
+class Encoded:
+    """Images as the model took them (`ModelInput`s: the original sizes, how they were resized),
+    their SAM embeddings (B, C, h, w), float32, and the normalised images (B, 3, S, S) themselves
+    (which a SAM that decodes on per-box views reads); torch tensors or numpy arrays, as the engine
+    keeps them."""
+
+    inputs: list
+    embeddings: Any
+    images: Any = None
+
+
+@dataclass
+class DecodedChunk:
+    """The decoder's output for one chunk of prompts, in numpy."""
+
+    indices: list           # each prompt's position among all the prompts of the call
+    owners: list            # the image of `Encoded` each prompt belongs to
+    logits: np.ndarray      # (n, 1, k, k) float32 low-resolution logits over each prompt's window
+    iou: np.ndarray         # (n, 1) SAM's predicted IoU
+    origins: np.ndarray     # (n, 2) row, column of each window's first logit in the full low-res frame
+    frame: tuple            # (H, W) of the full low-res frame
+
+
+class Pipeline:
+    """What `predict` needs beyond the three engine calls (see the module docstring); an engine sets
+    `config`, `scale` (`ModelScale`), `settings` (`InferenceSettings`) and `image_size`."""
+
+    config: Config
+
+    @property
+    def postprocess(self) -> Postprocess:
+        """The model's own post-processing; `dataclasses.replace(predictor.postprocess, score_threshold=0.3)`
+        reads results another way."""
+        return self.config.model.postprocess
+
+    def segment(self, encoded: Encoded, boxes: list, scores: Optional[list] = None, use_token: bool = True,
+                n_images: Optional[int] = None) -> list:
+        """`Instances` per image of SAM's decoder prompted with `boxes` (one (N, 4) array per image,
+        original pixels): the DES-SAM student with `use_token`, the frozen SAM without."""
+        scores = scores if scores is not None else [np.ones(len(b)) for b in boxes]
+        crops = [None] * sum(len(b) for b in boxes)
+        threshold = self.config.model.mask_threshold
+        for chunk in self.decode(encoded, boxes, use_token, n_images):
+            origins = chunk.origins.tolist()
+            for position, (index, image) in enumerate(zip(chunk.indices, chunk.owners)):
+                crops[index] = instance_crop(chunk.logits[position, 0], tuple(origins[position]), chunk.frame,
+                                             encoded.inputs[image], threshold)
+        out, start = [], 0
+        for item, image_boxes, image_scores in zip(encoded.inputs, boxes, scores):
+            pieces = crops[start:start + len(image_boxes)]
+            start += len(image_boxes)
+            out.append(Instances(image_boxes, image_scores, [p[0] for p in pieces], [p[1:] for p in pieces],
+                                 item.original_hw))
+        return out
+
+    def predict(self, image: np.ndarray, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
+                overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
+                on_window: Optional[Callable[[int, int], None]] = None) -> Prediction:
+        """Nuclei of `image` (H x W x 3 uint8 RGB; gray, RGBA and 16-bit are converted) at its own size.
+
+        tile: None = automatic (windows when the image is larger than one input at the model's
+        scale), True / False to force. postprocess: how results are read (default: the model's
+        config; `Postprocess(score_threshold=None, remove_holes=False, remove_islands=False)` gives
+        the raw instances). pixel_size_um: the image's pixel size, when known (see
+        `dessam.geometry.scale`). on_window(done, total): called after each batch of windows, (1, 1)
+        for an image predicted whole; an exception it raises stops the work there (a viewer's
+        progress bar and Cancel).
+        """
+        return self.predict_batch([image], postprocess, tile, overlap, progress, pixel_size_um, on_window)[0]
+
+    def predict_batch(self, images: list, postprocess: Optional[Postprocess] = None, tile: Optional[bool] = None,
+                      overlap: int = 64, progress: bool = False, pixel_size_um: Optional[float] = None,
+                      on_window: Optional[Callable[[int, int], None]] = None) -> list:
+        """`predict` for several images: those that go to the model whole share encoder and decoder calls
+        (and count as one window each for `on_window`)."""
+        postprocess = postprocess or self.postprocess
+        images = [as_rgb(image) for image in images]
+        sources = {STUDENT: windowed.MaskSource(student_masks)}
+        plans = [WindowPlan.for_image(image.shape, self.image_size, self.scale, pixel_size_um, tile, overlap)
+                 for image in images]
+        raw = [None] * len(images)
+        together = [i for i, plan in enumerate(plans) if not plan.tiled and plan.factor == 1.0]
+        found = windowed.window_instances(self, [images[i] for i in together], postprocess, sources,
+                                          n_images=len(images))
+        for index, result in zip(together, found):
+            raw[index] = result[STUDENT]
+        if together and on_window is not None:
+            on_window(len(together), len(together))
+        for index in (i for i in range(len(images)) if raw[i] is None):
+            raw[index] = windowed.image_instances(self, images[index], sources, postprocess, tile=tile, overlap=overlap,
+                                                  pixel_size_um=pixel_size_um, progress=progress,
+                                                  on_window=on_window)[STUDENT]
+        return [Prediction.from_instances(instances.postprocessed(postprocess), postprocess.overlap_winner, image)
+                for instances, image in zip(raw, images)]
+
+
+STUDENT = "des-sam"
+
+
+def student_masks(predictor: Pipeline, encoded: Encoded, images: list, boxes: list, scores: list,
+                  n_images: Optional[int] = None) -> list:
+    """The DES-SAM student's masks: SAM's decoder prompted with the boxes and the learned token."""
+    return predictor.segment(encoded, boxes, scores, use_token=True, n_images=n_images)
