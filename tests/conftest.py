@@ -8,6 +8,17 @@ torch.set_num_threads(1)
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dessam_home(tmp_path_factory):
+    """dessam's user folder (SAM checkpoints, the ONNX graphs exported on first use) is a temporary
+    one for the whole run: tests never write into the user's own."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("dessam_home")
+    patch.setenv("DESSAM_HOME", str(home))
+    yield home
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def box_dataset(tmp_path_factory):
     """Six small scenes: a boxes-only COCO file and one with masks, over the same images."""

@@ -50,7 +50,7 @@ from ..config import Postprocess
 from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_label_map
 from ..errors import DessamError
 from ..geometry.plan import WindowPlan
-from ..inference.loading import load_model
+from ..inference.engines import load_predictor
 from ..inference.prediction import Prediction
 from ..inference.pipeline import STUDENT
 from ..inference.windowed import image_instances
@@ -296,14 +296,19 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
 
 
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
-                        settings=None, **options) -> dict:
-    """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`; with
-    baselines, the bundled pretrained model gets a row too (unless it is the model evaluated)."""
-    model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
+                        settings=None, engine: str = "torch", precision: str = "auto", threads=None, **options) -> dict:
+    """`dessam eval`: load RUN/model.pt (and its SAM weights) on `engine` (`dessam.inference.engines`)
+    and run `evaluate` with `options`; with baselines, the bundled pretrained model gets a row too
+    (unless it is the model evaluated)."""
+    def load(path):
+        return load_predictor(path, engine, device, sam_checkpoint if path == model_path else None, settings=settings,
+                              precision=precision, threads=threads, progress=options.get("progress", True))
+
+    model = load(model_path)
     reference = None
     bundled = bundled_models().get(PRETRAINED_NAME)
     if options.get("baselines") and bundled is not None and Path(model_path).resolve() != bundled.resolve():
-        reference = load_model(bundled, device=device, settings=settings)
+        reference = load(bundled)
     return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, reference=reference, **options)
 
 

@@ -56,6 +56,24 @@ class DecodedChunk:
     frame: tuple            # (H, W) of the full low-res frame
 
 
+def decoding_order(prompts: np.ndarray, views: Optional[dict], stride: int, margin: Optional[int]) -> np.ndarray:
+    """The order in which prompts (N, 4, input frame) go to the decoder: when each is decoded on a
+    window of its own (`margin` not None), by the side of that window, so that similar boxes share
+    a chunk and each chunk's common window stays small; else as given. A teacher that decodes on
+    views (`views`: their context and min_side) needs a window that holds each box's view."""
+    if margin is None or not len(prompts):
+        return np.arange(len(prompts))
+    boxes = np.asarray(prompts, np.float32)
+    if views is not None:  # each box's view square, as `dessam.models.box_views.view_squares` computes it
+        centres = (boxes[:, :2] + boxes[:, 2:]) / np.float32(2)
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * np.float32(views["context"])
+        half = np.maximum(sides, np.float32(views["min_side"]))[:, None] / np.float32(2)
+        boxes = np.concatenate([centres - half, centres + half], 1)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    needed = np.ceil(sides / np.float32(stride)).astype(np.int64) + 1 + 2 * int(margin)
+    return np.argsort(needed, kind="stable")
+
+
 class Pipeline:
     """What `predict` needs beyond the three engine calls (see the module docstring); an engine sets
     `config`, `scale` (`ModelScale`), `settings` (`InferenceSettings`) and `image_size`."""

@@ -26,9 +26,9 @@ import torch
 from ..config import Config, Postprocess
 from ..geometry.inputs import as_rgb, prepare_image
 from ..geometry.scale import ModelScale
-from ..models.prompted_decoder import decoding_margin, windows_needed
+from ..models.prompted_decoder import decoding_margin
 from .acceleration import autocast_for, maybe_compile
-from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
+from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, decoding_order, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
 from .settings import InferenceSettings, fast_settings
 
 
@@ -101,10 +101,7 @@ def decode(predictor, encoded, boxes: list, use_token: bool = True, n_images: Op
     owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(device)
     margin = local_margin(predictor.config, settings, model.sam)
     decoder = maybe_compile(model.decoder, settings, device, n_images)
-    order = torch.arange(len(prompts))
-    if margin is not None and len(prompts):  # similar boxes share a chunk: smaller windows
-        needed = windows_needed(model.decoder.window_boxes(prompts.cpu()), model.decoder.stride, margin)
-        order = torch.argsort(needed, stable=True)
+    order = torch.from_numpy(decoding_order(prompts.cpu().numpy(), model.decoder.views, model.decoder.stride, margin))
     chunks = []
     for start in range(0, len(prompts), settings.decoder_chunk):
         chosen = order[start:start + settings.decoder_chunk].to(device)
