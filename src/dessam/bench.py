@@ -442,7 +442,10 @@ def first_window(*args, **kwargs):
     return original(*args, **kwargs)
 windowed.window_instances = first_window
 from dessam.cli import main
-sys.exit(main(sys.argv[2:]))
+code = main(sys.argv[2:])
+with open("/proc/self/status") as status:  # this process's own peak (a child's rusage counts its parent's at fork)
+    print(next(line for line in status if line.startswith("VmHWM")), file=sys.stderr, flush=True)
+sys.exit(code)
 """
 
 
@@ -454,7 +457,8 @@ class CommandRun:
 
 
 def time_predict_command(engine: str, model, image_path: Path, workdir: Path) -> CommandRun:
-    """`dessam predict IMAGE --engine ENGINE` in a fresh process, timed as a user times it."""
+    """`dessam predict IMAGE --engine ENGINE` in a fresh process, timed as a user times it (Linux: the
+    peak RSS is read from /proc)."""
     import subprocess
     import sys
 
@@ -465,15 +469,14 @@ def time_predict_command(engine: str, model, image_path: Path, workdir: Path) ->
         start = time.time()
         args[3] = repr(start)
         process = subprocess.Popen(args, stderr=handle, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
+        code = process.wait()
         seconds = time.time() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
-    if process.returncode != 0:
+    if code != 0:
         raise RuntimeError(f"dessam predict --engine {engine} failed: {text[-500:]}")
     first = float(next(line.split()[1] for line in text.splitlines() if line.startswith("FIRST_WINDOW")))
-    rss = usage.ru_maxrss if platform.system() == "Darwin" else usage.ru_maxrss * 1024
-    return CommandRun(seconds, rss, first)
+    peak = next(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("VmHWM"))
+    return CommandRun(seconds, peak, first)
 
 
 def compare_engines(model: Path, torch_path: Predictor, images: list, image_paths: list, workdir: Path,

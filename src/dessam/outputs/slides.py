@@ -30,7 +30,6 @@ import numpy as np
 from ..config import Postprocess
 from ..data.label_pyramid import LabelPyramidWriter
 from ..data.slide import open_slide, resolve_pixel_size
-from ..data.tissue import parse_roi, select_tiles, tissue_mask, write_mask_png
 from ..geometry.plan import WindowPlan
 from ..inference.slide_stream import decided_nuclei, stream_slide
 from .slide_writers import GeoJSONWriter, MeasurementsCSVWriter, measure_nucleus
@@ -74,6 +73,8 @@ def slide_outputs(out_dir: Path, slide_path: Path, formats=SLIDE_FORMATS, compre
 
 def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float], tissue) -> tuple:
     """(the `WindowPlan` of the region of interest, a bool per window: to predict)."""
+    from ..data.tissue import parse_roi, select_tiles  # scikit-image's filters: loaded for slides only
+
     roi = options.roi or (0, 0, *slide.dimensions)
     if isinstance(roi, str):
         roi = parse_roi(roi, slide.dimensions, str(slide.path))
@@ -87,6 +88,8 @@ def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float],
 def predict_slide(model, path, out_dir, options: Optional[SlideOptions] = None,
                   postprocess: Optional[Postprocess] = None, progress: bool = True) -> SlideRun:
     """Predict one whole slide into `out_dir` (see the module docstring)."""
+    from ..data.tissue import tissue_mask, write_mask_png  # scikit-image's filters: loaded for slides only
+
     options = options or SlideOptions()
     postprocess = postprocess or model.postprocess
     path, out_dir = Path(path), Path(out_dir)
