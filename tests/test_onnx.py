@@ -160,3 +160,36 @@ def test_a_trained_model_runs_on_the_onnx_engine_as_on_pytorch(trained_tiny):
     torch_engine = load_model(trained_tiny)
     onnx_engine = engines.onnx_model(trained_tiny, threads=1, progress=False)
     _agree(torch_engine, onnx_engine, [_scene(128, 7)], replace(torch_engine.postprocess, **KEEP_ALL))
+
+
+def test_a_whole_slide_streams_through_the_onnx_engine_as_through_pytorch(finding_model, tmp_path):
+    from test_slide_predict import blob_field, write_slide
+
+    from dessam.outputs.slides import SlideOptions, predict_slide
+
+    slide = write_slide(tmp_path / "field.ome.tif", blob_field(640, seed=2)[0])
+    options = SlideOptions(skip_glass=False, overlap=32, formats=("labels",))
+    found = []
+    for name, engine in (("torch", load_model(finding_model, input_scale=1.0)),
+                         ("onnx", engines.onnx_model(finding_model, threads=1, input_scale=1.0, progress=False))):
+        run = predict_slide(engine, slide, tmp_path / name, options, progress=False)
+        found.append(run.nuclei)
+    assert found[0] > 0 and abs(found[0] - found[1]) <= max(1, found[0] // 100)
+
+
+def test_the_example_of_docs_onnx_runs_on_an_export(trained_tiny, tmp_path, monkeypatch):
+    """docs/onnx.md's example for a host (ONNX Runtime, numpy and Pillow, nothing of dessam but the
+    manifest) runs as written and finds what dessam finds."""
+    import re
+
+    text = (SRC.parent / "docs" / "onnx.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    predictor = load_model(trained_tiny)
+    export_model(predictor, tmp_path / "pretrained_onnx", model_path=trained_tiny)
+    image = _scene(128, 4)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    exec(compile(example, "docs/onnx.md", "exec"), names)
+    found = predictor.detect(predictor.encode([image]))[0][0]
+    assert len(names["boxes"]) == len(found) and names["labels"].shape == image.shape[:2]

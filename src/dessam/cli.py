@@ -98,7 +98,8 @@ def cmd_predict(args) -> int:
     from .outputs.slides import SlideOptions
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
-    expand_inputs(args.inputs)  # a wrong input or output is told before the model loads (or is exported)
+    expand_inputs(args.inputs)  # a wrong input, model or output is told before the model loads (or is exported)
+    args.model = _model_path(args)
     writable_folder(args.out)
     model = _load(args)
     overrides = {key: value for key, value in (("score_threshold", args.score_threshold),

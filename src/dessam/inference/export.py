@@ -14,8 +14,9 @@
   the model file, and the model's whole configuration.
 
 See `dessam.models.graphs` for what each graph holds, and docs/onnx.md for running them without
-dessam. The graphs are traced by torch's TorchScript-based exporter (`dynamo=False`): it needs no
-further package, handles the detector's data-dependent sizes (NMS), and exists from torch 2.1 on.
+dessam. The graphs are traced by torch's TorchScript-based exporter (`dynamo=False`; torch's newer
+default exporter needs onnxscript): it needs no further package, records the detector's
+data-dependent sizes (NMS) as graph operations, and torch has it from 2.1 to 2.14.
 `check_export` runs each graph against PyTorch on a real image and gives the largest differences.
 """
 
@@ -44,7 +45,6 @@ from .predictor import Predictor, local_margin
 MANIFEST_FORMAT = "dessam-onnx"
 MANIFEST_VERSION = 1
 OPSET = 17  # RoIAlign's half-pixel mode needs 16, LayerNormalization 17
-GRAPHS = ("encoder", "detector", "decoder")
 
 
 def _version() -> str:

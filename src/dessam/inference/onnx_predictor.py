@@ -14,6 +14,7 @@ CUDA's where `onnxruntime-gpu` has it and the device asks for it.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,7 @@ from .pipeline import DecodedChunk, Encoded, Pipeline, decoding_order
 from .settings import InferenceSettings
 
 PRECISIONS = ("fp32", "int8")
+GRAPHS = ("encoder", "detector", "decoder")
 MANIFEST_NAME = "manifest.json"
 INSTALL_HINT = 'install the ONNX extra: pip install "dessam[onnx]"'
 
@@ -100,14 +102,15 @@ class OnnxPredictor(Pipeline):
         graphs = self.manifest["graphs"]
 
         def session(name: str):
+            if not graphs.get(name):
+                return None
             graph = folder / graphs[name]["file"]
             if precision == "int8":
                 graph = quantized_graph(graph)
             return open_session(graph, threads, cuda)
 
-        self.encoder = session("encoder")
-        self.detector = session("detector") if graphs.get("detector") else None
-        self.decoder = session("decoder")
+        with ThreadPoolExecutor(len(GRAPHS)) as pool:  # ONNX Runtime optimises the graphs in parallel
+            self.encoder, self.detector, self.decoder = pool.map(session, GRAPHS)
         token = self.manifest.get("prompt_token")
         channels = int(self.manifest["embedding"]["channels"])
         self.tokens = {True: np.float32(token).reshape(1, -1) if token else np.zeros((0, channels), np.float32),
