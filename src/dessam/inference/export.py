@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -159,6 +160,9 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
         size = predictor.image_size
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # as a folder made by mkdir (mkdtemp's is private to its owner)
         try:
             _export(EncoderGraph(model.sam.image_encoder), (torch.zeros(1, 3, size, size),), work / "encoder.onnx",
                     ["images"], ["embeddings"], {"images": {0: "batch"}, "embeddings": {0: "batch"}})
