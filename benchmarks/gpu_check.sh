@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run on a CUDA machine: the GPU tests (pytest -m gpu) and `dessam bench --device cuda`, in under
-# five minutes, from the repository root or anywhere else.
+# Run on a CUDA machine: the GPU tests (pytest -m gpu), `dessam bench --device cuda` and the ONNX
+# engine on ONNX Runtime's CUDA provider (benchmarks/onnx_cuda_check.py), in under seven minutes,
+# from the repository root or anywhere else.
 #
-# The machine needs python with torch and torchvision. Missing pure-Python packages
-# (segment-anything, pycocotools, pytest, ...) are installed from wheels in .whl/ when that folder
+# The machine needs python with torch and torchvision. Missing packages (segment-anything,
+# pycocotools, pytest, onnxruntime-gpu, ...) are installed from wheels in .whl/ when that folder
 # has any, without network access, into /tmp/site; nothing is downloaded here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +29,10 @@ else
     status=1
 fi
 timeout 180 "$PY" -m dessam bench --device cuda || status=$?
+if "$PY" -c "import onnxruntime, sys; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())" 2> /dev/null; then
+    timeout 120 "$PY" benchmarks/onnx_cuda_check.py || status=$?
+else
+    echo "onnxruntime-gpu (with its CUDA provider) is not installed: put its wheel in .whl/ to check the ONNX engine on CUDA"
+    status=1
+fi
 exit $status

@@ -7,16 +7,20 @@ import re
 
 import numpy as np
 
-from dessam.bench import PeakMemory, Row, Timing, format_table, measure, run_bench
+from dessam.bench import MIN_MASKS, PeakMemory, Row, Timing, format_table, mask_agreement, measure, run_bench
 
 ROWS = ("Encoder", "Decoder, 100 boxes on one image", "End-to-end predict, 2 demo fields", "End-to-end predict, larger", "Training iteration", "Metrics")
 
 
 def test_quick_bench_reports_every_row(tmp_path, trained_tiny):
     out = tmp_path / "bench.md"
-    text = run_bench("cpu", quick=True, out=out, model=trained_tiny, progress=False)
+    report = run_bench("cpu", quick=True, out=out, model=trained_tiny, progress=False)
+    text = report.text
     assert out.read_text() == text
-    table = [line for line in text.splitlines() if line.startswith("| ") and "Measurement" not in line]
+    assert not report.passed and "NOT passed: fewer than 100 masks" in text  # the tiny model finds few nuclei
+    main, engines = text.split("## Engines")
+    assert "| PyTorch |" in engines and "| ONNX Runtime fp32 |" in engines and "time to the first window" in engines
+    table = [line for line in main.splitlines() if line.startswith("| ") and "Measurement" not in line]
     assert [next(name for name in ROWS if line.startswith(f"| {name}")) for line in table] == list(ROWS)
     for line in table:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -54,3 +58,23 @@ def test_table_speedups_and_targets():
     table = format_table(rows).splitlines()
     assert "6.00x" in table[2] and ">= 5x: met" in table[2] and "1 MB / 1 MB" in table[2]
     assert "4.00x" in table[3] and ">= 5x: NOT met" in table[3]
+
+
+def test_agreement_checks_need_enough_masks_and_fail_when_paths_disagree():
+    from dataclasses import replace
+
+    from scenes import make_nuclei_scene
+    from test_inference import _model
+
+    first = _model()
+    keep_all = replace(first.postprocess, score_threshold=0.0, max_detections=80)
+    images = [make_nuclei_scene(np.random.default_rng(seed), 128)[0] for seed in (1, 2)]
+    same = mask_agreement(first, first, images, keep_all)
+    assert same.masks >= MIN_MASKS and same.iou == 1.0 and same.passed
+    other = _model()
+    other.model = first.model
+    other.config = first.config.replace({"model.mask_threshold": 3.0})  # another read-out: smaller masks
+    disagreeing = mask_agreement(first, other, images, keep_all)
+    assert disagreeing.masks >= MIN_MASKS and not disagreeing.passed and "FAILED" in disagreeing.verdict()
+    few = mask_agreement(first, first, images[:1], replace(keep_all, max_detections=10))
+    assert few.masks < MIN_MASKS and not few.passed and "NOT passed" in few.verdict()

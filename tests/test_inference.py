@@ -161,7 +161,7 @@ def test_maybe_compile_falls_back_when_compiling_fails(monkeypatch):
 
 def test_batched_encoder_matches_one_call(tiny, images):
     inputs = [prepare_image(image, tiny.image_size) for image in images]
-    expected = tiny.model.encode(torch.stack([item.normalised for item in inputs]))
+    expected = tiny.model.encode(torch.from_numpy(np.stack([item.normalised for item in inputs])))
     batched = _model(settings=InferenceSettings(precision="fp32", batch_size=2))
     batched.model.load_trainable_state_dict(tiny.model.trainable_state_dict())
     got = batched.encode(images).embeddings
@@ -225,7 +225,7 @@ def test_mask_crops_equal_whole_image_masks(height, width, size, frame):
     for threshold in (0.0, 0.5):
         want = _old_masks(logits, inputs, threshold)
         for k in range(len(logits)):
-            crop, y0, x0 = instance_crop(logits[k, 0], (0, 0), (frame, frame), inputs, threshold)
+            crop, y0, x0 = instance_crop(logits[k, 0].numpy(), (0, 0), (frame, frame), inputs, threshold)
             got = np.zeros((height, width), bool)
             got[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
             np.testing.assert_array_equal(got, want[k])
@@ -259,7 +259,8 @@ def test_local_decoding_places_each_window_where_its_box_is(tiny, nuclei):
 
 def test_memory_of_a_prediction_does_not_hold_nuclei_x_area(tiny):
     """A 512 x 512 field of 16 windows: every mask is a crop no larger than its window, and the
-    arrays allocated at the peak (numpy's, traced) stay far below nuclei x field area."""
+    arrays allocated at the peak (numpy's, traced: the raw crops and their cleaned copies, both held
+    while the instances are cleaned) stay far below nuclei x field area."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -275,7 +276,7 @@ def test_memory_of_a_prediction_does_not_hold_nuclei_x_area(tiny):
         tiny.scale = unknown
     assert len(prediction) > 100 and prediction.labels.shape == field.shape[:2]
     assert all(crop.shape[0] <= 128 and crop.shape[1] <= 128 for crop in prediction.instances.crops)
-    assert peak < len(prediction) * field.shape[0] * field.shape[1] / 10
+    assert peak < len(prediction) * field.shape[0] * field.shape[1] / 5
 
 
 def test_cpu_fast_path_uses_bf16_only_with_matrix_units(monkeypatch):

@@ -22,9 +22,9 @@ def _model(prompt_token=True):
 def _batch(model, seed=0):
     image, labels = make_nuclei_scene(np.random.default_rng(seed), 128)
     inputs = prepare_image(image, model.image_size)
-    embedding = model.encode(inputs.normalised[None])
+    embedding = model.encode(torch.from_numpy(inputs.normalised[None]))
     boxes = torch.from_numpy(instance_boxes(labels)[1]) * torch.from_numpy(inputs.scale)
-    return embedding, inputs.rgb[None], inputs.normalised[None], [boxes], [inputs.resized_hw]
+    return embedding, torch.from_numpy(inputs.rgb[None]), torch.from_numpy(inputs.normalised[None]), [boxes], [inputs.resized_hw]
 
 
 def test_only_neck_rpn_roi_head_and_token_are_trainable():
@@ -147,13 +147,13 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
     model = DESSAM(sam, config)
     image, labels = make_scene(np.random.default_rng(3), "patch")
     inputs = prepare_image(image, model.image_size)
-    embedding = model.encode(inputs.normalised[None])
+    embedding = model.encode(torch.from_numpy(inputs.normalised[None]))
     boxes = torch.from_numpy(instance_boxes(labels)[1])
     shifted = boxes + torch.tensor([3.0, 3.0, 3.0, 3.0])
     # as in training: each pair on one window of the frame (the shipped teacher decodes on per-box views)
     pairs = torch.cat([torch.minimum(boxes[:, :2], shifted[:, :2]), torch.maximum(boxes[:, 2:], shifted[:, 2:])], 1)
     origins, size = model.decoder.windows(pairs, 4)
-    images = inputs.normalised[None]
+    images = torch.from_numpy(inputs.normalised[None])
     with torch.no_grad():
         teacher = model.decoder(embedding, boxes, use_token=False, origins=origins, size=size, images=images).logits
 

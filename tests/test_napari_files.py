@@ -15,20 +15,19 @@ from viewer_support import dock, run  # noqa: E402
 
 from dessam.data.images import read_image  # noqa: E402
 from dessam.data.synth import make_scene  # noqa: E402
-from dessam.inference.loading import load_model  # noqa: E402
 from dessam.napari import sample  # noqa: E402
 from dessam.napari.layers import shape_boxes  # noqa: E402
-from dessam.napari.model_choice import MODEL_FILE  # noqa: E402
+from dessam.napari.model_choice import MODEL_FILE, ModelSpec, load  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
 from dessam.outputs.files import predict_files  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def predicted(finding_model, box_dataset, tmp_path_factory):
-    """`dessam predict`'s files for one scene."""
+    """`dessam predict`'s files for one scene (by the model on the engine the widgets load it on)."""
     _, _, images = box_dataset
     out = tmp_path_factory.mktemp("predicted")
-    predict_files(load_model(finding_model), [str(images / "scene_001.png")], out, progress=False)
+    predict_files(load(ModelSpec("model", str(finding_model))), [str(images / "scene_001.png")], out, progress=False)
     return images / "scene_001.png", out
 
 

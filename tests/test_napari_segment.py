@@ -14,7 +14,7 @@ from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
 from dessam.data.images import read_image  # noqa: E402
 from dessam.geometry.plan import WindowPlan  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
-from dessam.napari.model_choice import MODEL_FILE  # noqa: E402
+from dessam.napari.model_choice import MODEL_FILE, ModelSpec, load  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
 from dessam.outputs.files import predict_files  # noqa: E402
 
@@ -37,14 +37,15 @@ def test_segment_adds_labels_whose_features_hold_what_predicts_csv_holds(viewer,
     status = run(qtbot, widget)
 
     layer = viewer.layers["field nuclei"]
-    expected = load_model(finding_model).predict(image)
+    model = load(ModelSpec("model", str(finding_model)))  # the widget's own model, on its engine
+    expected = model.predict(image)
     assert len(expected) >= 5, "the test model finds the scene's nuclei"
     np.testing.assert_array_equal(layer.data, expected.labels)
     ids = np.unique(expected.labels)[1:]
     assert status.startswith(f"{len(ids)} nuclei found in ") and status.endswith("s: layer 'field nuclei'")
     assert widget.progress.value == widget.progress.max
 
-    predict_files(load_model(finding_model), [str(path)], tmp_path / "out", formats=("csv",), progress=False)
+    predict_files(model, [str(path)], tmp_path / "out", formats=("csv",), progress=False)
     with open(tmp_path / "out" / "scene_000_nuclei.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     features = layer.features

@@ -83,7 +83,7 @@ def test_the_size_head_reads_only_the_image_not_its_padding():
 
 def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_size(tmp_path):
     from dessam.inference.loading import load_model
-    from dessam.inference.nucleus_size import estimate_nucleus_size, estimation_crops
+    from dessam.inference.nucleus_size import estimation_crops
     from dessam.training.size_head import SizeSource, fit_size_head
     from dessam.training.train import train
 
@@ -104,7 +104,19 @@ def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_
     source = SizeSource("scenes", lambda rng: scenes[int(rng.integers(len(scenes)))])
     losses = fit_size_head(predictor.model, [source], steps=4, batch=2, progress=False)
     assert len(losses) == 4 and all(np.isfinite(losses))
-    estimate = estimate_nucleus_size(predictor.model, image)
+    estimate = predictor.estimate_nucleus_size(image)
     assert estimate is not None and 5 <= estimate <= 100
     assert predictor.plan(image).factor == pytest.approx(20 / estimate)
     assert len(estimation_crops(np.zeros((1000, 600, 3), np.uint8))) == 4
+
+    # the ONNX engine estimates the same size from its exported size graph
+    pytest.importorskip("onnxruntime")
+    from dessam.inference.export import export_model
+    from dessam.inference.onnx_predictor import OnnxPredictor
+
+    export_model(predictor, tmp_path / "onnx", result.model_path)
+    onnx = OnnxPredictor(tmp_path / "onnx", threads=1)
+    large = np.tile(image, (3, 2, 1))
+    assert onnx.estimate_nucleus_size(image) == pytest.approx(estimate, rel=1e-3)
+    assert onnx.estimate_nucleus_size(large) == pytest.approx(predictor.estimate_nucleus_size(large), rel=1e-3)
+    assert onnx.plan(image).factor == pytest.approx(predictor.plan(image).factor, rel=1e-3)

@@ -15,8 +15,18 @@ of repeats after a warm-up, reference and fast calls alternating:
 and, for the two paths' results: the mean mask IoU when both are prompted with the same boxes, and
 AJI on the demo's three test splits. Targets are reported, never asserted.
 
-Without `--model`, a model is trained first for a minute (`dessam demo --quick`'s settings) on a
-CPU, or, on CUDA, ViT-B with random weights times the work (its masks mean nothing).
+On a CPU with ONNX Runtime installed, the two engines are measured side by side on the larger
+fields (`compare_engines`): PyTorch's fast path and the exported graphs run by ONNX Runtime, in one
+process (megapixels per second) and as `dessam predict` in a fresh process, as a user times it
+(wall clock with start-up, peak RSS, time to the first window), and their masks prompted with the
+same boxes.
+
+An agreement check passes only over at least `MIN_MASKS` masks (a check over none cannot fail);
+`dessam bench` exits with status 1 when one does not pass.
+
+Without `--model`: the bundled pretrained model (it finds nuclei); where it is missing, a model
+trained for a minute (`dessam demo --quick`'s settings) on a CPU, or, on CUDA, ViT-B with random
+weights (speed only: its masks mean nothing).
 """
 
 from __future__ import annotations
@@ -42,12 +52,13 @@ from tqdm.auto import tqdm
 from .atomic import write_text_atomic
 from .config import Config
 from .data.coco import load_coco, read_record_image, record_label_map
-from .data.images import read_image
+from .data.images import read_image, write_png
 from .data.synth import make_dataset, make_scene
 from .devices import resolve_device
 from .inference.instances import mask_ious
 from .inference.loading import load_model
 from .inference.predictor import Predictor, decode, local_margin
+from .models.bundled import PRETRAINED_NAME, bundled_models
 from .inference.settings import fast_settings, reference_settings
 from .metrics import evaluate_pair
 from .training.batches import batch_tensors, encode_training_set
@@ -268,11 +279,10 @@ def load_pair(model_path: Optional[Path], device: torch.device, fast, vit: bool)
     return load_model(model_path, device, settings=reference_settings()), load_model(model_path, device, settings=fast)
 
 
-def user_images(folder: Optional[Path], limit: int) -> list:
+def user_image_paths(folder: Optional[Path], limit: int) -> list:
     if folder is None:
         return []
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    return [read_image(path) for path in paths]
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
 
 
 def training_field(data_json: Optional[Path], images_dir: Optional[Path], size: int) -> tuple:
@@ -378,17 +388,121 @@ def _predict_row(label: str, reference: Predictor, fast: Predictor, images: list
                pixels_per_image=pixels)
 
 
-def _mask_agreement(reference: Predictor, fast: Predictor, images: list) -> tuple:
-    """(mean mask IoU, masks): both paths prompted with the reference path's detections."""
+MIN_MASKS = 100          # an agreement check over fewer masks passes nothing
+REQUIRED_IOU = 0.98
+
+
+@dataclass
+class Agreement:
+    """Masks of two paths prompted with the same boxes: their mean IoU over `masks` masks."""
+
+    iou: float
+    masks: int
+
+    @property
+    def passed(self) -> bool:
+        return self.masks >= MIN_MASKS and self.iou >= REQUIRED_IOU
+
+    def verdict(self) -> str:
+        if self.masks < MIN_MASKS:
+            return (f"NOT passed: fewer than {MIN_MASKS} masks to compare (give a model that finds nuclei, and "
+                    "--images with nuclei)")
+        return "passed" if self.passed else f"FAILED (required >= {REQUIRED_IOU})"
+
+
+def input_tiles(images: list, size: int) -> list:
+    """The images cut into pieces of at most `size` x `size` (each one model input)."""
+    return [image[y:y + size, x:x + size] for image in images
+            for y in range(0, image.shape[0], size) for x in range(0, image.shape[1], size)]
+
+
+def mask_agreement(first, second, images: list, postprocess=None) -> Agreement:
+    """Both paths prompted with the first path's detections on every input-sized piece of `images`."""
     ious = []
-    for image in images:
-        found = reference.detect(reference.encode([image]))
-        boxes = [found[0][0]]
-        [a] = reference.segment(reference.encode([image]), boxes)
-        [b] = fast.segment(fast.encode([image]), boxes)
+    for tile in input_tiles(images, first.image_size):
+        encoded = first.encode([tile])
+        boxes = [first.detect(encoded, postprocess)[0][0]]
+        [a] = first.segment(encoded, boxes)
+        [b] = second.segment(second.encode([tile]), boxes)
         ious.append(mask_ious(a, b))
     ious = np.concatenate(ious) if ious else np.ones(0)
-    return (float(ious.mean()) if len(ious) else 1.0), len(ious)
+    return Agreement(float(ious.mean()) if len(ious) else 1.0, len(ious))
+
+
+# `dessam predict` as a user runs it, in a child process that notes when its first window starts
+FIRST_WINDOW_PROBE = """
+import sys, time
+start = float(sys.argv[1])
+import dessam.inference.windowed as windowed
+original = windowed.window_instances
+def first_window(*args, **kwargs):
+    if windowed.window_instances is first_window:
+        print(f"FIRST_WINDOW {time.time() - start:.4f}", file=sys.stderr, flush=True)
+        windowed.window_instances = original
+    return original(*args, **kwargs)
+windowed.window_instances = first_window
+from dessam.cli import main
+code = main(sys.argv[2:])
+with open("/proc/self/status") as status:  # this process's own peak (a child's rusage counts its parent's at fork)
+    print(next(line for line in status if line.startswith("VmHWM")), file=sys.stderr, flush=True)
+sys.exit(code)
+"""
+
+
+@dataclass
+class CommandRun:
+    seconds: float              # wall clock, start-up included
+    peak_rss: int               # bytes, the whole process
+    first_window_s: float       # from the start to the first window
+
+
+def time_predict_command(engine: str, model, image_path: Path, workdir: Path) -> CommandRun:
+    """`dessam predict IMAGE --engine ENGINE` in a fresh process, timed as a user times it (Linux: the
+    peak RSS is read from /proc)."""
+    import subprocess
+    import sys
+
+    log = workdir / f"predict_{engine}.log"
+    args = [sys.executable, "-c", FIRST_WINDOW_PROBE, "", "predict", str(image_path), "--model", str(model),
+            "--out", str(workdir / f"predict_{engine}"), "--engine", engine, "--device", "cpu", "--quiet", "--overwrite"]
+    with open(log, "w") as handle:
+        start = time.time()
+        args[3] = repr(start)
+        process = subprocess.Popen(args, stderr=handle, stdout=subprocess.DEVNULL)
+        code = process.wait()
+        seconds = time.time() - start
+    text = log.read_text()
+    if code != 0:
+        raise RuntimeError(f"dessam predict --engine {engine} failed: {text[-500:]}")
+    first = float(next(line.split()[1] for line in text.splitlines() if line.startswith("FIRST_WINDOW")))
+    peak = next(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("VmHWM"))
+    return CommandRun(seconds, peak, first)
+
+
+def compare_engines(model: Path, torch_path: Predictor, images: list, image_paths: list, workdir: Path,
+                    repeats: int) -> tuple:
+    """(Markdown lines, `Agreement`) of the PyTorch and ONNX Runtime engines on the same model and images:
+    megapixels per second in one process, `dessam predict` on the first image as a user times it (wall
+    clock, peak RSS, time to the first window), and their masks prompted with the same boxes."""
+    from .inference.engines import onnx_model
+
+    onnx_path = onnx_model(model, progress=False)  # exported now, if not yet: the timed runs find it cached
+    timings = measure_alternating([lambda m=m: m.predict_batch(images) for m in (torch_path, onnx_path)], "cpu", repeats)
+    pixels = sum(image.shape[0] * image.shape[1] for image in images)
+    runs = [time_predict_command(engine, model, image_paths[0], workdir) for engine in ("torch", "onnx")]
+    first_pixels = images[0].shape[0] * images[0].shape[1]
+    lines = [f"| Engine | Predict in one process ({len(images)} image(s), Mpx/s) | `dessam predict` on "
+             f"{image_paths[0].name}: wall (s) | Mpx/s as the user times it | peak RSS | time to the first window (s) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, timing, run in zip(("PyTorch", "ONNX Runtime fp32"), timings, runs):
+        lines.append(f"| {name} | {pixels / timing.seconds / 1e6:.3f} | {run.seconds:.1f} | "
+                     f"{first_pixels / run.seconds / 1e6:.3f} | {run.peak_rss / 2**30:.2f} GB | {run.first_window_s:.2f} |")
+    lines.append(f"| ONNX / PyTorch | {timings[0].seconds / timings[1].seconds:.2f}x | "
+                 f"{runs[0].seconds / runs[1].seconds:.2f}x | | | |")
+    agreement = mask_agreement(torch_path, onnx_path, images)
+    lines += ["", f"Engine agreement, ONNX Runtime vs PyTorch prompted with the same boxes: mean mask IoU "
+                  f"{agreement.iou:.4f} over {agreement.masks} masks: {agreement.verdict()}."]
+    return lines, agreement
 
 
 # ----- the command ---------------------------------------------------------------------------
@@ -411,6 +525,8 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         workdir = Path(workdir)
         vit = model is None and cuda
         model_note = "ViT-B SAM at 1024 x 1024, random weights, official detector (speed only)" if vit else None
+        if model is None and not vit and bundled_models().get(PRETRAINED_NAME) is not None:
+            model = bundled_models()[PRETRAINED_NAME]  # a model that finds nuclei: the checks compare its masks
         if model is None and not vit:
             model = quick_model(workdir / "model", device, progress=False)
             model_note = "a model trained by `dessam demo --quick`'s settings (one epoch on 12 synthetic fields)"
@@ -437,11 +553,13 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
 
         rows.append(_targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
                                            reference, quick_path, fields, device, repeats), ">= 4x", 4))
-        large = user_images(images, 2 if quick else 8)
+        large_paths = user_image_paths(images, 2 if quick else 8)
+        large = [read_image(path) for path in large_paths]
         large_note = f"{len(large)} of the user's images from {images}"
         if not large:
             large = demo_fields(1 if quick else 4, 2 * size if not vit else 2048, scene="mixed")
             large_note = f"{len(large)} synthetic fields of {large[0].shape[0]} px"
+            large_paths = [write_png(workdir / f"field_{i}.png", image) for i, image in enumerate(large)]
         rows.append(_targeted(_predict_row(f"End-to-end predict, larger fields: {large_note} (img/s)",
                                            reference, quick_path, large, device, repeats), ">= 4x", 4))
         stages.update(1)
@@ -452,9 +570,13 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
                                   iteration[0].seconds, iteration[1].seconds, "s", *iteration), ">= 3x", 3))
         stages.update(1)
 
-        agreement, n_masks = _mask_agreement(reference, quick_path, fields + large)
+        agreement = mask_agreement(reference, quick_path, fields + large)
         split_aji = {} if vit else demo_split_aji(reference, quick_path, 2 if quick else 12, workdir / "splits")
         stages.update(1)
+        engine_lines, engine_agreement = [], None
+        if not cuda and not vit and importlib.util.find_spec("onnxruntime") is not None:
+            engine_lines, engine_agreement = compare_engines(Path(model), quick_path, large, large_paths,
+                                                             workdir, repeats)
 
     metrics_result = time_metrics(quick)
     if metrics_result is not None:
@@ -483,8 +605,8 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         "",
         format_table(rows),
         "",
-        f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement:.4f} over "
-        f"{n_masks} masks (required >= 0.98).",
+        f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement.iou:.4f} over "
+        f"{agreement.masks} masks: {agreement.verdict()}.",
     ]
     if split_aji:
         worst = max(abs(a - b) for a, b in split_aji.values())
@@ -496,7 +618,20 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
                      f"decoder {decoder[1].warmup_s:.1f} s.")
     if metrics_result is None:
         lines.append(f"Metrics: not measured ({BENCH_METRICS} is only in a source checkout).")
+    if engine_lines:
+        lines += ["", f"## Engines: PyTorch (the fast path above) and ONNX Runtime, on {large_note}", ""] + engine_lines
+    elif not cuda:
+        lines += ["", 'Engines: ONNX Runtime is not installed (pip install "dessam[onnx]"): only PyTorch was measured.']
+    checks = [agreement] + ([engine_agreement] if engine_agreement is not None else [])
+    passed = all(check.passed for check in checks)
+    lines += ["", f"Agreement checks: {'passed' if passed else 'NOT passed'}."]
     text = "\n".join(lines) + "\n"
     if out is not None:
         write_text_atomic(out, text)
-    return text
+    return BenchReport(text, passed)
+
+
+@dataclass
+class BenchReport:
+    text: str       # the Markdown report
+    passed: bool    # every agreement check ran on enough masks and passed

@@ -59,6 +59,8 @@ def _settings(args):
     from .devices import resolve_device
     from .inference.settings import fast_settings
 
+    if args.precision == "int8":
+        raise DessamError("--precision int8 is the ONNX engine's; use --engine onnx, or fp32 / bf16 / fp16")
     base = fast_settings(resolve_device(args.device))
     return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
 
@@ -79,19 +81,27 @@ def _model_path(args) -> str:
 
 
 def _load(args):
-    from .inference.loading import load_model
+    """The model of --model on the engine of --engine (PyTorch's settings only when it runs)."""
+    from .inference.engines import choose_engine, load_predictor
 
-    return load_model(_model_path(args), device=args.device, sam_checkpoint=args.sam_checkpoint,
-                      image_size=getattr(args, "image_size", None), settings=_settings(args))
+    engine = choose_engine(args.engine, args.device)
+    settings = _settings(args) if engine == "torch" else None
+    return load_predictor(_model_path(args), engine, args.device, args.sam_checkpoint,
+                          getattr(args, "image_size", None), settings, precision=args.precision, threads=args.threads,
+                          progress=not args.quiet)
 
 
 def cmd_predict(args) -> int:
     from dataclasses import replace
 
-    from .outputs.files import FORMATS, parse_shard, predict_files
+    from .outputs.files import FORMATS, expand_inputs, parse_shard, predict_files, writable_folder
     from .outputs.slides import SlideOptions
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
+    _check_scale_options(args)
+    expand_inputs(args.inputs)  # a wrong input, model or output is told before the model loads (or is exported)
+    args.model = _model_path(args)
+    writable_folder(args.out)
     model = _load(args)
     overrides = {key: value for key, value in (("score_threshold", args.score_threshold),
                                                ("max_detections", args.max_detections)) if value is not None}
@@ -114,37 +124,50 @@ def cmd_predict(args) -> int:
     return run.exit_status
 
 
-def _scale_note(model, args) -> None:
-    """The one line that says how --pixel-size and --nucleus-size bring images to this model."""
+def _check_scale_options(args) -> None:
+    """--pixel-size and --nucleus-size refused up front when they cannot be sizes."""
     from .geometry.scale import check_nucleus_size, check_pixel_size
 
     check_pixel_size(args.pixel_size)
-    check_nucleus_size(args.nucleus_size)
-    note = model.scale_note(args.pixel_size, args.nucleus_size)
+    check_nucleus_size(getattr(args, "nucleus_size", None))
+
+
+def _scale_note(model, args) -> None:
+    """The one line that says how --pixel-size and --nucleus-size bring images to this model."""
+    note = model.scale_note(args.pixel_size, getattr(args, "nucleus_size", None))
     if note:
         print(f"dessam: {note}", file=sys.stderr)
 
 
-def cmd_label(args) -> int:
-    from .devices import resolve_device
-    from .inference.loading import load_model, load_teacher
-    from .inference.settings import fast_settings
-    from .labeling.label import label_dataset
-
+def _model_or_sam(args, missing: str) -> None:
+    """A command that takes a model or SAM alone gets exactly one of them (`missing`: the error without)."""
     if args.model is None and args.sam is None:
-        raise DessamError(f"{args.data}: give --model RUN/model.pt (the trained student) or --sam NAME (the frozen "
-                          "teacher, e.g. --sam default) to label its boxes")
+        raise DessamError(missing)
     if args.model is not None and args.sam is not None:
         raise DessamError(f"{args.model}: give --model or --sam, not both (the model names its own SAM)")
+
+
+def cmd_label(args) -> int:
+    from .inference.engines import choose_engine, load_predictor, onnx_precision, onnx_teacher
+    from .labeling.label import label_dataset
+
+    _model_or_sam(args, f"{args.data}: give --model RUN/model.pt (the trained student) or --sam NAME (the frozen "
+                        "teacher, e.g. --sam default) to label its boxes")
     if args.input_scale is not None and not args.input_scale > 0:
         raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
-    settings = fast_settings(resolve_device(args.device))
+    engine = choose_engine(args.engine, args.device)
     if args.model is not None:
-        model = load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
-                           image_size=args.image_size, settings=settings, input_scale=args.input_scale)
+        model = load_predictor(args.model, engine, args.device, args.sam_checkpoint, args.image_size,
+                               input_scale=args.input_scale, progress=not args.quiet)
+    elif engine == "onnx":
+        model = onnx_teacher(args.sam, args.sam_checkpoint, args.image_size, precision=onnx_precision("auto"),
+                             cuda=str(args.device).startswith("cuda"),
+                             input_scale=1.0 if args.input_scale is None else args.input_scale, progress=not args.quiet)
     else:
+        from .inference.loading import load_teacher
+
         model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
-                             settings=settings, input_scale=1.0 if args.input_scale is None else args.input_scale)
+                             input_scale=1.0 if args.input_scale is None else args.input_scale)
     options = {key: value for key, value in (("outside_margin", args.outside_margin),
                                              ("outside_limit", args.outside_fraction),
                                              ("review_count", args.review_count)) if value is not None}
@@ -221,9 +244,13 @@ def cmd_validate(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluation.evaluate import evaluate_model_file
+    from .inference.engines import choose_engine
 
+    _check_scale_options(args)
+    engine = choose_engine(args.engine, args.device)
     evaluate_model_file(_model_path(args), args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
-                        device=args.device, settings=_settings(args), baselines=args.baselines,
+                        device=args.device, settings=_settings(args) if engine == "torch" else None,
+                        engine=engine, precision=args.precision, threads=args.threads, baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet,
                         nucleus_size=args.nucleus_size, on_model=lambda model: _scale_note(model, args))
@@ -276,12 +303,43 @@ def cmd_pretrain_model(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .inference.export import check_export, export_model
+
+    _model_or_sam(args, f"{args.out}: give the model to export (MODEL: a model.pt or a bundled model's name), "
+                        "or --sam NAME for SAM alone")
+    import torch
+
+    from .inference.loading import load_model, load_teacher
+    from .models.bundled import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model is not None:
+        path = resolve_model(args.model)
+        predictor = load_model(path, "cpu", args.sam_checkpoint, args.image_size)
+    else:
+        path, predictor = None, load_teacher(args.sam, args.sam_checkpoint, "cpu", args.image_size)
+    manifest = export_model(predictor, args.out, model_path=path)
+    print(f"graphs and manifest written to {manifest.parent} ({', '.join(sorted(p.name for p in manifest.parent.glob('*.onnx')))})")
+    if args.check:
+        from .data.images import read_image
+
+        print(f"\nEach graph against PyTorch on {args.check} (the same inputs for both):\n")
+        print("| graph | compared | largest absolute difference | |")
+        print("|---|---|---:|---|")
+        for graph, what, difference, note in check_export(predictor, manifest.parent, read_image(args.check), args.threads):
+            print(f"| {graph} | {what} | {difference:.3g} | {note} |")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    print(run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile, model=args.model,
-                    data=args.data, images=args.images, progress=not args.quiet))
-    return 0
+    report = run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile, model=args.model,
+                       data=args.data, images=args.images, progress=not args.quiet)
+    print(report.text)
+    return 0 if report.passed else 1
 
 
 # ----- parser --------------------------------------------------------------------------------
@@ -289,8 +347,13 @@ def _model_options(parser):
     parser.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model")
     parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                        help="torch, or onnx: the model's graphs run by ONNX Runtime (exported on first use into the "
+                             "user's cache); auto (default): onnx on a CPU when the ONNX extra is installed, else torch")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+                        help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path; "
+                             "int8: the ONNX engine's dynamically quantised graphs")
+    parser.add_argument("--threads", type=int, help="CPU threads of the ONNX engine (default: one per core)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the encoder and decoder (default: on for large CUDA jobs)")
 
@@ -445,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize images by this factor; larger ones are cut into windows of the input size "
                         "(default: the model's training scale; the teacher: 1)")
     p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default 64)")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="torch or onnx (ONNX Runtime); auto: onnx on a CPU when the ONNX extra is installed")
     p.add_argument("--outside-fraction", type=float,
                    help="flag masks with more than this share of their pixels outside the grown box (default 0.2)")
     p.add_argument("--outside-margin", type=float,
@@ -509,12 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_model)
 
+    p = sub.add_parser("export", help="write a model's networks as ONNX graphs with a manifest (docs/onnx.md)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="a model.pt, or a bundled model's name (pretrained)")
+    p.add_argument("--sam", help="or SAM alone: default | default-permissive | vit_b | ..., to segment given boxes")
+    p.add_argument("--sam-checkpoint", help="the SAM checkpoint of --sam, or of the model if not found")
+    p.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
+    p.add_argument("--image-size", type=int, help="model input size S (default: the model's own)")
+    p.add_argument("--check", metavar="IMAGE", help="run each graph against PyTorch on this image and print the "
+                   "largest differences")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help="speed of the fast and the reference paths, measured in one run")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--model", help="a trained model (RUN/model.pt); default: one trained for a minute first")
+    p.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model (on a "
+                   "CUDA machine without it: ViT-B with random weights)")
     p.add_argument("--images", help="a folder of your own images: end-to-end prediction on them")
     p.add_argument("--data", help="a COCO file with boxes for the images of --images: the training iteration")
     p.add_argument("--quiet", action="store_true")

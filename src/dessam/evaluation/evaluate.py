@@ -52,9 +52,9 @@ from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_
 from ..errors import DessamError
 from ..geometry.plan import WindowPlan
 from ..geometry.scale import median_box_side
-from ..inference.loading import load_model
+from ..inference.engines import load_predictor
 from ..inference.prediction import Prediction
-from ..inference.predictor import STUDENT
+from ..inference.pipeline import STUDENT
 from ..inference.windowed import image_instances
 from ..metrics import SIZE_BUCKETS, coco_mask_ap, evaluate_pair, pool_size_counts, recall_by_size, summarize
 from ..models.bundled import PRETRAINED_NAME, bundled_models
@@ -352,17 +352,23 @@ def _size_agreement(sizes: list) -> dict:
 
 
 def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
-                        settings=None, on_model: Optional[Callable] = None, **options) -> dict:
-    """`dessam eval`: load RUN/model.pt (and its SAM weights) and run `evaluate` with `options`; with
-    baselines, the bundled pretrained model gets a row too (unless it is the model evaluated).
-    on_model(predictor): called with the loaded model before any work (the command line's notes)."""
-    model = load_model(model_path, device=device, sam_checkpoint=sam_checkpoint, settings=settings)
+                        settings=None, engine: str = "torch", precision: str = "auto", threads=None,
+                        on_model: Optional[Callable] = None, **options) -> dict:
+    """`dessam eval`: load RUN/model.pt (and its SAM weights) on `engine` (`dessam.inference.engines`)
+    and run `evaluate` with `options`; with baselines, the bundled pretrained model gets a row too
+    (unless it is the model evaluated). on_model(predictor): called with the loaded model before any
+    work (the command line's notes)."""
+    def load(path):
+        return load_predictor(path, engine, device, sam_checkpoint if path == model_path else None, settings=settings,
+                              precision=precision, threads=threads, progress=options.get("progress", True))
+
+    model = load(model_path)
     if on_model is not None:
         on_model(model)
     reference = None
     bundled = bundled_models().get(PRETRAINED_NAME)
     if options.get("baselines") and bundled is not None and Path(model_path).resolve() != bundled.resolve():
-        reference = load_model(bundled, device=device, settings=settings)
+        reference = load(bundled)
     return evaluate(model, data_json, images_dir, out_dir, model_path=model_path, reference=reference, **options)
 
 

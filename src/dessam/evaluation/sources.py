@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..inference.instances import Instances
-from ..inference.predictor import STUDENT, student_masks
+from ..inference.pipeline import STUDENT, student_masks
 from ..inference.windowed import MaskSource
 from .box_otsu import box_otsu_instances
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.images import to_rgb, to_uint8
@@ -41,16 +40,6 @@ def resize_by(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def normalised_padded(image: np.ndarray, side: int) -> torch.Tensor:
-    """(3, side, side) SAM-normalised float tensor of an RGB uint8 image no larger than `side`, zero-padded
-    bottom and right (as SAM pads)."""
-    height, width = image.shape[:2]
-    padded_h, padded_w = side, side
-    values = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-              - torch.tensor(PIXEL_MEAN)[:, None, None]) / torch.tensor(PIXEL_STD)[:, None, None]
-    return torch.nn.functional.pad(values, (0, padded_w - width, 0, padded_h - height))
-
-
 def box_scale(original_hw: tuple, resized_hw: tuple) -> np.ndarray:
     """Factors (sx, sy, sx, sy) that map x1y1x2y2 boxes from the original to the resized frame."""
     sy = resized_hw[0] / original_hw[0]
@@ -65,8 +54,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ModelInput:
-    rgb: torch.Tensor          # (3, S, S) float 0-255, zero padding bottom/right
-    normalised: torch.Tensor   # (3, S, S) SAM-normalised, zero padding (as Sam.preprocess)
+    rgb: np.ndarray            # (3, S, S) float32 0-255, zero padding bottom/right
+    normalised: np.ndarray     # (3, S, S) float32 SAM-normalised, zero padding (as Sam.preprocess)
     resized_hw: tuple          # valid region inside the S x S frame
     original_hw: tuple
     resized: np.ndarray        # the resized uint8 image (what the encoder sees; the cache key)
@@ -87,10 +76,10 @@ def prepare_image(image: np.ndarray, size: int, fit: bool = True) -> ModelInput:
     else:
         resized = np.ascontiguousarray(image)
     h, w = resized.shape[:2]
-    rgb = torch.zeros((3, size, size), dtype=torch.float32)
-    rgb[:, :h, :w] = torch.tensor(resized).permute(2, 0, 1).float()
-    normalised = torch.zeros_like(rgb)
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    rgb = np.zeros((3, size, size), dtype=np.float32)
+    rgb[:, :h, :w] = resized.transpose(2, 0, 1)
+    normalised = np.zeros_like(rgb)
+    mean = np.float32(PIXEL_MEAN).reshape(3, 1, 1)
+    std = np.float32(PIXEL_STD).reshape(3, 1, 1)
     normalised[:, :h, :w] = (rgb[:, :h, :w] - mean) / std
     return ModelInput(rgb, normalised, (h, w), tuple(image.shape[:2]), resized)

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+OUTSIDE = -1e4  # the logit of the positions beyond a prompt's decoding window or view (sigmoid 0)
+
 
 def tight(crop: np.ndarray, y0: int, x0: int) -> tuple:
     """(crop, y0, x0) cut to the crop's own bounding box; an empty crop comes back 0 x 0."""

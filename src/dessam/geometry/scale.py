@@ -33,7 +33,9 @@ from ..config import ModelConfig, choices
 from ..errors import DessamError
 
 MODES = choices(ModelConfig, "input_scaling")
-FIT_TOLERANCE = 1.05  # an image up to 5 % larger than the input at the training scale is still fitted whole
+FIT_TOLERANCE = 1.05
+SIZE_RANGE = (5.0, 100.0)   # typical nucleus sides (pixels) a nucleus-size head is trained on, and estimates within
+ESTIMATE_CROP = 256         # side of the crops a nucleus-size head reads, in training and in an estimate  # an image up to 5 % larger than the input at the training scale is still fitted whole
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ class ModelScale:
         known = {key: data.get(key) for key in ("mode", "input_scale", "pixel_size_um", "nucleus_px")}
         known["mode"] = known["mode"] or "fit"
         return cls(**known)
+
+
+def estimate_crop(fixed_side: int = 0) -> int:
+    """The side of the crops a nucleus-size head reads: `ESTIMATE_CROP`, or less for an encoder of one
+    smaller input size (`fixed_side`, a ViT's; 0: any size)."""
+    return min(ESTIMATE_CROP, int(fixed_side)) if fixed_side else ESTIMATE_CROP
 
 
 def box_sides(boxes) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Masks of given boxes, each with SAM's own measures of how sure it is.
 
 Every box of an image is prompted once, through the inference pipeline's pieces
-(`Predictor.encode`, `decode`, `instance_crop`): the image is encoded as `predict` encodes it,
+(the engine's `encode` and `decode`, `instance_crop`): the image is encoded as `predict` encodes it,
 brought to the model's scale the same way (its `WindowPlan`): an image larger than the model input
 at that scale is cut into the same overlapping windows as tiled prediction, and each box is
 prompted in the window where it lies farthest from the window's inner edges (edges on the image
@@ -28,7 +28,6 @@ from ..geometry.inputs import as_rgb
 from ..geometry.scale import median_box_side
 from .instances import Instances, clean_crop, rescale_instances
 from .masks import instance_crop
-from .predictor import decode
 
 STABILITY_OFFSET = 1.0  # SAM's stability_score_offset
 
@@ -72,8 +71,8 @@ def box_masks(predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool =
         prompts = [np.clip(scaled[m] - [w.x0, w.y0, w.x0, w.y0], 0, [w.x1 - w.x0, w.y1 - w.y0] * 2)
                    for w, m in zip(batch, members)]
         flat = np.concatenate(members)
-        for indices, owners, decoded in decode(predictor, encoded, prompts, use_token):
-            for position, (index, number) in enumerate(zip(indices, owners)):
+        for decoded in predictor.decode(encoded, prompts, use_token):
+            for position, (index, number) in enumerate(zip(decoded.indices, decoded.owners)):
                 logits, origin = decoded.logits[position, 0], tuple(decoded.origins[position].tolist())
                 item = encoded.inputs[number]
                 crop, y0, x0 = instance_crop(logits, origin, decoded.frame, item, threshold)

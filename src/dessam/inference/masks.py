@@ -7,7 +7,8 @@ image, that costs N x H x W work and memory. Here each mask is computed only on 
 image where it can be positive: a bilinear value is a weighted mean of its sources, so it can pass
 the threshold only near low-resolution logits that pass it. The window's values are those of the
 whole-image computation, by the same formula as PyTorch's bilinear resizing (`align_corners=False`),
-up to float rounding (within 2e-5 of PyTorch's own in the worst case we measured).
+up to float rounding (within 2e-5 of PyTorch's own in the worst case we measured). It is numpy
+alone, in float32, so that every engine (PyTorch, ONNX Runtime) shares it.
 """
 
 from __future__ import annotations
@@ -15,21 +16,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..geometry.inputs import ModelInput
-from ..geometry.mapping import tight
-from ..models.prompted_decoder import OUTSIDE
+from ..geometry.mapping import OUTSIDE, tight
 
 
-def _linear_sources(n_in: int, n_out: int, outputs: torch.Tensor) -> tuple:
+def _linear_sources(n_in: int, n_out: int, outputs: np.ndarray) -> tuple:
     """For output positions `outputs`, PyTorch's bilinear sources (i0, i1) and weights (w0, w1)."""
-    scale = torch.tensor(n_in, dtype=torch.float32) / torch.tensor(n_out, dtype=torch.float32)
-    real = (scale * (outputs.to(torch.float32) + 0.5) - 0.5).clamp(min=0)
-    i0 = real.long()
-    w1 = (real - i0.to(torch.float32)).clamp(0, 1)
-    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
-    return i0, i1, 1 - w1, w1
+    scale = np.float32(n_in) / np.float32(n_out)
+    real = np.maximum(scale * (outputs.astype(np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = real.astype(np.int64)
+    w1 = np.clip(real - i0.astype(np.float32), np.float32(0), np.float32(1))
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    return i0, i1, np.float32(1) - w1, w1
 
 
 def _resize_rows_cols(values, first_row: int, first_col: int, n_in: tuple, n_out: tuple, rows, cols):
@@ -53,9 +52,9 @@ def _span(lo: int, hi: int, n_in: int, n_out: int, limit: int) -> tuple:
     return max(int(math.floor((lo - 1.5) * ratio)) - 1, 0), min(int(math.ceil((hi + 1.5) * ratio)) + 1, limit)
 
 
-def _window_input(logits: torch.Tensor, origin: tuple, rows: tuple, cols: tuple) -> torch.Tensor:
+def _window_input(logits: np.ndarray, origin: tuple, rows: tuple, cols: tuple) -> np.ndarray:
     """The low-res logits over frame rows/cols [a, b), `OUTSIDE` where the decoded window ends."""
-    out = logits.new_full((rows[1] - rows[0], cols[1] - cols[0]), OUTSIDE)
+    out = np.full((rows[1] - rows[0], cols[1] - cols[0]), OUTSIDE, dtype=np.float32)
     k_h, k_w = logits.shape
     y0, y1 = max(rows[0], origin[0]), min(rows[1], origin[0] + k_h)
     x0, x1 = max(cols[0], origin[1]), min(cols[1], origin[1] + k_w)
@@ -65,18 +64,18 @@ def _window_input(logits: torch.Tensor, origin: tuple, rows: tuple, cols: tuple)
     return out
 
 
-def instance_crop(logits: torch.Tensor, origin: tuple, frame: tuple, inputs: ModelInput, threshold: float) -> tuple:
-    """(bool crop, y0, x0) at the original image size of one prompt's low-res `logits` (k, k) whose
-    window starts at `origin` (row, col) of the low-res `frame`, cut to the mask's bounding box;
+def instance_crop(logits: np.ndarray, origin: tuple, frame: tuple, inputs: ModelInput, threshold: float) -> tuple:
+    """(bool crop, y0, x0) at the original image size of one prompt's low-res `logits` (k, k, float32)
+    whose window starts at `origin` (row, col) of the low-res `frame`, cut to the mask's bounding box;
     a 0 x 0 crop when nothing passes."""
-    positive = torch.nonzero(logits > threshold)
+    positive = np.argwhere(logits > threshold)
     if not len(positive):
         return np.zeros((0, 0), dtype=bool), 0, 0
     size = inputs.rgb.shape[-1]
     valid_h, valid_w = inputs.resized_hw
     height, width = inputs.original_hw
-    ly0, lx0 = (positive.min(0).values + torch.tensor(origin)).tolist()
-    ly1, lx1 = (positive.max(0).values + torch.tensor(origin) + 1).tolist()
+    ly0, lx0 = (positive.min(0) + origin).tolist()
+    ly1, lx1 = (positive.max(0) + origin + 1).tolist()
     # input frame (S x S, cut to its valid part) positions that may pass, then original positions
     sy = _span(ly0, ly1, frame[0], size, valid_h)
     sx = _span(lx0, lx1, frame[1], size, valid_w)
@@ -84,17 +83,18 @@ def instance_crop(logits: torch.Tensor, origin: tuple, frame: tuple, inputs: Mod
         return np.zeros((0, 0), dtype=bool), 0, 0  # only the padding would pass
     oy = _span(sy[0], sy[1], valid_h, height, height)
     ox = _span(sx[0], sx[1], valid_w, width, width)
-    out_rows, out_cols = torch.arange(*oy), torch.arange(*ox)
+    out_rows, out_cols = np.arange(*oy), np.arange(*ox)
     if (height, width) == (valid_h, valid_w):
         mid_rows, mid_cols = out_rows, out_cols       # the original is the valid region itself
     else:
-        mid_rows = torch.arange(*_span(oy[0], oy[1], height, valid_h, valid_h))
-        mid_cols = torch.arange(*_span(ox[0], ox[1], width, valid_w, valid_w))
+        mid_rows = np.arange(*_span(oy[0], oy[1], height, valid_h, valid_h))
+        mid_cols = np.arange(*_span(ox[0], ox[1], width, valid_w, valid_w))
     low_rows = _span(int(mid_rows[0]), int(mid_rows[-1]) + 1, size, frame[0], frame[0])
     low_cols = _span(int(mid_cols[0]), int(mid_cols[-1]) + 1, size, frame[1], frame[1])
-    low = _window_input(logits.float(), origin, low_rows, low_cols)
+    low = _window_input(np.asarray(logits, np.float32), origin, low_rows, low_cols)
     mid = _resize_rows_cols(low, low_rows[0], low_cols[0], frame, (size, size), mid_rows, mid_cols)
     if (height, width) != (valid_h, valid_w):
         mid = _resize_rows_cols(mid, int(mid_rows[0]), int(mid_cols[0]), (valid_h, valid_w), (height, width),
                                 out_rows, out_cols)
-    return tight((mid > threshold).cpu().numpy(), oy[0], ox[0])
+    crop, y0, x0 = tight(mid > threshold, oy[0], ox[0])
+    return crop.copy(), y0, x0  # its own memory: a view would hold the whole window

@@ -1,28 +1,31 @@
 """A new image's typical nucleus size, for models with `nucleus` scaling (`dessam.geometry.scale`).
 
 The model's nucleus-size head (`dessam.models.size_head`) reads crops of the image at its own
-resolution: the whole image when it is small, else up to `MAX_CROPS` crops of `CROP` pixels spread
-over it (the crops of a large field are alike; the median of their estimates is the image's).
-Given a size (`--nucleus-size`), nothing is estimated. A model whose head was never trained (a
-model trained from random weights on its own boxes) takes its training set's typical resampling.
+resolution: the whole image when it is small, else up to `MAX_CROPS` crops of `ESTIMATE_CROP` pixels (fewer
+for a ViT of a smaller input)
+spread over it (the crops of a large field are alike; the median of their estimates is the image's).
+An estimate is kept within the sizes the head was trained on (`SIZE_RANGE`). Given a size
+(`--nucleus-size`), nothing is estimated. A model whose head was never trained (a model trained
+from random weights on its own boxes) takes its training set's typical resampling.
+
+The crops and the reading of the head's output are numpy, shared by both engines: the PyTorch
+`Predictor` runs the encoder and head itself, the ONNX engine its exported size graph.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import numpy as np
-import torch
 
-from ..geometry.inputs import normalised_padded
-from ..models.size_head import CROP, SIZE_RANGE, encoder_input_side
+from ..geometry.inputs import prepare_image
+from ..geometry.scale import SIZE_RANGE, estimate_crop
 
 MAX_CROPS = 4
 
 
-def estimation_crops(image: np.ndarray, crop: int = CROP, count: int = MAX_CROPS) -> list:
-    """Up to `count` crops of `crop` pixels spread evenly over `image` (the image itself when smaller)."""
+def estimation_crops(image: np.ndarray, fixed_side: int = 0, count: int = MAX_CROPS) -> list:
+    """Up to `count` crops of `estimate_crop(fixed_side)` pixels spread evenly over `image` (the image itself
+    when smaller)."""
+    crop = estimate_crop(fixed_side)
     height, width = image.shape[:2]
     if height <= crop and width <= crop:
         return [image]
@@ -33,23 +36,19 @@ def estimation_crops(image: np.ndarray, crop: int = CROP, count: int = MAX_CROPS
     return [image[top:top + crop, left:left + crop] for top in tops for left in lefts][:count]
 
 
-@torch.no_grad()
-def estimate_nucleus_size(model, image: np.ndarray, device="cpu") -> Optional[float]:
-    """The median nucleus side (pixels of `image`) that `model`'s size head reads, or None when the
-    model has no trained head."""
-    head = getattr(model, "size_head", None)
-    if head is None or not head.is_trained:
-        return None
-    crops = estimation_crops(image)
-    encoder = model.sam.image_encoder
-    side = encoder_input_side(encoder, max(max(c.shape[:2]) for c in crops))
-    estimates = []
-    for batch in (crops,):
-        inputs = torch.stack([normalised_padded(c, side) for c in batch]).to(device)
-        embeddings = encoder(inputs)
-        stride = inputs.shape[-1] / embeddings.shape[-1]
-        valid = torch.tensor([[math.ceil(c.shape[0] / stride), math.ceil(c.shape[1] / stride)] for c in batch],
-                             dtype=torch.float32)
-        estimates += torch.exp(head(embeddings, valid)).cpu().tolist()
-    low, high = SIZE_RANGE  # the sizes the head was trained on
-    return float(np.clip(np.median(estimates), low, high))
+def crop_inputs(crops: list, side: int) -> tuple:
+    """(crops SAM-normalised and zero-padded to `side` x `side`, (B, 3, side, side) float32; the height and
+    width of each crop inside, (B, 2) float32)."""
+    batch = np.stack([prepare_image(crop, side, fit=False).normalised for crop in crops])
+    return batch, np.float32([crop.shape[:2] for crop in crops])
+
+
+def padded_side(crops: list, fixed: int = 0) -> int:
+    """The side the crops are padded to: `fixed` (an encoder of one input size, a ViT), else the next
+    multiple of 16 of the largest crop (a fully convolutional one)."""
+    return int(fixed) if fixed else -(-max(max(crop.shape[:2]) for crop in crops) // 16) * 16
+
+
+def nucleus_side(log_sides: np.ndarray) -> float:
+    """The image's typical nucleus side from the head's log sides of its crops, within `SIZE_RANGE`."""
+    return float(np.clip(np.median(np.exp(np.asarray(log_sides, np.float64))), *SIZE_RANGE))

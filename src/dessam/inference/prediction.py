@@ -7,8 +7,6 @@ from typing import Optional
 
 import numpy as np
 
-from ..geometry.outlines import labels_to_geojson
-from ..measurements import nucleus_measurements
 from .instances import Instances
 
 
@@ -37,6 +35,8 @@ class Prediction:
 
     def measurements(self, pixel_size_um: Optional[float] = None, image: Optional[np.ndarray] = None) -> list:
         """Per-nucleus morphometry and intensities (scikit-image regionprops), one dict per label."""
+        from ..measurements import nucleus_measurements  # scikit-image: loaded when measured, not to predict
+
         source = image if image is not None else self.image
         if source is None:
             source = np.zeros(self.labels.shape, dtype=np.uint8)
@@ -44,6 +44,8 @@ class Prediction:
 
     def to_geojson(self, pixel_size_um: Optional[float] = None) -> dict:
         """QuPath-compatible FeatureCollection: one polygon detection per nucleus."""
+        from ..geometry.outlines import labels_to_geojson
+
         return labels_to_geojson(self.labels, self.measurements(pixel_size_um))
 
     @classmethod

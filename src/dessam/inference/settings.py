@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import torch
-
 from ..errors import DessamError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The authors' test code (StandardRoIMaskHead._mask_pred) splits the box prompts of an image into
 # groups of 50 per decoder call; training uses 40.
 REFERENCE_DECODER_CHUNK = 50
@@ -64,32 +61,42 @@ class InferenceSettings:
         if self.test_proposals is not None and int(self.test_proposals) < 1:
             raise DessamError(f"test_proposals={self.test_proposals}: keep at least 1 proposal per image")
 
-    def autocast_dtype(self, device, part: str = "encoder") -> Optional[torch.dtype]:
-        """The autocast dtype of `part` ("encoder" or "decoder") on `device`; None for plain fp32."""
+    def precision_of(self, device, part: str = "encoder") -> str:
+        """The precision of `part` ("encoder" or "decoder") on `device`: "fp32", "bf16" or "fp16"."""
         encoder = self.precision
         if encoder == "auto":
-            encoder = "bf16" if torch.device(device).type == "cuda" else "fp32"
+            encoder = "bf16" if device_type(device) == "cuda" else "fp32"
         if part == "encoder":
-            return DTYPES.get(encoder)
+            return encoder
         decoder = self.decoder_precision
         if decoder == "auto":
             decoder = "fp32" if encoder == "fp32" else "fp16"
-        return DTYPES.get(decoder)
+        return decoder
+
+    def autocast_dtype(self, device, part: str = "encoder"):
+        """The autocast torch dtype of `part` ("encoder" or "decoder") on `device`; None for plain fp32."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision_of(device, part))
 
     def compiles(self, device, n_images: Optional[int] = None) -> bool:
         """Whether a job of `n_images` (None: unknown, counted as short) on `device` is compiled."""
         if self.compile == "auto":
-            return torch.device(device).type == "cuda" and (n_images or 0) >= AUTO_COMPILE_MIN_IMAGES
+            return device_type(device) == "cuda" and (n_images or 0) >= AUTO_COMPILE_MIN_IMAGES
         return bool(self.compile)
 
     def describe(self, device, n_images: Optional[int] = None) -> str:
-        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        encoder, decoder = (names[self.autocast_dtype(device, part)] for part in ("encoder", "decoder"))
+        encoder, decoder = (self.precision_of(device, part) for part in ("encoder", "decoder"))
         precision = encoder if encoder == decoder else f"{encoder} encoder, {decoder} decoder"
         local = {None: "the model's decoding", True: "local decoding", False: "full decoding"}[self.local_decoding]
         proposals = "the model's test proposals" if self.test_proposals is None else f"{self.test_proposals} test proposals"
         return (f"{precision}, {self.batch_size} image(s) per encoder call, {self.decoder_chunk} prompts per "
                 f"decoder call, {local}, {proposals}, {'torch.compile' if self.compiles(device, n_images) else 'eager'}")
+
+
+def device_type(device) -> str:
+    """"cpu" or "cuda" of a torch device or its name (without importing torch)."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
 
 
 def reference_settings() -> InferenceSettings:
@@ -102,6 +109,8 @@ def reference_settings() -> InferenceSettings:
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): only then is a bf16 encoder
     faster than fp32 on it."""
+    import torch
+
     probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:
         return bool(probe()) if probe is not None else False
@@ -116,7 +125,7 @@ def fast_settings(device="cpu") -> InferenceSettings:
     in reduced precision, and its mask boundaries move). Local decoding and the test proposals are
     the model's own. With the default teacher, a bf16 encoder kept a mean mask IoU of 0.994 with fp32
     (18 synthetic fields, 258 nuclei) and encoded twice as fast on an AMX Xeon."""
-    if torch.device(device).type == "cuda":
+    if device_type(device) == "cuda":
         return InferenceSettings(precision="auto", decoder_chunk=256, compile="auto", batch_size=8)
     precision = "bf16" if cpu_has_bf16_matrix_units() else "fp32"
     return InferenceSettings(precision=precision, decoder_precision="fp32", decoder_chunk=256, compile=False,

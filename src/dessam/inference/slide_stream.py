@@ -36,7 +36,7 @@ from ..geometry.tiling import Piece, unique_pieces
 from ..geometry.plan import WindowPlan
 from . import windowed
 from .instances import clean_crop
-from .predictor import STUDENT, student_masks
+from .pipeline import STUDENT, student_masks
 
 PART_FORMAT = "dessam-slide-part"
 

@@ -27,7 +27,7 @@ from ..data.coco import load_coco, mask_to_rle, read_json, read_record_image, wr
 from ..data.validate import raise_on_errors, validate_coco
 from ..errors import DessamError
 from ..inference.box_masks import box_masks
-from ..inference.predictor import Predictor
+from ..inference.pipeline import Pipeline
 from .review import ReviewItem, write_review
 
 OUTSIDE_MARGIN = 0.1     # the box grows by this fraction of its width and height on each side ...
@@ -72,7 +72,7 @@ def mask_flags(crop: np.ndarray, origin, box: np.ndarray, outside_margin: float 
     return fraction, flags
 
 
-def label_dataset(predictor: Predictor, data_json, images_dir, out_json, review_dir=None, use_token: bool = True,
+def label_dataset(predictor: Pipeline, data_json, images_dir, out_json, review_dir=None, use_token: bool = True,
                   overlap: int = 64, outside_margin: float = OUTSIDE_MARGIN,
                   outside_limit: float = OUTSIDE_FRACTION, review_count: int = REVIEW_COUNT,
                   progress: bool = True) -> LabelRun:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-OUTSIDE = -1e4  # the logit beyond a view (sigmoid 0), as beyond a decoding window
+from ..geometry.mapping import OUTSIDE
 
 
 def view_squares(boxes: torch.Tensor, context: float, min_side: float) -> torch.Tensor:

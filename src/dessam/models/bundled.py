@@ -20,6 +20,12 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED_NAME = "pretrained"
 BUNDLED_MODEL_FILES = {PRETRAINED_NAME: ASSETS / "pretrained.pt",
                        "pretrained-permissive": ASSETS / "pretrained_permissive.pt"}
+DEFAULT_TEACHER_PATH = ASSETS / "default_teacher.pt"
+# The bundled teachers by the name `--sam` takes: `default`, its variant trained only on data whose
+# licences put no condition on the weights (see each file's model card, NAME.md), and `default-v1`, the
+# first teacher (synthetic shapes only), which the synthetic demo runs on and models trained on it need.
+TEACHER_FILES = {"default": DEFAULT_TEACHER_PATH, "default-permissive": ASSETS / "default_teacher_permissive.pt",
+                 "default-v1": ASSETS / "default_teacher_v1.pt"}
 
 
 def bundled_models() -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..digests import file_sha256  # noqa: F401 (imported from here by the models)
 from ..errors import DessamError
 
 
@@ -68,14 +69,6 @@ def read_sam_state_dict(path: str | Path) -> dict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DessamError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
     return obj
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(module: torch.nn.Module) -> str:

@@ -30,13 +30,7 @@ from .checkpoints import file_sha256, read_sam_state_dict, safe_torch_load
 from .conv_encoder import ConvEncoder
 from .unet_encoder import UNetEncoder
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_TEACHER_PATH = ASSETS / "default_teacher.pt"
-# The bundled teachers by the name `--sam` takes: `default`, its variant trained only on data whose
-# licences put no condition on the weights (see each file's model card, NAME.md), and `default-v1`, the
-# first teacher (synthetic shapes only), which the synthetic demo runs on and models trained on it need.
-TEACHER_FILES = {"default": DEFAULT_TEACHER_PATH, "default-permissive": ASSETS / "default_teacher_permissive.pt",
-                 "default-v1": ASSETS / "default_teacher_v1.pt"}
+from .bundled import ASSETS, DEFAULT_TEACHER_PATH, TEACHER_FILES  # noqa: F401 (imported from here elsewhere)
 ENCODERS = {"unet": UNetEncoder, "conv": ConvEncoder}
 STRIDES = {"unet": 4, "conv": 8}
 DEFAULT_ARCH = {

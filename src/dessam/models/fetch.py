@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DessamError
+from ..home import HOME_ENV, dessam_home  # noqa: F401 (HOME_ENV: its old home)
 from .checkpoints import read_sam_state_dict
 from .sam import build_sam_architecture, check_state_dict
 
@@ -32,7 +33,6 @@ except ImportError:  # pragma: no cover - Windows
 
 URL_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
 URL_BASE_ENV = "DESSAM_SAM_URL_BASE"
-HOME_ENV = "DESSAM_HOME"
 SAM_FILES = {
     "vit_b": "sam_vit_b_01ec64.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
@@ -51,8 +51,7 @@ MAX_ATTEMPTS = 5  # an attempt that received bytes and then broke off is resumed
 
 def default_sam_dir() -> Path:
     """Where checkpoints are downloaded: ``$DESSAM_HOME`` or ``~/.cache/dessam``."""
-    home = os.environ.get(HOME_ENV)
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "dessam"
+    return dessam_home()
 
 
 def sam_file_name(variant: str) -> str:

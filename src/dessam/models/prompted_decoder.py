@@ -23,10 +23,10 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from ..geometry.mapping import OUTSIDE
 from .box_views import cut_views, boxes_in_views, view_squares, views_to_windows
 
 UPSCALE = 4  # SAM's decoder upsamples the embedding grid 4 x into its low-resolution logits
-OUTSIDE = -1e4  # the logit of the pixels beyond a prompt's window (sigmoid 0)
 
 
 @dataclass
@@ -56,21 +56,29 @@ class DecodedMasks:
         return out
 
 
-def prompt_windows(boxes: torch.Tensor, stride: int, grid: int, margin: int) -> tuple:
-    """(origins (N, 2) long, size) of square windows of the embedding grid, one per box (N, 4,
-    x1y1x2y2 in the input frame), each holding its box plus `margin` tokens on every side; one size
-    for all (the largest needed). `(None, grid)` when the windows would cover the whole grid."""
-    if not len(boxes):
-        return None, grid
+def window_origins(boxes: torch.Tensor, stride: int, grid: int, margin: int) -> tuple:
+    """(origins (N, 2) long, size: a 0-d long tensor) of square windows of the embedding grid, one
+    per box (N, 4, x1y1x2y2 in the input frame), each holding its box plus `margin` tokens on every
+    side; one size for all (the largest needed, at most the grid). Tensor operations only, so that
+    an exported graph computes its windows itself."""
     lo = torch.floor(boxes[:, :2] / stride).long() - margin         # x, y of the first token
     hi = torch.ceil(boxes[:, 2:] / stride).long() + margin          # past the last token
     own = (hi - lo).clamp(min=1)
-    size = int(own.max())
-    if size >= grid:
-        return None, grid
+    size = own.max().clamp(max=grid)
     start = lo - (size - own) // 2
-    start = start.clamp(min=0, max=grid - size)
+    start = torch.minimum(start.clamp(min=0), grid - size)
     return start.flip(1), size                                       # (row, col)
+
+
+def prompt_windows(boxes: torch.Tensor, stride: int, grid: int, margin: int) -> tuple:
+    """(origins (N, 2) long, size) of `window_origins`, the size as an int; `(None, grid)` when the
+    windows would cover the whole grid."""
+    if not len(boxes):
+        return None, grid
+    origins, size = window_origins(boxes, stride, grid, margin)
+    if int(size) >= grid:
+        return None, grid
+    return origins, int(size)
 
 
 class PromptedMaskDecoder(nn.Module):
@@ -104,6 +112,13 @@ class PromptedMaskDecoder(nn.Module):
     def views(self) -> Optional[dict]:
         """The per-box views this SAM decodes on (`dessam.models.box_views`), or None."""
         return getattr(self.sam, "view_spec", None)
+
+    def extra_tokens(self, use_token: bool) -> torch.Tensor:
+        """The tokens added after SAM's output tokens: (1, C) the learned token with `use_token`,
+        else (0, C)."""
+        if use_token and self.prompt_token is not None:
+            return self.prompt_token.weight
+        return self.sam.mask_decoder.iou_token.weight[:0]
 
     def window_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """What a prompt's decoding window must hold: its box, or the square of its view."""
@@ -163,19 +178,19 @@ class PromptedMaskDecoder(nn.Module):
         else:
             src = _gather_windows(embeddings, index, origins, size_h)
             pos_src = _gather_windows(pe, torch.zeros_like(index), origins, size_h)
-        masks, iou = self._decode(src, pos_src, sparse, use_token)
+        masks, iou = self.decode_tokens(src, pos_src, sparse, self.extra_tokens(use_token))
         return DecodedMasks(masks, iou, origins * UPSCALE, frame)
 
-    def _decode(self, src: torch.Tensor, pos_src: torch.Tensor, sparse: torch.Tensor, use_token: bool) -> tuple:
-        """SAM's `MaskDecoder.predict_masks` (first mask token), with the learned token when asked:
-        (logits (N, 1, 4h, 4w), IoU (N, 1)) of embeddings `src` (N, C, h, w)."""
+    def decode_tokens(self, src: torch.Tensor, pos_src: torch.Tensor, sparse: torch.Tensor,
+                      extra: torch.Tensor) -> tuple:
+        """SAM's `MaskDecoder.predict_masks` (first mask token), with the `extra` tokens (T, C) after
+        its output tokens (`extra_tokens`): (logits (N, 1, 4h, 4w), IoU (N, 1)) of embeddings `src`
+        (N, C, h, w)."""
         sam = self.sam
         decoder = sam.mask_decoder
         n, _, size_h, size_w = src.shape
         dense = decoder_dense(sam, n, size_h, size_w)
-        tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight]
-        if use_token and self.prompt_token is not None:
-            tokens.append(self.prompt_token.weight)
+        tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight, extra]
         output_tokens = torch.cat(tokens, dim=0).unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
         src = src + dense
@@ -194,6 +209,11 @@ class PromptedMaskDecoder(nn.Module):
     def decode_views(self, images: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, use_token: bool) -> tuple:
         """(logits (N, 1, r, r) over each box's view, IoU (N, 1), the views' squares (N, 4)) for boxes
         (N, 4) of the normalised `images[index]` (input frame)."""
+        return self.decode_views_with(images, boxes, index, self.extra_tokens(use_token))
+
+    def decode_views_with(self, images: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor,
+                          extra: torch.Tensor) -> tuple:
+        """`decode_views` with the `extra` tokens (T, C) after SAM's output tokens."""
         sam, spec = self.sam, self.views
         size = int(spec["size"])
         squares = self.window_boxes(boxes)
@@ -206,8 +226,8 @@ class PromptedMaskDecoder(nn.Module):
         # input size, and the positional encoding of a grid x grid map spans the same unit square.
         local = boxes_in_views(boxes, squares, size) * (self.grid * self.stride / size)
         sparse, _ = sam.prompt_encoder(points=None, boxes=local, masks=None)
-        pos_src = sam.prompt_encoder.pe_layer((grid, grid)).unsqueeze(0).expand(len(boxes), -1, -1, -1)
-        logits, iou = self._decode(src, pos_src, sparse, use_token)
+        pos_src = sam.prompt_encoder.pe_layer((grid, grid)).unsqueeze(0).expand(boxes.shape[0], -1, -1, -1)
+        logits, iou = self.decode_tokens(src, pos_src, sparse, extra)
         return logits, iou, squares
 
     def _decode_views(self, images, boxes, index, use_token, origins, size, frame) -> DecodedMasks:
@@ -242,10 +262,3 @@ def decoding_margin(config, sam, local: Optional[bool] = None) -> Optional[int]:
     if getattr(sam, "decodes_locally", False):
         local = True
     return config.model.local_margin if local else None
-
-
-def windows_needed(boxes: torch.Tensor, stride: int, margin: int) -> torch.Tensor:
-    """Per box (N, 4, input frame), the side in tokens of its own window: prompts sorted by it share
-    decoder calls with similar ones, so that each call's common window stays small."""
-    sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    return torch.ceil(sides / stride).long() + 1 + 2 * margin

@@ -18,8 +18,7 @@ import math
 import torch
 from torch import nn
 
-SIZE_RANGE = (5.0, 100.0)   # median nucleus sides (pixels) the head is trained on
-CROP = 256                  # side of the crops it reads, in training and in an estimate
+from ..geometry.scale import SIZE_RANGE
 
 
 def encoder_input_side(encoder, side: int) -> int:
@@ -59,3 +58,4 @@ class NucleusSizeHead(nn.Module):
     @property
     def is_trained(self) -> bool:
         return bool(self.trained.item() > 0)
+

@@ -82,20 +82,26 @@ _loaded: dict = {}
 _lock = threading.Lock()
 
 
-def load(spec: ModelSpec):
-    """The `Predictor` of `spec` (see `dessam.inference.loading`), kept for the next run; a model
-    file is loaded again when it has changed on disk."""
-    from ..inference.loading import load_model, load_teacher
+def load(spec: ModelSpec, engine: str = "auto"):
+    """The predictor of `spec` on `engine` (`dessam.inference.engines`: by default ONNX Runtime on a
+    CPU when the ONNX extra is installed, else PyTorch), kept for the next run; a model file is
+    loaded again when it has changed on disk."""
+    from ..inference.engines import choose_engine, load_predictor, onnx_teacher
+    from ..inference.loading import load_teacher
 
     stamp = None
     if spec.kind == "model":
         stat = Path(spec.name).stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
-    key = (spec, stamp)
+    engine = choose_engine(engine)
+    key = (spec, stamp, engine)
     with _lock:
         if key not in _loaded:
             _loaded.clear()  # one model in memory at a time
-            _loaded[key] = (load_model(spec.name, device="auto") if spec.kind == "model"
-                            else load_teacher(spec.name, device="auto"))
+            if spec.kind == "model":
+                _loaded[key] = load_predictor(spec.name, engine, progress=False)
+            else:
+                _loaded[key] = (onnx_teacher(spec.name, progress=False) if engine == "onnx"
+                                else load_teacher(spec.name, device="auto"))
         return _loaded[key]
 

@@ -124,6 +124,19 @@ def parse_shard(text: Optional[str]) -> Optional[tuple]:
     return int(k), int(n)
 
 
+def writable_folder(out_dir) -> Path:
+    """The output folder, made if needed, or a one-line error when it cannot be written."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".dessam_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DessamError(f"{out_dir}: cannot write the output folder ({exc.strerror}); choose another --out") from None
+    return out_dir
+
+
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
                   progress: bool = True, postprocess: Optional[Postprocess] = None,
@@ -140,14 +153,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     paths = expand_inputs(inputs)
     if shard is not None:
         paths = sorted(paths)[shard[0] - 1::shard[1]]
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".dessam_write_test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise DessamError(f"{out_dir}: cannot write the output folder ({exc.strerror}); choose another --out") from None
+    out_dir = writable_folder(out_dir)
     stems = {}
     for path in paths:
         if path.stem in stems:

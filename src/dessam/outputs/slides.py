@@ -30,7 +30,6 @@ import numpy as np
 from ..config import Postprocess
 from ..data.label_pyramid import LabelPyramidWriter
 from ..data.slide import open_slide, resolve_pixel_size
-from ..data.tissue import parse_roi, select_tiles, tissue_mask, write_mask_png
 from ..geometry.plan import WindowPlan
 from ..inference.slide_stream import decided_nuclei, stream_slide
 from .slide_writers import GeoJSONWriter, MeasurementsCSVWriter, measure_nucleus
@@ -80,6 +79,8 @@ def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float],
     """(the `WindowPlan` of the region of interest, a bool per window: to predict). With `nucleus`
     scaling the slide is brought to the model by its nucleus size: given, or estimated on a few regions
     of the windows to predict (`slide_nucleus_size`)."""
+    from ..data.tissue import parse_roi  # scikit-image's filters: loaded for slides only
+
     roi = options.roi or (0, 0, *slide.dimensions)
     if isinstance(roi, str):
         roi = parse_roi(roi, slide.dimensions, str(slide.path))
@@ -93,6 +94,8 @@ def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float],
 
 
 def _region_plan(roi, factor: float, model, options: SlideOptions, tissue) -> tuple:
+    from ..data.tissue import select_tiles
+
     plan = WindowPlan.for_region(roi, factor, model.image_size, options.overlap)
     run = np.ones(len(plan.windows), bool)
     if tissue is not None:
@@ -103,8 +106,7 @@ def _region_plan(roi, factor: float, model, options: SlideOptions, tissue) -> tu
 def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optional[float]:
     """The typical nucleus side (level-0 pixels) that the model reads on up to `ESTIMATE_REGIONS` regions
     of the slide, centred in windows spread over those to predict; None when it cannot estimate."""
-    from ..inference.nucleus_size import estimate_nucleus_size
-    from ..models.size_head import CROP
+    from ..geometry.scale import ESTIMATE_CROP as CROP
 
     chosen = np.flatnonzero(run)
     if not len(chosen):
@@ -117,7 +119,7 @@ def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optio
         side = min(CROP, int(w), int(h), width, height)
         left = int(min(max(x + w / 2 - side / 2, 0), width - side))
         top = int(min(max(y + h / 2 - side / 2, 0), height - side))
-        estimate = estimate_nucleus_size(model.model, slide.read_region((left, top), 0, (side, side)), model.device)
+        estimate = model.estimate_nucleus_size(slide.read_region((left, top), 0, (side, side)))
         if estimate is not None:
             estimates.append(estimate)
     return float(np.median(estimates)) if estimates else None
@@ -126,6 +128,8 @@ def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optio
 def predict_slide(model, path, out_dir, options: Optional[SlideOptions] = None,
                   postprocess: Optional[Postprocess] = None, progress: bool = True) -> SlideRun:
     """Predict one whole slide into `out_dir` (see the module docstring)."""
+    from ..data.tissue import tissue_mask, write_mask_png  # scikit-image's filters: loaded for slides only
+
     options = options or SlideOptions()
     postprocess = postprocess or model.postprocess
     path, out_dir = Path(path), Path(out_dir)

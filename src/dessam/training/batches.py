@@ -55,7 +55,7 @@ def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, dev
             image = read_record_image(record) if image is None else image
             inputs = view.inputs(image, model.image_size)
             key = cache.key(inputs.resized)
-            cache.get_or_compute(key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape)
+            cache.get_or_compute(key, lambda: model.encode(torch.from_numpy(inputs.normalised[None]).to(device))[0], shape)
             masks = view_frame_masks(view, model.image_size, UPSCALE * shape[1]) if given_masks else None
             items.append(TrainingImage(view, key, torch.from_numpy(view.boxes).float(), inputs.resized_hw, masks))
     return items
@@ -70,11 +70,11 @@ def batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
         inputs = item.view.inputs(read_image(item.record.path), model.image_size)
         # verified cached embedding; a damaged or removed entry is recomputed, never trusted
         embedding = cache.get_or_compute(
-            item.cache_key, lambda: model.encode(inputs.normalised[None].to(device))[0], shape
+            item.cache_key, lambda: model.encode(torch.from_numpy(inputs.normalised[None]).to(device))[0], shape
         )
         embeddings.append(embedding.float())
-        rgb.append(inputs.rgb)
-        normalised.append(inputs.normalised)
+        rgb.append(torch.from_numpy(inputs.rgb))
+        normalised.append(torch.from_numpy(inputs.normalised))
     return (
         torch.stack(embeddings).to(device),
         torch.stack(rgb).to(device),

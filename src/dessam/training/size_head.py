@@ -20,8 +20,9 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..data.augment import recolour, resampled_crop
-from ..geometry.inputs import normalised_padded
-from ..models.size_head import CROP, SIZE_RANGE, encoder_input_side
+from ..geometry.inputs import prepare_image
+from ..geometry.scale import SIZE_RANGE, estimate_crop
+from ..models.size_head import encoder_input_side
 
 P_RECOLOUR = 0.8
 
@@ -47,7 +48,7 @@ def median_side(labels: np.ndarray) -> Optional[float]:
     return float(np.median(sides[whole] if whole.sum() >= 3 else sides))
 
 
-def training_crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, crop: int = CROP):
+def training_crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, crop: int):
     """(crop image, its median nucleus side) zoomed to a random nucleus size, or None when the crop
     holds no nucleus."""
     own = median_side(labels)
@@ -78,6 +79,8 @@ def fit_size_head(model, sources: list, steps: int = 1500, batch: int = 8, lr: f
     """Train `model.size_head` (the rest of `model` frozen) on crops of `sources`; returns the loss of
     each step (mean absolute error of log size)."""
     head, encoder = model.size_head, model.sam.image_encoder
+    fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
+    crop = estimate_crop(fixed)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     weights = np.array([source.weight for source in sources], float)
@@ -90,14 +93,14 @@ def fit_size_head(model, sources: list, steps: int = 1500, batch: int = 8, lr: f
         crops, targets = [], []
         while len(crops) < batch:
             source = sources[int(rng.choice(len(sources), p=weights))]
-            drawn = training_crop(rng, *source.draw(rng))
+            drawn = training_crop(rng, *source.draw(rng), crop)
             if drawn is not None:
-                crops.append(normalised_padded(drawn[0], encoder_input_side(encoder, CROP)))
+                crops.append(torch.from_numpy(prepare_image(drawn[0], encoder_input_side(encoder, crop), fit=False).normalised))
                 targets.append(math.log(drawn[1]))
         inputs = torch.stack(crops).to(device)
         with torch.no_grad():
             embeddings = encoder(inputs)
-        cells = math.ceil(CROP * embeddings.shape[-1] / inputs.shape[-1])
+        cells = math.ceil(crop * embeddings.shape[-1] / inputs.shape[-1])
         valid = torch.tensor([[cells, cells]] * len(crops), dtype=torch.float32)
         loss = torch.nn.functional.smooth_l1_loss(head(embeddings, valid), torch.tensor(targets, device=device),
                                                   beta=0.1)

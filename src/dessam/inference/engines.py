@@ -1,0 +1,137 @@
+"""Which engine runs a model: PyTorch (`Predictor`) or ONNX Runtime (`OnnxPredictor`).
+
+`--engine onnx` runs the graphs `dessam export` writes. On first use a model is exported into the
+user's folder (`$DESSAM_HOME/onnx/`, see `dessam.home`), under a name made of the SHA-256 of the
+model file (or, for SAM alone, of its weights) and the export's format version, so that a changed
+file is exported again and the bundled models, which live in a read-only place, need nothing
+written beside them. Only that first export imports torch.
+
+`--engine auto` (the default) is ONNX Runtime on a CPU when the ONNX extra is installed
+(`pip install "dessam[onnx]"`), and PyTorch otherwise (no extra, or a CUDA machine): with the
+graphs in the cache, a command starts without importing torch (see docs/onnx.md for the
+measurements behind this choice).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from ..digests import file_sha256
+from ..errors import DessamError
+from ..home import dessam_home
+from .onnx_predictor import INSTALL_HINT, MANIFEST_NAME, OnnxPredictor
+
+ENGINES = ("auto", "torch", "onnx")
+EXPORT_VERSION = 2  # bump when the graphs or the manifest change (2: a nucleus-size graph); older exports are made again
+
+
+def onnx_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def cuda_visible() -> bool:
+    """Whether this machine has an NVIDIA driver (checked without importing torch)."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def choose_engine(engine: str, device: str = "auto") -> str:
+    """"torch" or "onnx" for `--engine` and `--device` (see the module docstring)."""
+    if engine not in ENGINES:
+        raise DessamError(f"--engine {engine}: use {', '.join(ENGINES)}")
+    if engine == "onnx" and not onnx_installed():
+        raise DessamError(f"--engine onnx needs ONNX Runtime: {INSTALL_HINT}")
+    if engine != "auto":
+        return engine
+    on_cpu = str(device) == "cpu" or (str(device) == "auto" and not cuda_visible())
+    return "onnx" if on_cpu and onnx_installed() else "torch"
+
+
+def export_folder(digest: str, image_size: Optional[int] = None) -> Path:
+    """Where the graphs of the weights of SHA-256 `digest` (at `image_size`, None: their own) live."""
+    size = "" if image_size is None else f"-{int(image_size)}px"
+    return dessam_home() / "onnx" / f"v{EXPORT_VERSION}-{digest[:24]}{size}"
+
+
+def _announce(folder: Path, what: str, progress: bool) -> None:
+    if progress:
+        print(f"dessam: exporting {what} to ONNX, once (into {folder})", file=sys.stderr)
+
+
+def onnx_model(model, sam_checkpoint=None, image_size: Optional[int] = None, threads: Optional[int] = None,
+               precision: str = "fp32", cuda: bool = False, input_scale: Optional[float] = None,
+               progress: bool = True) -> OnnxPredictor:
+    """A model file (or a bundled model's name) run by ONNX Runtime, exported first if needed."""
+    from ..models.bundled import resolve_model
+
+    path = resolve_model(model)
+    if not path.is_file():
+        raise DessamError(f"{path}: model file not found; pass a model.pt written by `dessam train` or a bundled "
+                          "model's name (pretrained, pretrained-permissive)")
+    folder = export_folder(file_sha256(path), image_size)
+    if not (folder / MANIFEST_NAME).is_file():
+        from .export import export_model
+        from .loading import load_model
+
+        _announce(folder, path.name, progress)
+        export_model(load_model(path, "cpu", sam_checkpoint, image_size), folder, model_path=path)
+    predictor = OnnxPredictor(folder, threads=threads, precision=precision, cuda=cuda, path=path)
+    if input_scale is not None:
+        predictor.scale = replace(predictor.scale, input_scale=input_scale)
+    return predictor
+
+
+def onnx_teacher(sam_name: str, sam_checkpoint=None, image_size: Optional[int] = None, threads: Optional[int] = None,
+                 precision: str = "fp32", cuda: bool = False, input_scale: float = 1.0,
+                 progress: bool = True) -> OnnxPredictor:
+    """SAM alone (as `load_teacher` gives it, to segment given boxes) run by ONNX Runtime."""
+    digest = _teacher_digest(sam_name, sam_checkpoint)
+    folder = export_folder(digest, image_size)
+    if not (folder / MANIFEST_NAME).is_file():
+        from .export import export_model
+        from .loading import load_teacher
+
+        _announce(folder, f"SAM {sam_name}", progress)
+        export_model(load_teacher(sam_name, sam_checkpoint, "cpu", image_size), folder)
+    predictor = OnnxPredictor(folder, threads=threads, precision=precision, cuda=cuda)
+    predictor.scale = replace(predictor.scale, mode="fixed", input_scale=input_scale)
+    return predictor
+
+
+def _teacher_digest(sam_name: str, sam_checkpoint=None) -> str:
+    """The SHA-256 of SAM `sam_name`'s weights: its file's, or (the official ones found in the cache,
+    `tiny`) that of the loaded weights."""
+    from ..models.bundled import TEACHER_FILES
+
+    for candidate in (sam_checkpoint, TEACHER_FILES.get(sam_name), sam_name):
+        if candidate is not None and Path(str(candidate)).is_file():
+            return file_sha256(candidate)
+    from ..models.checkpoints import weights_sha256
+    from .loading import load_teacher
+
+    return weights_sha256(load_teacher(sam_name, None, "cpu").model.sam)
+
+
+def load_predictor(model, engine: str = "auto", device: str = "auto", sam_checkpoint=None,
+                   image_size: Optional[int] = None, settings=None, input_scale: Optional[float] = None,
+                   precision: str = "auto", threads: Optional[int] = None, progress: bool = True):
+    """`load_model` (PyTorch) or `onnx_model`, as `choose_engine` says; `settings`: the PyTorch
+    engine's (None: its fast path); `precision`: "auto", "fp32", "int8" (ONNX) or "bf16", "fp16"."""
+    if choose_engine(engine, device) == "onnx":
+        return onnx_model(model, sam_checkpoint, image_size, threads, onnx_precision(precision),
+                          cuda=str(device).startswith("cuda"), input_scale=input_scale, progress=progress)
+    from .loading import load_model
+
+    return load_model(model, device=device, sam_checkpoint=sam_checkpoint, image_size=image_size, settings=settings,
+                      input_scale=input_scale)
+
+
+def onnx_precision(precision: str) -> str:
+    if precision in ("auto", "fp32"):
+        return "fp32"
+    if precision == "int8":
+        return "int8"
+    raise DessamError(f"--precision {precision}: the ONNX engine runs fp32 or int8; use --engine torch for {precision}")
