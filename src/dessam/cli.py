@@ -34,6 +34,7 @@ def cmd_train(args) -> int:
     overrides.update(parse_set(args.set))
     preset = args.preset or (None if args.config else implied_preset(args.sam))
     config = Config.compose(preset, args.config or None, overrides)
+    _say_teacher_terms(config.model.sam, config.model.sam_checkpoint)
     if not args.skip_validation:
         from .data.validate import raise_on_errors, validate_coco
 
@@ -49,7 +50,22 @@ def cmd_train(args) -> int:
           f"{result.skipped_nonfinite} non-finite steps skipped)")
     print(f"annotations supervised with masks: {result.mask_annotations}, with boxes: {result.box_annotations}")
     print(f"weights {result.start}")
+    _write_card(result, args.train)
     return 0
+
+
+def _write_card(result, train_json) -> None:
+    """RUN/model.md: what the model was trained on, the licence its weights inherit, what it stores."""
+    from .atomic import write_text_atomic
+    from .models.model_file import read_model_file
+    from .training.model_card import trained_model_card
+
+    card = result.model_path.with_suffix(".md")
+    write_text_atomic(card, trained_model_card(read_model_file(result.model_path), result, train_json,
+                                               " ".join(["dessam"] + sys.argv[1:])))
+    print(f"licence of {result.model_path}: {result.terms.words}"
+          + (f" (research use only; {PERMISSIVE_SAM} trains an Apache-2.0 model)" if result.terms.non_commercial else "")
+          + f"; model card: {card}")
 
 
 def _settings(args):
@@ -63,19 +79,46 @@ def _settings(args):
     return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
 
 
-def _model_path(args) -> str:
-    """--model, or the bundled pretrained model (said in one line on stderr)."""
-    if args.model:
-        return args.model
-    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card
+PERMISSIVE_MODEL = "--model pretrained-permissive"
+PERMISSIVE_SAM = "--sam default-permissive"
 
+
+def _model_path(args) -> str:
+    """--model, or the bundled pretrained model (said in one line on stderr, with its licence); a
+    model whose weights are non-commercial is named so in one line."""
+    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card, resolve_model
+    from .models.model_file import read_model_file
+    from .models.weights_terms import model_terms
+
+    if args.model:
+        path = resolve_model(args.model)
+        if path.is_file():
+            terms = model_terms(read_model_file(path))
+            if terms.non_commercial:
+                print(f"dessam: {terms.notice(f'the model {path.name}', PERMISSIVE_MODEL)}", file=sys.stderr)
+        return str(args.model)
     path = bundled_models().get(PRETRAINED_NAME)
     if path is None:
         raise DessamError("no --model given and this installation has no bundled pretrained model; "
                           "pass --model RUN/model.pt")
-    print(f"dessam: using the bundled pretrained model ({path.name}; what it was trained on and its licence: "
-          f"{model_card(path)}); pass --model RUN/model.pt for your own", file=sys.stderr)
+    terms = model_terms(read_model_file(path))
+    licence = terms.notice("it", PERMISSIVE_MODEL) if terms.non_commercial else terms.words
+    print(f"dessam: using the bundled pretrained model {path.name} ({licence}; model card: {model_card(path)}); "
+          f"pass --model RUN/model.pt for your own", file=sys.stderr)
     return str(path)
+
+
+def _say_teacher_terms(name: str, checkpoint) -> None:
+    """One line on stderr when the teacher `--sam NAME` is under non-commercial terms."""
+    from .models.default_teacher import is_default_teacher
+    from .models.weights_terms import sam_terms
+
+    if not (is_default_teacher(name) or (checkpoint and Path(checkpoint).is_file())):
+        return
+    terms = sam_terms(name, checkpoint)
+    if terms.non_commercial:
+        print(f"dessam: {terms.notice(f'the teacher {name}, and any model trained on it,', PERMISSIVE_SAM)}",
+              file=sys.stderr)
 
 
 def _load(args):
@@ -127,9 +170,10 @@ def cmd_label(args) -> int:
         raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
     settings = fast_settings(resolve_device(args.device))
     if args.model is not None:
-        model = load_model(args.model, device=args.device, sam_checkpoint=args.sam_checkpoint,
+        model = load_model(_model_path(args), device=args.device, sam_checkpoint=args.sam_checkpoint,
                            image_size=args.image_size, settings=settings, input_scale=args.input_scale)
     else:
+        _say_teacher_terms(args.sam, args.sam_checkpoint)
         model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
                              settings=settings, input_scale=1.0 if args.input_scale is None else args.input_scale)
     options = {key: value for key, value in (("outside_margin", args.outside_margin),

@@ -30,7 +30,9 @@ from .data.coco import label_map_to_annotations, write_coco
 from .data.corpus import load_dataset, read_manifest, synthetic_scene
 from .data.images import write_png
 from .errors import DessamError
-from .training.model_card import corpus_table, weights_licence
+from .licences import from_data
+from .models.model_file import read_model_file
+from .training.model_card import corpus_table, licence_text, settings_section
 
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
@@ -111,7 +113,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config = config.replace({"train.epochs": int(epochs),
                                  "train.lr_steps": (max(int(round(epochs * 5 / 6)), 1),)})
-    result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
+    data_terms = from_data({d.spec.name: d.spec.licence for d in datasets}, f"the corpus {corpus.path.name}")
+    result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress, data_terms=data_terms)
     validation = {}
     for name, val_json in val_files.items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
@@ -139,7 +142,7 @@ DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen defa
 every dessam model. It is what `dessam predict` uses without `--model`, and where `dessam train --sam default`
 starts (`--init scratch` starts from random weights).
 
-**Licence of these weights:** {weights_licence(corpus)}.
+**Licence of these weights:** {licence_text(result.terms)}.
 
 ## Training data (corpus `{corpus.path.name}`; boxes only)
 
@@ -152,6 +155,7 @@ Synthetic datasets: {synthetic_images} scenes each. {result.iterations} iteratio
 
 {chr(10).join(rows)}
 
+{settings_section(read_model_file(result.model_path).config)}
 Command: `{command or '(from the Python API)'}`
 
 Date: {datetime.date.today().isoformat()}
