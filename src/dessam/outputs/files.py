@@ -26,7 +26,10 @@ from tqdm.auto import tqdm
 from ..config import Postprocess
 from ..data.images import read_image_raw, to_rgb, to_uint8
 from ..data.slide import SLIDE_SUFFIXES, is_slide
+from ..data.tissue import parse_roi_text
 from ..errors import DessamError
+from ..geometry.scale import check_pixel_size
+from ..geometry.tiling import check_tiling
 from .slides import SlideOptions, predict_slide, slide_outputs
 from .writers import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
                       write_measurements_csv, write_overlay_png, write_summary_csv)
@@ -124,6 +127,20 @@ def parse_shard(text: Optional[str]) -> Optional[tuple]:
     return int(k), int(n)
 
 
+def check_options(model, paths: list, pixel_size_um: Optional[float], overlap: int,
+                  slide_options: Optional[SlideOptions]) -> None:
+    """The options that hold for the whole run, refused before any image is read or written."""
+    check_pixel_size(pixel_size_um)
+    check_tiling(model.image_size, int(overlap))
+    roi = slide_options.roi if slide_options is not None else None
+    if roi is not None and isinstance(roi, str):
+        parse_roi_text(roi)
+    if roi is not None and not any(is_slide(path) for path in paths):
+        raise DessamError(f"--roi {roi if isinstance(roi, str) else ','.join(map(str, roi))}: applies to whole slides, "
+                          f"and {paths[0]}{' and the other inputs are plain images' if len(paths) > 1 else ' is a plain image'}; "
+                          "crop the image instead, or leave out --roi")
+
+
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
                   progress: bool = True, postprocess: Optional[Postprocess] = None,
@@ -138,6 +155,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     paths = expand_inputs(inputs)
     if shard is not None:
         paths = sorted(paths)[shard[0] - 1::shard[1]]
+    check_options(model, paths, pixel_size_um, overlap, slide_options)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
