@@ -14,9 +14,13 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..config import Config, settings_by_key
-from ..data.corpus import Corpus
 from ..licences import Terms
+
+if TYPE_CHECKING:   # the card's statement is read by `--help`, which should not load the data package
+    from ..data.corpus import Corpus
 
 # What `dessam predict`, `eval` and `label` read from a model file unless told otherwise.
 STATED_SETTINGS = ("model.postprocess.score_threshold", "model.postprocess.max_detections",
