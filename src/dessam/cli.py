@@ -271,8 +271,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import pin_cpu_math, run_demo
 
+    pin_cpu_math()   # before PyTorch loads
     run_demo(args.out, quick=args.quick, progress=not args.quiet)
     return 0
 

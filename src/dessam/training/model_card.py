@@ -67,16 +67,16 @@ def trained_model_card(model_file, result, train_json, command: str = "") -> str
     """The model card `dessam train` writes beside RUN/model.pt (`model_file`: the read model file)."""
     terms = Terms.from_dict(model_file.licence) if model_file.licence else None
     identity = model_file.identity
-    teacher = identity.get("checkpoint") or identity["name"]
-    licence = (licence_text(terms) + ". Add the terms of the training data, which dessam does not know"
-               if terms is not None else "not recorded")
+    teacher = f", file `{identity['checkpoint']}`" if identity.get("checkpoint") else ""
+    licence = (licence_text(terms) + ". It also carries whatever terms its training data carries, which dessam "
+               "does not know" if terms is not None else "not recorded")
     return f"""# dessam model
 
-DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen SAM `{identity['name']}`, file
-`{teacher}`, sha256 {identity['sha256'][:12]}) trained by `dessam train` on the boxes of
-`{Path(train_json).name}`: {result.box_annotations} annotations supervised by their boxes,
-{result.mask_annotations} by their masks. {result.iterations} iterations ({result.epochs_done} epochs) of the
-`{model_file.config.preset or 'custom'}` configuration; {result.start}.
+DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen SAM `{identity['name']}`{teacher},
+sha256 {identity['sha256'][:12]}) trained by `dessam train` on the boxes of `{Path(train_json).name}`:
+{result.box_annotations} annotations supervised by their boxes, {result.mask_annotations} by their masks.
+{result.iterations} iterations ({result.epochs_done} epochs) of the `{model_file.config.preset or 'custom'}`
+configuration; {result.start}.
 
 **Licence of these weights:** {licence}.
 
