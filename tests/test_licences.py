@@ -65,6 +65,11 @@ def test_commands_name_non_commercial_weights_in_one_line(box_dataset, trained_t
     assert main(["eval", "--model", str(model), "--data", str(masks_json), "--images", str(images),
                  "--out", str(tmp_path / "e"), "--quiet"]) == 0
     assert sum(NC in line for line in capsys.readouterr().err.splitlines()) == 1
+    if BUNDLED_MODEL_FILES["pretrained"].is_file():   # the reference row of --baselines is the bundled model's
+        assert main(["eval", "--model", str(trained_tiny), "--data", str(masks_json), "--images", str(images),
+                     "--out", str(tmp_path / "b"), "--baselines", "--quiet"]) == 0
+        lines = [line for line in capsys.readouterr().err.splitlines() if NC in line]
+        assert len(lines) == 1 and "pretrained (bundled)" in lines[0]
     assert main(["label", "--model", str(model), "--data", str(boxes_json), "--images", str(images),
                  "--out", str(tmp_path / "l.json"), "--quiet"]) == 0
     assert sum(NC in line for line in capsys.readouterr().err.splitlines()) == 1

@@ -109,6 +109,21 @@ def _model_path(args) -> str:
     return str(path)
 
 
+def _say_reference_terms(model) -> None:
+    """One line on stderr when `eval --baselines` adds the row of a non-commercial bundled model."""
+    from .models.bundled import PRETRAINED_NAME, bundled_models, resolve_model
+    from .models.model_file import read_model_file
+    from .models.weights_terms import model_terms
+
+    bundled = bundled_models().get(PRETRAINED_NAME)
+    if bundled is None or resolve_model(model).resolve() == bundled.resolve():
+        return
+    terms = model_terms(read_model_file(bundled))
+    if terms.non_commercial:
+        print(f"dessam: the row 'pretrained (bundled)' that --baselines adds comes from {terms.words} weights: "
+              "research use only", file=sys.stderr)
+
+
 def _say_teacher_terms(name: str, checkpoint) -> None:
     """One line on stderr when the teacher `--sam NAME` is under non-commercial terms."""
     from .models.default_teacher import is_default_teacher
@@ -255,7 +270,10 @@ def cmd_validate(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluation.evaluate import evaluate_model_file
 
-    evaluate_model_file(_model_path(args), args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+    model = _model_path(args)
+    if args.baselines and args.model:
+        _say_reference_terms(model)
+    evaluate_model_file(model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
                         device=args.device, settings=_settings(args), baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet)
