@@ -1,10 +1,11 @@
 """The README's napari picture: a real napari window, the Segment widget docked, its labels on an image.
 
-    .venv/bin/python docs/napari_screenshot.py --image TILE.png [--model pretrained|RUN/model.pt] [--out docs/napari_segment.png]
+    .venv/bin/python docs/napari_screenshot.py --image IMAGE.png [--model pretrained|RUN/model.pt] [--out docs/napari_segment.png]
 
 Opens the image in napari, docks dessam's Segment widget as napari's Plugins menu does, clicks
 Segment with the given model and, once the labels are in, saves a screenshot of the whole window.
-Without a display it starts Xvfb (`make install` as root installs it).
+Without a display it starts Xvfb (`make install` as root installs it). The README gives the command
+that made its picture; the image must be one dessam may redistribute (docs/licences.md).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dessam"
 # The layers, lowest first: (name, the modules and packages it holds, relative to `dessam`). A module
 # may import from its own layer and the layers below it, never from a layer above.
 LAYERS = (
-    ("foundations", ("errors", "atomic", "yaml_file", "devices", "home", "digests")),
+    ("foundations", ("errors", "atomic", "yaml_file", "devices", "home", "digests", "licences")),
     ("config", ("config", "presets")),
     ("data", ("data", "metrics", "measurements")),
     ("geometry", ("geometry",)),

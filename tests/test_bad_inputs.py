@@ -246,6 +246,29 @@ def predict_missing_input(w, tmp):
     return argv, ["nope.png", "no such file"]
 
 
+def predict_roi_on_a_plain_image(w, tmp):
+    return _predict(w, tmp) + ["--roi=-5,-5,10,10"], ["--roi -5,-5,10,10", "x, y >= 0"]
+
+
+def predict_roi_inside_on_a_plain_image(w, tmp):
+    return _predict(w, tmp) + ["--roi", "0,0,10,10"], ["--roi 0,0,10,10", "scene_000.png is a plain image",
+                                                         "whole slides"]
+
+
+def predict_overlap_larger_than_the_window(w, tmp):
+    return _predict(w, tmp) + ["--overlap", "5000"], ["--overlap 5000", "128 px"]
+
+
+def predict_negative_pixel_size(w, tmp):
+    return _predict(w, tmp) + ["--pixel-size", "-1"], ["--pixel-size -1", "positive"]
+
+
+def label_overlap_larger_than_the_window(w, tmp):
+    argv = ["label", "--model", str(w.model), "--sam-checkpoint", str(w.sam), "--data", str(w.boxes_json),
+            "--images", str(w.images), "--out", str(tmp / "masks.json"), "--overlap", "5000", "--quiet"]
+    return argv, ["--overlap 5000", "128 px"]
+
+
 def resume_without_checkpoint(w, tmp):
     return _train(w, tmp, None, None, "--resume"), ["last.pt", "nothing to resume from"]
 
@@ -306,6 +329,11 @@ ERROR_CASES: dict[str, Callable] = {
     "train --out under a regular file": train_out_under_a_file,
     "predict --out under a regular file": predict_out_under_a_file,
     "predict input missing": predict_missing_input,
+    "predict --roi=-5,-5,10,10": predict_roi_on_a_plain_image,
+    "predict --roi on a plain image": predict_roi_inside_on_a_plain_image,
+    "predict --overlap 5000": predict_overlap_larger_than_the_window,
+    "predict --pixel-size -1": predict_negative_pixel_size,
+    "label --overlap 5000": label_overlap_larger_than_the_window,
     "--resume without a checkpoint": resume_without_checkpoint,
     "unknown --set key": unknown_setting,
     "pretrain-teacher --steps -5": pretrain_negative_steps,

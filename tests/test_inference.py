@@ -279,11 +279,10 @@ def test_memory_of_a_prediction_does_not_hold_nuclei_x_area(tiny):
     assert peak < len(prediction) * field.shape[0] * field.shape[1] / 5
 
 
-def test_cpu_fast_path_uses_bf16_only_with_matrix_units(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert fast_settings("cpu").precision == "bf16" and fast_settings("cpu").decoder_precision == "fp32"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert fast_settings("cpu").precision == "fp32"
+def test_cpu_fast_path_is_fp32_on_every_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)  # even with AMX
+    assert fast_settings("cpu").autocast_dtype("cpu") is None
+    assert fast_settings("cpu").autocast_dtype("cpu", "decoder") is None
 
 
 @needs_teacher

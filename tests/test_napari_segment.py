@@ -14,6 +14,7 @@ from viewer_support import dock, run, stop_at_first_progress  # noqa: E402
 from dessam.data.images import read_image  # noqa: E402
 from dessam.geometry.plan import WindowPlan  # noqa: E402
 from dessam.inference.loading import load_model  # noqa: E402
+from dessam.models.bundled import BUNDLED_MODEL_FILES  # noqa: E402
 from dessam.napari.model_choice import MODEL_FILE, ModelSpec, load  # noqa: E402
 from dessam.napari.segment import SegmentWidget  # noqa: E402
 from dessam.outputs.files import predict_files  # noqa: E402
@@ -99,3 +100,17 @@ def test_bad_inputs_give_their_message_and_add_nothing(viewer, qtbot, tmp_path):
     assert "20000 x 20000 px is more than dessam holds in memory; predict whole slides with `dessam predict" in run(
         qtbot, widget)
     assert [layer.name for layer in viewer.layers] == ["field", "stack", "slide"]
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL_FILES["pretrained"].is_file(), reason="no bundled pretrained model")
+def test_non_commercial_weights_are_named_before_and_after_segmenting(viewer, qtbot, box_dataset):
+    _, _, images = box_dataset
+    viewer.add_image(read_image(images / "scene_000.png"), name="field")
+    widget = dock(viewer, SegmentWidget(viewer))
+    assert widget.model.source.value == "bundled: pretrained"     # the default
+    note = widget.model.licence.value
+    assert "non-commercial (CC BY-NC-SA 4.0)" in note and "bundled: pretrained-permissive" in note
+    status = run(qtbot, widget)
+    assert "nuclei found in" in status and "non-commercial (CC BY-NC-SA 4.0)" in status
+    widget.model.source.value = "bundled: pretrained-permissive"
+    assert widget.model.licence.value == "" and not widget.model.licence.visible

@@ -122,6 +122,12 @@ def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, cor
     assert set(result.validation) == {"dsb", "pap"} and "aji" in result.validation["dsb"]
     card = result.card_path.read_text()
     assert "boxes only" in card and "| dsb |" in card and "dessam pretrain-model" in card
+    from dessam.models.model_file import read_model_file
+    from dessam.training.model_card import stated_settings, stored_settings
+
+    stored = read_model_file(result.model_path)
+    assert stated_settings(card) == stored_settings(stored.config)   # the card states what the file stores
+    assert stored.licence["licence"] == "Apache-2.0" and "Apache-2.0, like dessam" in card
     from dessam.inference.loading import load_model
 
     model = load_model(result.model_path, sam_checkpoint=teacher)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from .errors import DessamError
 
@@ -34,6 +35,7 @@ def cmd_train(args) -> int:
     overrides.update(parse_set(args.set))
     preset = args.preset or (None if args.config else implied_preset(args.sam))
     config = Config.compose(preset, args.config or None, overrides)
+    _say_teacher_terms(config.model.sam, config.model.sam_checkpoint)
     if not args.skip_validation:
         from .data.validate import raise_on_errors, validate_coco
 
@@ -49,7 +51,22 @@ def cmd_train(args) -> int:
           f"{result.skipped_nonfinite} non-finite steps skipped)")
     print(f"annotations supervised with masks: {result.mask_annotations}, with boxes: {result.box_annotations}")
     print(f"weights {result.start}")
+    _write_card(result, args.train)
     return 0
+
+
+def _write_card(result, train_json) -> None:
+    """RUN/model.md: what the model was trained on, the licence its weights inherit, what it stores."""
+    from .atomic import write_text_atomic
+    from .models.model_file import read_model_file
+    from .training.model_card import trained_model_card
+
+    card = result.model_path.with_suffix(".md")
+    write_text_atomic(card, trained_model_card(read_model_file(result.model_path), result, train_json,
+                                               " ".join(["dessam"] + sys.argv[1:])))
+    print(f"licence of {result.model_path}: {result.terms.words}"
+          + (f" (research use only; {PERMISSIVE_SAM} trains an Apache-2.0 model)" if result.terms.non_commercial else "")
+          + f"; model card: {card}")
 
 
 def _settings(args):
@@ -65,28 +82,80 @@ def _settings(args):
     return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
 
 
-def _model_path(args) -> str:
-    """--model, or the bundled pretrained model (said in one line on stderr)."""
-    if args.model:
-        return args.model
-    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card
+SLIDE_SIDE = 8192   # dessam synth --slide: the default side of the synthetic slide
+PERMISSIVE_MODEL = "--model pretrained-permissive"
+PERMISSIVE_SAM = "--sam default-permissive"
 
+
+def _model_path(args) -> str:
+    """--model, or the bundled pretrained model (said in one line on stderr, with its licence); a
+    model whose weights are non-commercial is named so in one line."""
+    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card, resolve_model
+    from .models.model_file import read_model_file
+    from .models.weights_terms import model_terms
+
+    if args.model:
+        path = resolve_model(args.model)
+        if path.is_file():
+            terms = model_terms(read_model_file(path))
+            if terms.non_commercial:
+                print(f"dessam: {terms.notice(f'the model {path.name}', PERMISSIVE_MODEL)}", file=sys.stderr)
+        return str(args.model)
     path = bundled_models().get(PRETRAINED_NAME)
     if path is None:
         raise DessamError("no --model given and this installation has no bundled pretrained model; "
                           "pass --model RUN/model.pt")
-    print(f"dessam: using the bundled pretrained model ({path.name}; what it was trained on and its licence: "
-          f"{model_card(path)}); pass --model RUN/model.pt for your own", file=sys.stderr)
+    terms = model_terms(read_model_file(path))
+    licence = terms.notice("it", PERMISSIVE_MODEL) if terms.non_commercial else terms.words
+    print(f"dessam: using the bundled pretrained model {path.name} ({licence}; model card: {model_card(path)}); "
+          f"pass --model RUN/model.pt for your own", file=sys.stderr)
     return str(path)
 
 
-def _load(args):
-    """The model of --model on the engine of --engine (PyTorch's settings only when it runs)."""
+def _input_size(model) -> int:
+    """The input size of a model file (or a bundled model's name), read without building the model."""
+    from .models.bundled import resolve_model
+    from .models.model_file import read_model_file
+
+    return int(read_model_file(resolve_model(model)).config.model.image_size)
+
+
+def _say_reference_terms(model) -> None:
+    """One line on stderr when `eval --baselines` adds the row of a non-commercial bundled model."""
+    from .models.bundled import PRETRAINED_NAME, bundled_models, resolve_model
+    from .models.model_file import read_model_file
+    from .models.weights_terms import model_terms
+
+    bundled = bundled_models().get(PRETRAINED_NAME)
+    if bundled is None or resolve_model(model).resolve() == bundled.resolve():
+        return
+    terms = model_terms(read_model_file(bundled))
+    if terms.non_commercial:
+        print(f"dessam: the row 'pretrained (bundled)' that --baselines adds comes from {terms.words} weights: "
+              "research use only", file=sys.stderr)
+
+
+def _say_teacher_terms(name: str, checkpoint) -> None:
+    """One line on stderr when the teacher `--sam NAME` is under non-commercial terms."""
+    from .models.default_teacher import is_default_teacher
+    from .models.weights_terms import sam_terms
+
+    if not (is_default_teacher(name) or (checkpoint and Path(checkpoint).is_file())):
+        return
+    terms = sam_terms(name, checkpoint)
+    if terms.non_commercial:
+        print(f"dessam: {terms.notice(f'the teacher {name}, and any model trained on it,', PERMISSIVE_SAM)}",
+              file=sys.stderr)
+
+
+def _load(args, path: Optional[str] = None):
+    """The model of --model (`path` when `_model_path` gave it already) on the engine of --engine
+    (PyTorch's settings only when it runs)."""
     from .inference.engines import choose_engine, load_predictor
 
     engine = choose_engine(args.engine, args.device)
     settings = _settings(args) if engine == "torch" else None
-    return load_predictor(_model_path(args), engine, args.device, args.sam_checkpoint,
+    return load_predictor(path or _model_path(args), engine, args.device, args.sam_checkpoint,
                           getattr(args, "image_size", None), settings, precision=args.precision, threads=args.threads,
                           progress=not args.quiet)
 
@@ -94,22 +163,23 @@ def _load(args):
 def cmd_predict(args) -> int:
     from dataclasses import replace
 
-    from .outputs.files import FORMATS, expand_inputs, parse_shard, predict_files, writable_folder
+    from .outputs.files import FORMATS, check_options, expand_inputs, parse_shard, predict_files, writable_folder
     from .outputs.slides import SlideOptions
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
     _check_scale_options(args)
-    expand_inputs(args.inputs)  # a wrong input, model or output is told before the model loads (or is exported)
-    args.model = _model_path(args)
-    writable_folder(args.out)
-    model = _load(args)
+    paths = expand_inputs(args.inputs)  # a wrong input, option, model or output is told before the model loads
+    slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
+                                 roi=args.roi,
+                                 tissue={"min_od": args.tissue_threshold} if args.tissue_threshold is not None else {})
+    path = _model_path(args)
+    check_options(args.image_size or _input_size(path), paths, args.pixel_size, args.overlap, slide_options)
+    writable_folder(args.out, keep=False)
+    model = _load(args, path)
     overrides = {key: value for key, value in (("score_threshold", args.score_threshold),
                                                ("max_detections", args.max_detections)) if value is not None}
     postprocess = replace(model.postprocess, **overrides)
     tile = None if args.tile == "auto" else args.tile == "on"
-    slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
-                                 roi=args.roi,
-                                 tissue={"min_od": args.tissue_threshold} if args.tissue_threshold is not None else {})
     _scale_note(model, args)
     run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
                         pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet,
@@ -155,17 +225,25 @@ def cmd_label(args) -> int:
                         "teacher, e.g. --sam default) to label its boxes")
     if args.input_scale is not None and not args.input_scale > 0:
         raise DessamError(f"--input-scale {args.input_scale}: use a positive factor")
+    from .geometry.tiling import check_tiling
+    from .models.sam import sam_input_size
+
+    path = _model_path(args) if args.model is not None else None
+    check_tiling(args.image_size or (_input_size(path) if path else sam_input_size(args.sam, args.sam_checkpoint)),
+                 args.overlap)  # before anything is loaded or exported
     engine = choose_engine(args.engine, args.device)
     if args.model is not None:
-        model = load_predictor(args.model, engine, args.device, args.sam_checkpoint, args.image_size,
+        model = load_predictor(path, engine, args.device, args.sam_checkpoint, args.image_size,
                                input_scale=args.input_scale, progress=not args.quiet)
     elif engine == "onnx":
+        _say_teacher_terms(args.sam, args.sam_checkpoint)
         model = onnx_teacher(args.sam, args.sam_checkpoint, args.image_size, precision=onnx_precision("auto"),
                              cuda=str(args.device).startswith("cuda"),
                              input_scale=1.0 if args.input_scale is None else args.input_scale, progress=not args.quiet)
     else:
         from .inference.loading import load_teacher
 
+        _say_teacher_terms(args.sam, args.sam_checkpoint)
         model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
                              input_scale=1.0 if args.input_scale is None else args.input_scale)
     options = {key: value for key, value in (("outside_margin", args.outside_margin),
@@ -247,8 +325,11 @@ def cmd_eval(args) -> int:
     from .inference.engines import choose_engine
 
     _check_scale_options(args)
+    model = _model_path(args)
+    if args.baselines and args.model:
+        _say_reference_terms(model)
     engine = choose_engine(args.engine, args.device)
-    evaluate_model_file(_model_path(args), args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+    evaluate_model_file(model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
                         device=args.device, settings=_settings(args) if engine == "torch" else None,
                         engine=engine, precision=args.precision, threads=args.threads, baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
@@ -266,8 +347,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import pin_cpu_math, run_demo
 
+    pin_cpu_math()   # before PyTorch loads
     run_demo(args.out, quick=args.quick, progress=not args.quiet)
     return 0
 
@@ -343,6 +425,100 @@ def cmd_bench(args) -> int:
 
 
 # ----- parser --------------------------------------------------------------------------------
+class FromConfig:
+    """A help text whose defaults are read, when help is shown, from the configuration they describe
+    (the bundled model's stored settings, a preset, the pre-training recipe), so that `--help` cannot
+    disagree with what a command does."""
+
+    def __init__(self, text):
+        self.text = text   # a function giving the text
+
+    def __str__(self) -> str:
+        return self.text().replace("%", "%%")
+
+    def strip(self) -> str:
+        return str(self).strip()
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action):
+        return str(action.help)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with help texts that may be `FromConfig` (sub-commands' parsers are of this class too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def shown(value) -> str:
+    """A default as help shows it."""
+    if value is None:
+        return "none"
+    return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def bundled_setting(key: str) -> str:
+    """A setting stored in the bundled pretrained model ("section.key"), as help shows it: read from
+    its model card's statement of the stored post-processing, which a test holds to the file (reading
+    the file itself means importing PyTorch, seconds for a help text), else from the file."""
+    from .models.bundled import PRETRAINED_NAME, bundled_models, model_card
+    from .training.model_card import stated_settings
+
+    path = bundled_models().get(PRETRAINED_NAME)
+    if path is None:
+        return "none bundled"
+    card = model_card(path)
+    stated = stated_settings(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    if key not in stated:
+        from .config import settings_by_key
+        from .models.model_file import read_model_file
+
+        stated = settings_by_key(read_model_file(path).config.to_dict())
+    return shown(stated[key])
+
+
+def preset_setting(preset: str, key: str) -> str:
+    from .config import Config, settings_by_key
+
+    return shown(settings_by_key(Config.compose(preset).to_dict())[key])
+
+
+def model_default(text: str, key: str, unit: str = "") -> FromConfig:
+    """`text` with the default of a setting a model file stores: the model's own, and the bundled one's."""
+    return FromConfig(lambda: f"{text} (default: the model's own; the bundled pretrained model's: "
+                              f"{bundled_setting(key)}{unit})")
+
+
+def preset_default(text: str, key: str) -> FromConfig:
+    """`text` with a training setting's default in the preset `--sam` implies (`dessam.presets`)."""
+    return FromConfig(lambda: f"{text} (default: {preset_setting('cpu', key)} with --sam default, the cpu preset; "
+                              f"{preset_setting('patchseg', key)} with SAM ViT, patchseg)")
+
+
+def recipe_default(text: str, name: str) -> FromConfig:
+    """`text` with the default of a field of pretrain-teacher's `Recipe`."""
+    def build() -> str:
+        import dataclasses
+
+        from .training.pretrain_teacher import Recipe
+
+        default = next(f.default for f in dataclasses.fields(Recipe) if f.name == name)
+        return text.format(default=shown(default))
+    return FromConfig(build)
+
+
+def constant_default(text: str, module: str, name: str) -> FromConfig:
+    """`text` with a default that lives as the constant `name` of the dessam module `module`."""
+    def build() -> str:
+        import importlib
+
+        return text.format(default=shown(getattr(importlib.import_module(f"dessam.{module}"), name)))
+    return FromConfig(build)
+
+
 def _model_options(parser):
     parser.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model")
     parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
@@ -361,7 +537,7 @@ def _model_options(parser):
 def build_parser() -> argparse.ArgumentParser:
     from .presets import REGISTRY
 
-    parser = argparse.ArgumentParser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
+    parser = Parser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
     parser.add_argument("--version", action="version", version=f"dessam {__import__('dessam').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -373,16 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam-checkpoint", help="path of the SAM checkpoint (.pth) for --sam vit_*")
     p.add_argument("--out", required=True, help="run folder (model.pt, log.csv, checkpoints/)")
     p.add_argument("--val", help="COCO JSON of validation images (losses written to RUN/val.csv)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-iters", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate at 8 images per step (scaled to the real batch)")
-    p.add_argument("--image-size", type=int, help="input size S (default: the SAM's own)")
+    p.add_argument("--epochs", type=int, help=preset_default("training epochs", "train.epochs"))
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations (default: the epochs decide)")
+    p.add_argument("--batch-size", type=int, help=preset_default("images per step", "train.batch_size"))
+    p.add_argument("--lr", type=float, help=preset_default(
+        "learning rate at train.lr_reference_batch images per step (scaled to the real batch)", "train.lr"))
+    p.add_argument("--image-size", type=int, help=preset_default("input size S; none: the SAM's own", "model.image_size"))
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="where to cache SAM embeddings (default RUN/cache)")
     p.add_argument("--pixel-size", type=float, help="the training images' pixel size in microns (recorded in the model)")
-    p.add_argument("--mask-weight", type=float,
-                   help="distillation weight of the prompts supervised by a given mask (default 1)")
+    p.add_argument("--mask-weight", type=float, help=preset_default(
+        "distillation weight of the prompts supervised by a given mask", "loss.mask_weight"))
     p.add_argument("--init", metavar="auto|pretrained|scratch|MODEL.pt",
                    help="where the detector and token start: auto (default: the bundled pretrained model with "
                         "--sam default), pretrained, scratch (random, the authors' way) or a model.pt to fine-tune")
@@ -405,21 +582,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", help=f"comma-separated outputs (default all: labels,overlay,geojson,csv)")
     p.add_argument("--tile", choices=("auto", "on", "off"), default="auto",
                    help="cut large fields into tiles at the training scale (default: auto)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default %(default)s)")
     p.add_argument("--pixel-size", type=float,
                    help="the images' pixel size in microns: brings them to the model's scale, measurements in um")
     p.add_argument("--nucleus-size", type=float, metavar="PX",
                    help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
                         "size (the bundled ones) then skip their estimate")
-    p.add_argument("--score-threshold", type=float, help="detection score threshold (default: the model's, 0.55)")
-    p.add_argument("--max-detections", type=int, help="most nuclei per image or tile (default: the model's, 120)")
+    p.add_argument("--score-threshold", type=float,
+                   help=model_default("detection score threshold", "model.postprocess.score_threshold"))
+    p.add_argument("--max-detections", type=int,
+                   help=model_default("most nuclei per image or tile", "model.postprocess.max_detections"))
     p.add_argument("--image-size", type=int, help="run at another input size than trained")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--roi", help="whole slides: only this region, x,y,w,h in full-resolution pixels")
     p.add_argument("--no-skip-glass", action="store_true",
                    help="whole slides: run every window, not only those touching the tissue/cell mask")
     p.add_argument("--tissue-threshold", type=float,
-                   help="whole slides: the lowest optical density that counts as cells (default 0.02)")
+                   help=constant_default("whole slides: the lowest optical density that counts as cells "
+                                         "(default {default})", "data.tissue", "MIN_OD"))
     p.add_argument("--gzip", action="store_true", help="whole slides: write NAME.geojson.gz")
     p.add_argument("--resume", action="store_true", help="whole slides: continue an interrupted run from its last row")
     p.add_argument("--shard", metavar="K/N", help="only the K-th of every N inputs (array jobs: K = the task index)")
@@ -434,13 +614,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true",
                    help="also box-as-mask, box-otsu and training-free SAM from the same detections, and every "
                         "mask source from the ground-truth boxes")
-    p.add_argument("--score-threshold", type=float, help="default: the model's own (0.55 in the authors' presets, 0.45 in the cpu preset and the bundled models)")
+    p.add_argument("--score-threshold", type=float,
+                   help=model_default("detection score threshold", "model.postprocess.score_threshold"))
     p.add_argument("--pixel-size", type=float, help="the test images' pixel size in microns (brings them to the model's scale)")
     p.add_argument("--nucleus-size", type=float, metavar="PX",
                    help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
                         "size (the bundled ones) then skip their estimate")
     p.add_argument("--no-small-removal", action="store_true", help="keep holes and islands under --min-size")
-    p.add_argument("--min-size", type=int, help="default: the model's (70 px)")
+    p.add_argument("--min-size", type=int, help=model_default("holes and islands under this many pixels are removed",
+                                                               "model.postprocess.min_size", " px"))
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -461,12 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="field size in pixels")
     p.add_argument("--slide", metavar="FILE", help="write one pyramidal whole slide instead (.svs, .tif or .ome.tif), "
                    "its ground truth beside it")
-    p.add_argument("--slide-size", nargs="+", type=int, default=[8192], metavar="PX",
-                   help="slide WIDTH HEIGHT in pixels, or one side of a square (default 8192)")
+    p.add_argument("--slide-size", nargs="+", type=int, default=[SLIDE_SIDE], metavar="PX",
+                   help=f"slide WIDTH HEIGHT in pixels, or one side of a square (default {SLIDE_SIDE})")
     p.add_argument("--pixel-size", type=float, default=0.5,
-                   help="microns per pixel written in the slide (default 0.5, at which the synthetic cells are life-size)")
+                   help="microns per pixel written in the slide (default %(default)s, at which the synthetic cells "
+                        "are life-size)")
     p.add_argument("--cell-fraction", type=float, default=0.03, help="share of the slide covered by cell groups "
-                   "(default 0.03; the rest is glass)")
+                   "(default %(default)s; the rest is glass)")
     p.add_argument("--slide-format", choices=("svs", "ome"),
                    help="Aperio SVS layout or OME-TIFF (default: OME-TIFF for .ome.tif names, else SVS)")
     p.set_defaults(func=cmd_synth)
@@ -483,8 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="keep only these classes (labelme, voc, geojson: names; yolo: class numbers)")
     p.add_argument("--pixel-size", type=float, help="slides: microns per pixel of the training tiles "
-                   "(default: the slide's level 0)")
-    p.add_argument("--tile-size", type=int, help="slides: side of the training tiles in pixels (default 512)")
+                   "(default: the slide's own, at full resolution)")
+    p.add_argument("--tile-size", type=int, help=constant_default(
+        "slides: side of the training tiles in pixels (default {default})", "data.convert", "TILE_SIZE"))
     p.add_argument("--tiles", help="slides: folder for the training tiles (default: OUT_tiles beside --out)")
     p.set_defaults(func=cmd_convert)
 
@@ -502,18 +686,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam", help="or the frozen teacher: vit_b | vit_l | vit_h | default | default-permissive, or a checkpoint path")
     p.add_argument("--sam-checkpoint", help="the SAM checkpoint (.pth) of --sam, or of the model if not found")
     p.add_argument("--review", help="folder for the review sheet (review.png, review.csv)")
-    p.add_argument("--review-count", type=int, help="masks in the review mosaic (default 48)")
+    p.add_argument("--review-count", type=int, help=constant_default(
+        "masks in the review mosaic (default {default})", "labeling.label", "REVIEW_COUNT"))
     p.add_argument("--image-size", type=int, help="model input size S (default: the model's or the SAM's own)")
     p.add_argument("--input-scale", type=float,
                    help="resize images by this factor; larger ones are cut into windows of the input size "
                         "(default: the model's training scale; the teacher: 1)")
-    p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default 64)")
+    p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default %(default)s)")
     p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
                    help="torch or onnx (ONNX Runtime); auto: onnx on a CPU when the ONNX extra is installed")
     p.add_argument("--outside-fraction", type=float,
-                   help="flag masks with more than this share of their pixels outside the grown box (default 0.2)")
+                   help=constant_default("flag masks with more than this share of their pixels outside the grown box "
+                                         "(default {default})", "labeling.label", "OUTSIDE_FRACTION"))
     p.add_argument("--outside-margin", type=float,
-                   help="the box grows by this fraction of its width and height on each side (default 0.1)")
+                   help=constant_default("the box grows by this fraction of its width and height on each side "
+                                         "(default {default})", "labeling.label", "OUTSIDE_MARGIN"))
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_label)
@@ -533,22 +720,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain-teacher", help="pre-train the default teacher on a corpus of nucleus datasets")
     p.add_argument("--corpus", required=True, help="corpus manifest (YAML: each dataset's path, format, licence, weight)")
     p.add_argument("--out", required=True, help="run folder (teacher.pt, teacher.md, log.csv, checkpoints/)")
-    p.add_argument("--steps", type=int, help="training steps (default 6000; the step count, not the clock, decides the result)")
-    p.add_argument("--batch-size", type=int, help="crops per step (default 8)")
-    p.add_argument("--crop", type=int, help="crop side in pixels, a multiple of 16 (default 192)")
-    p.add_argument("--max-prompts", type=int, help="boxes prompted per crop (default 12)")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule; default 2e-3)")
+    p.add_argument("--steps", type=int, help=recipe_default(
+        "training steps (default {default}; the step count, not the clock, decides the result)", "steps"))
+    p.add_argument("--batch-size", type=int, help=recipe_default("crops per step (default {default})", "batch_size"))
+    p.add_argument("--crop", type=int, help=recipe_default("crop side in pixels, a multiple of 16 (default {default})",
+                                                           "crop"))
+    p.add_argument("--max-prompts", type=int, help=recipe_default("boxes prompted per crop (default {default})",
+                                                                  "max_prompts"))
+    p.add_argument("--lr", type=float, help=recipe_default("peak learning rate (AdamW, cosine schedule; default {default})",
+                                                           "lr"))
     p.add_argument("--arch", choices=("small", "medium", "conv"),
                    help="encoder: small (default), medium, or conv (the stride-8 encoder of the first teacher)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--eval-every", type=int, help="validate and save every this many steps (default 500)")
+    p.add_argument("--eval-every", type=int, help=recipe_default(
+        "validate and save every this many steps (default {default})", "eval_every"))
     p.add_argument("--nucleus-px", type=float, help="rescale each image around the size that makes its median "
                    "nucleus this many pixels wide (default: around its own scale)")
     p.add_argument("--views-from", metavar="TEACHER",
                    help="train a teacher that segments each box on a view of its own, on top of this teacher "
                         "(a bundled name or a teacher.pt, whose whole-image encoder it keeps for the detector)")
-    p.add_argument("--view-size", type=int, help="pixels across each box's view, a multiple of 16 (default 64)")
-    p.add_argument("--view-context", type=float, help="each view spans this many times its box's longer side (default 2)")
+    p.add_argument("--view-size", type=int, help=recipe_default(
+        "pixels across each box's view, a multiple of 16 (default {default})", "view_size"))
+    p.add_argument("--view-context", type=float, help=recipe_default(
+        "each view spans this many times its box's longer side (default {default})", "view_context"))
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")
     p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--device", default="cpu")
@@ -559,9 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="corpus manifest (YAML), as for pretrain-teacher")
     p.add_argument("--teacher", required=True, help="the default-teacher file to train on (pretrain-teacher's teacher.pt)")
     p.add_argument("--out", required=True, help="run folder (model.pt, model.md, corpus/, val/, checkpoints/)")
-    p.add_argument("--max-iters", type=int, help="stop after this many iterations (default: the cpu preset's epochs)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--synthetic-images", type=int, default=200, help="scenes drawn per synthetic dataset (default 200)")
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations (default: the epochs decide)")
+    p.add_argument("--epochs", type=int, help=FromConfig(
+        lambda: f"epochs over the corpus (default {preset_setting('cpu', 'train.epochs')}, the cpu preset's)"))
+    p.add_argument("--synthetic-images", type=int, default=200,
+                   help="scenes drawn per synthetic dataset (default %(default)s)")
     p.add_argument("--init", default="scratch", help="where the detector starts: scratch (default), or a model.pt "
                    "trained on this teacher or on the teacher it was built on (--views-from)")
     p.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,9 @@ from .data.corpus import load_dataset, read_manifest, synthetic_scene
 from .training.size_head import SizeSource
 from .data.images import write_png
 from .errors import DessamError
-from .training.model_card import corpus_table, weights_licence
+from .licences import from_data
+from .models.model_file import read_model_file
+from .training.model_card import corpus_table, licence_text, settings_section
 
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
@@ -124,7 +126,7 @@ def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, pro
     fit_size_head(predictor.model, size_sources(datasets), steps=steps, seed=seed, progress=progress)
     payload = safe_torch_load(model_path)
     save_model_file(model_path, predictor.model.trainable_state_dict(), predictor.model.config,
-                    payload["sam"], payload["epoch"], payload["iteration"], predictor.scale)
+                    payload["sam"], payload["epoch"], payload["iteration"], predictor.scale, payload.get("licence"))
     return True
 
 
@@ -156,7 +158,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     config = pretrained_config(teacher, max_iters, seed, init, config_file, overrides)
     if epochs is not None:  # the learning rate still drops for the last sixth of the schedule, as the preset's
         config = config.replace({"train.epochs": int(epochs), "train.lr_steps": (epochs * 5 / 6,)})
-    result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress)
+    data_terms = from_data({d.spec.name: d.spec.licence for d in datasets}, f"the corpus {corpus.path.name}")
+    result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress, data_terms=data_terms)
     train_size_head(result.model_path, datasets, size_steps, seed, progress, teacher)
     validation = {}
     for name, val_json in val_files.items():
@@ -201,7 +204,7 @@ DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen defa
 every dessam model. It is what `dessam predict` uses without `--model`, and where `dessam train --sam default`
 starts (`--init scratch` starts from random weights).
 
-**Licence of these weights:** {weights_licence(corpus)}.
+**Licence of these weights:** {licence_text(result.terms)}.
 
 ## Training data (corpus `{corpus.path.name}`; boxes only)
 
@@ -214,6 +217,7 @@ Synthetic datasets: {synthetic_images} scenes each. {result.iterations} iteratio
 
 {chr(10).join(rows)}
 
+{settings_section(read_model_file(result.model_path).config)}
 Command: `{command or '(from the Python API)'}`
 
 Date: {datetime.date.today().isoformat()}

@@ -69,6 +69,7 @@ from .slide_tiles import check_slide, cut_training_tiles
 FORMATS = ("labels", "labelme", "mat", "npy", "voc", "yolo", "coco", "geojson", "csv", "dsb", "aperio-xml")
 _UNINDEXED = ("coco", "dsb")  # formats whose annotations name their images themselves
 _SLIDE_FORMATS = ("geojson", "csv")  # formats whose images may be whole slides
+TILE_SIZE = 512  # side of the training tiles cut from slides (`dessam convert --tile-size`)
 
 
 @dataclass
@@ -370,7 +371,7 @@ def _annotation_stem(path: Path) -> str:
 
 
 def _add_shapes(targets: list, images_dir: Path, out: _Collected, summary: ConvertSummary, out_json: Path,
-                tile_size: int = 512, pixel_size_um: Optional[float] = None, tiles_dir=None, **_):
+                tile_size: int = TILE_SIZE, pixel_size_um: Optional[float] = None, tiles_dir=None, **_):
     """Annotations (annotation file, image, shapes, regions) -> COCO, slides cut into tiles."""
     slides = [t for t in targets if is_slide(t[1])]
     if slides and len(slides) < len(targets):

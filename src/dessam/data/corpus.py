@@ -39,12 +39,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DessamError
+from ..licences import is_non_commercial
 from ..yaml_file import read_yaml
 
 FORMATS = ("dsb", "aperio-xml", "coco", "labels", "npy", "synthetic")
 GENERATORS = ("pap", "anything", "pap-negatives")  # the order seeds each one's held-out scenes: append only
 USES = ("teacher", "model")  # pretrain-teacher learns masks from a dataset, pretrain-model learns to detect its nuclei
-NON_COMMERCIAL = "NC"  # licences carrying this part (CC BY-NC, CC BY-NC-SA) restrict the weights trained on them
 SYNTHETIC_SIZE = 256
 SYNTHETIC_VAL_STREAM = 9_217_331  # held-out synthetic scenes: a seed stream that training never uses
 
@@ -90,7 +90,7 @@ class DatasetSpec:
 
     @property
     def non_commercial(self) -> bool:
-        return NON_COMMERCIAL in str(self.licence).upper().replace("-", " ").split()
+        return is_non_commercial(self.licence)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .slide import Slide
 
 FALLBACK_PIXEL_SIZE_UM = 0.25
 MAX_THUMBNAIL_SIDE = 4096
+MIN_OD = 0.02  # the lowest optical density that counts as cells (`dessam predict --tissue-threshold`)
 
 Rect = tuple[int, int, int, int]  # x, y, width, height in level-0 pixels
 
@@ -73,7 +74,7 @@ def _without_small_pieces(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 def tissue_mask(
     slide: Slide,
     resolution_um: float = 10.0,
-    min_od: float = 0.02,
+    min_od: float = MIN_OD,
     max_od: float = 0.15,
     min_area_um2: float = 200.0,
     margin_um: float = 50.0,
@@ -128,16 +129,25 @@ def tile_grid(width: int, height: int, tile: int, overlap: int = 0, roi: Optiona
             for y in _starts(y0, h, tile, tile - overlap) for x in _starts(x0, w, tile, tile - overlap)]
 
 
-def parse_roi(text: str, dimensions: tuple[int, int], where: str = "the slide") -> Rect:
-    """``"x,y,w,h"`` (level-0 pixels) -> a rectangle checked to lie inside a slide of `dimensions`."""
+def parse_roi_text(text: str) -> Rect:
+    """``"x,y,w,h"`` (level-0 pixels) -> a rectangle with x, y >= 0 and a positive size."""
     parts = str(text).replace(" ", "").split(",")
     try:
         x, y, w, h = (int(v) for v in parts)
     except ValueError:
         raise DessamError(f"--roi {text}: expected four integers x,y,w,h in level-0 pixels, "
                           "e.g. --roi 1000,2000,4096,4096") from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        raise DessamError(f"--roi {text}: the region must start at x, y >= 0 and have a positive width and height; "
+                          "fix the numbers")
+    return x, y, w, h
+
+
+def parse_roi(text: str, dimensions: tuple[int, int], where: str = "the slide") -> Rect:
+    """``"x,y,w,h"`` (level-0 pixels) -> a rectangle checked to lie inside a slide of `dimensions`."""
+    x, y, w, h = parse_roi_text(text)
     width, height = dimensions
-    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+    if x + w > width or y + h > height:
         raise DessamError(f"--roi {text}: the region must have a positive size and lie inside {where} "
                           f"({width} x {height} px); fix the numbers")
     return x, y, w, h

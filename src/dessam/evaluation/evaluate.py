@@ -51,7 +51,7 @@ from ..config import Postprocess
 from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_label_map
 from ..errors import DessamError
 from ..geometry.plan import WindowPlan
-from ..geometry.scale import median_box_side
+from ..geometry.scale import check_pixel_size, median_box_side
 from ..inference.engines import load_predictor
 from ..inference.prediction import Prediction
 from ..inference.pipeline import STUDENT
@@ -253,6 +253,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     min_size = int(model.postprocess.min_size if min_size is None else min_size)
     if min_size < 0:
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
+    check_pixel_size(pixel_size_um)
     methods = tuple(METHODS) if baselines else (STUDENT,)
     rows = methods + ((PRETRAINED,) if reference is not None else ())
     records = dataset.images

@@ -63,7 +63,7 @@ def check_tiling(tile: int, overlap: int) -> None:
     if tile < 1:
         raise DessamError(f"the tile size must be a positive number of pixels; got {tile}")
     if not 0 <= overlap < tile:
-        raise DessamError(f"the tile overlap ({overlap}) must be at least 0 and smaller than the tile size ({tile})")
+        raise DessamError(f"--overlap {overlap}: give 0 to {tile - 1} pixels, less than the model's windows of {tile} px")
 
 
 def tile_windows(shape: tuple, tile: int, overlap: int) -> list:

@@ -106,27 +106,16 @@ def reference_settings() -> InferenceSettings:
                              decoder_precision="fp32", local_decoding=False, test_proposals=REFERENCE_TEST_PROPOSALS)
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): only then is a bf16 encoder
-    faster than fp32 on it."""
-    import torch
-
-    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # a probe that fails says nothing: stay with fp32
-        return False
-
-
 def fast_settings(device="cpu") -> InferenceSettings:
-    """CUDA: bf16 encoder, fp16 decoder, 8-image batches. CPU: 4-image batches, as memory is tighter
-    there (a ViT-B global-attention map alone is 0.8 GB per image at 1024 x 1024 in fp32), and a
-    bf16 encoder where the CPU has bf16 matrix units (the decoder stays fp32: on a CPU it is slower
-    in reduced precision, and its mask boundaries move). Local decoding and the test proposals are
-    the model's own. With the default teacher, a bf16 encoder kept a mean mask IoU of 0.994 with fp32
-    (18 synthetic fields, 258 nuclei) and encoded twice as fast on an AMX Xeon."""
+    """CUDA: bf16 encoder, fp16 decoder, 8-image batches. CPU: fp32 and 4-image batches, as memory is
+    tighter there (a ViT-B global-attention map alone is 0.8 GB per image at 1024 x 1024 in fp32).
+    Local decoding and the test proposals are the model's own.
+
+    A bf16 encoder on a CPU is asked for, never chosen (`--precision bf16`): on CPUs with bf16 matrix
+    units (Intel AMX) it encoded twice as fast and kept a mean mask IoU of 0.994 with fp32 (default
+    teacher, 18 synthetic fields, 258 nuclei), but results then depend on the CPU (the decoder stays
+    fp32 even then: on a CPU it is slower in reduced precision, and its mask boundaries move)."""
     if device_type(device) == "cuda":
         return InferenceSettings(precision="auto", decoder_chunk=256, compile="auto", batch_size=8)
-    precision = "bf16" if cpu_has_bf16_matrix_units() else "fp32"
-    return InferenceSettings(precision=precision, decoder_precision="fp32", decoder_chunk=256, compile=False,
+    return InferenceSettings(precision="fp32", decoder_precision="fp32", decoder_chunk=256, compile=False,
                              batch_size=4)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..data.coco import load_coco, mask_to_rle, read_json, read_record_image, write_coco
 from ..data.validate import raise_on_errors, validate_coco
 from ..errors import DessamError
+from ..geometry.tiling import check_tiling
 from ..inference.box_masks import box_masks
 from ..inference.pipeline import Pipeline
 from .review import ReviewItem, write_review
@@ -84,6 +85,7 @@ def label_dataset(predictor: Pipeline, data_json, images_dir, out_json, review_d
         raise DessamError(f"--outside-margin {outside_margin}: use 0 or a positive fraction of the box")
     if review_count < 0:
         raise DessamError(f"--review-count {review_count}: use 0 or more masks")
+    check_tiling(predictor.image_size, int(overlap))
     raise_on_errors(validate_coco(data_json, images_dir, decode=False, progress=False))
     dataset = load_coco(data_json, images_dir)
     raw = read_json(Path(data_json))

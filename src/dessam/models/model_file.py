@@ -1,8 +1,8 @@
 """The files training writes, and the record of which SAM weights a model was trained on.
 
 - `RUN/model.pt` (`MODEL_FORMAT`): what training changed (neck, detector, token), the full
-  configuration, the SAM weights' name and SHA-256, and the scale the model saw its images at
-  (`dessam.geometry.scale.ModelScale`).
+  configuration, the SAM weights' name and SHA-256, the scale the model saw its images at
+  (`dessam.geometry.scale.ModelScale`) and the licence its weights inherit (`dessam.licences.Terms`).
 - `RUN/checkpoints/*.pt` (`CHECKPOINT_FORMAT`): the same plus the optimizer, the position in the
   schedule and the random state, to resume training.
 
@@ -40,7 +40,7 @@ def sam_identity(name: str, checkpoint: Optional[str], sam) -> dict:
 
 
 def save_model_file(path: Path, trainable_state: dict, config: Config, identity: dict, epoch: int, iteration: int,
-                    scale: ModelScale) -> None:
+                    scale: ModelScale, licence: Optional[dict] = None) -> None:
     payload = {
         "input_scale": scale.input_scale,  # training images were resized by this factor (median); older readers
         "scale": scale.to_dict(),
@@ -51,12 +51,13 @@ def save_model_file(path: Path, trainable_state: dict, config: Config, identity:
         "state_dict": trainable_state,
         "epoch": epoch,
         "iteration": iteration,
+        "licence": licence,
     }
     save_torch_atomic(payload, path)
 
 
 def save_checkpoint(path: Path, trainable_state: dict, optimizer, config: Config, identity: dict, epoch: int,
-                    batch: int, iteration: int, nonfinite_run: int) -> None:
+                    batch: int, iteration: int, nonfinite_run: int, licence: Optional[dict] = None) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
@@ -68,6 +69,7 @@ def save_checkpoint(path: Path, trainable_state: dict, optimizer, config: Config
         "iteration": iteration,   # iterations done
         "nonfinite_run": nonfinite_run,
         "torch_rng": torch.get_rng_state(),
+        "licence": licence,
     }
     save_torch_atomic(payload, path)
 
@@ -89,6 +91,7 @@ class ModelFile:
     identity: dict
     state_dict: dict
     scale: ModelScale
+    licence: Optional[dict] = None   # the terms its weights inherit (`dessam.licences.Terms`); None: not recorded
 
 
 # What a setting that an older model file does not carry meant when that file was written: dessam's
@@ -126,7 +129,7 @@ def read_model_file(path) -> ModelFile:
         raise DessamError(f"{path}: not a dessam model file (expected RUN/model.pt written by `dessam train`)")
     config = Config.from_dict(with_earlier_behaviour(payload["config"]), str(path))
     scale = ModelScale.from_dict(payload.get("scale"), payload.get("input_scale"))
-    return ModelFile(path, config, payload["sam"], payload["state_dict"], scale)
+    return ModelFile(path, config, payload["sam"], payload["state_dict"], scale, payload.get("licence"))
 
 
 def find_sam_weights(identity: dict, model_path: Path, sam_checkpoint=None) -> Optional[Path]:

@@ -140,6 +140,20 @@ def build_sam(name: str, checkpoint: Optional[str | Path] = None, image_size: Op
     return sam
 
 
+def sam_input_size(name: str, checkpoint: Optional[str | Path] = None) -> int:
+    """The input size of the SAM `--sam NAME [--sam-checkpoint PATH]` names, without building it."""
+    from .default_teacher import is_default_teacher, teacher_path
+
+    if is_default_teacher(name) or (checkpoint and Path(checkpoint).suffix == ".pt"):
+        from .checkpoints import safe_torch_load
+
+        payload = safe_torch_load(checkpoint or teacher_path(name))
+        if isinstance(payload, dict) and payload.get("format") == "dessam-sam":
+            return int(payload["arch"]["image_size"])
+    spec = VIT_SPECS.get(name)
+    return int(spec.image_size) if spec is not None else 1024
+
+
 def guess_variant(state: dict) -> Optional[str]:
     """Which SAM architecture a state dict belongs to, from its encoder width and depth."""
     weight = state.get("image_encoder.patch_embed.proj.weight")

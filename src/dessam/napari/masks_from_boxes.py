@@ -22,7 +22,7 @@ from ..labeling.label import REVIEW_COUNT, mask_flags
 from ..labeling.review import certainty, review_order
 from .job_widget import JobWidget, find_layer, layer_box
 from .layers import BOX_COLUMNS, layer_image, shape_boxes
-from .model_choice import ModelChoice, load
+from .model_choice import ModelChoice, licence_note, load
 
 SUFFIX = " masks"
 
@@ -34,6 +34,7 @@ class Drawn:
     features: dict
     clipped: int
     skipped: int
+    licence: str = ""   # the line naming non-commercial weights, or ""
 
 
 def mask_features(masks, boxes: np.ndarray) -> dict:
@@ -88,7 +89,8 @@ class MasksFromBoxesWidget(JobWidget):
         def work(job) -> Drawn:
             masks = box_masks(load(spec), image, found.boxes, use_token=spec.use_token, on_window=job.window)
             labels = masks.instances.paint()   # label k + 1 is box k; a later box wins an overlap
-            return Drawn(layer, labels, mask_features(masks, found.boxes), found.clipped, found.skipped)
+            return Drawn(layer, labels, mask_features(masks, found.boxes), found.clipped, found.skipped,
+                         licence_note(spec))
 
         return work
 
@@ -107,4 +109,4 @@ class MasksFromBoxesWidget(JobWidget):
         if result.skipped:
             notes.append(f"{result.skipped} shapes skipped (not rectangles, or without area)")
         return (f"{len(flags)} masks in '{name}' ({self.seconds:.1f} s): {', '.join(notes)}; "
-                "review_rank 1 in its features table is the first to check")
+                f"review_rank 1 in its features table is the first to check{result.licence}")

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from ..errors import DessamError
 from ..models.bundled import bundled_models
@@ -45,20 +45,32 @@ def model_choices(teachers: bool) -> list:
 
 
 class ModelChoice(Container):
-    """A model box and, for `MODEL_FILE`, the file to load."""
+    """A model box, for `MODEL_FILE` the file to load, and a line naming non-commercial weights."""
 
     def __init__(self, teachers: bool = False):
         self.source = ComboBox(label="model", choices=model_choices(teachers),
                                tooltip="SAM alone draws the mask of each box; a trained model also finds the nuclei")
         self.file = FileEdit(label="model file", mode="r", filter="*.pt",
                              tooltip="a model.pt written by `dessam train` or by Train from boxes")
-        super().__init__(widgets=[self.source, self.file], labels=True)
+        self.licence = Label(value="")
+        super().__init__(widgets=[self.source, self.file, self.licence], labels=True)
         self.margins = (0, 0, 0, 0)
+        self.licence.native.setWordWrap(True)
         self.source.changed.connect(self._show_file)
+        self.file.changed.connect(self._show_licence)
         self._show_file()
 
     def _show_file(self, *_) -> None:
         self.file.visible = self.source.value == MODEL_FILE
+        self._show_licence()
+
+    def _show_licence(self, *_) -> None:
+        try:
+            note = licence_note(self.spec())
+        except DessamError:   # no file chosen yet, or not a model file: said when the work starts
+            note = ""
+        self.licence.value = note[2:]
+        self.licence.visible = bool(note)
 
     def spec(self) -> ModelSpec:
         """What to load; a file chosen but not given is refused."""
@@ -76,6 +88,18 @@ class ModelChoice(Container):
             raise DessamError(f"{path}: model file not found; pick a model.pt written by `dessam train` "
                               "or Train from boxes")
         return ModelSpec("model", str(path))
+
+
+def licence_note(spec: ModelSpec) -> str:
+    """"; " + the one line naming non-commercial weights and the permissive choice, or "" (read in the worker)."""
+    from ..models.model_file import read_model_file
+    from ..models.weights_terms import model_terms, sam_terms
+
+    if spec.kind == "model":
+        terms, what, alternative = model_terms(read_model_file(spec.name)), "the model", "bundled: pretrained-permissive"
+    else:
+        terms, what, alternative = sam_terms(spec.name), f"SAM {spec.name}", TEACHER + "default-permissive"
+    return f"; {terms.notice(what, alternative)}" if terms.non_commercial else ""
 
 
 _loaded: dict = {}

@@ -20,7 +20,7 @@ from magicgui.widgets import FloatSpinBox
 from ..errors import DessamError
 from .job_widget import JobWidget, find_layer, layer_box
 from .layers import layer_image, nucleus_features
-from .model_choice import ModelChoice, load
+from .model_choice import ModelChoice, licence_note, load
 
 SUFFIX = " nuclei"   # the Labels layer is named after its image
 
@@ -32,6 +32,7 @@ class Segmented:
     labels: np.ndarray
     features: dict
     pixel_size_um: Optional[float]
+    licence: str = ""   # the line naming non-commercial weights, or ""
 
 
 def image_metadata(image: np.ndarray, pixel_size_um: Optional[float]) -> dict:
@@ -61,7 +62,7 @@ class SegmentWidget(JobWidget):
             predictor = load(spec)
             prediction = predictor.predict(image, pixel_size_um=pixel_size, on_window=job.window)
             features = nucleus_features(prediction.labels, image, prediction.scores, prediction.boxes, pixel_size)
-            return Segmented(layer, image, prediction.labels, features, pixel_size)
+            return Segmented(layer, image, prediction.labels, features, pixel_size, licence_note(spec))
 
         return work
 
@@ -75,4 +76,4 @@ class SegmentWidget(JobWidget):
         else:
             self.viewer.add_labels(result.labels, name=name, features=result.features, metadata=metadata,
                                    scale=result.image_layer.scale[:2], translate=result.image_layer.translate[:2])
-        return f"{len(result.features['index'])} nuclei found in {self.seconds:.1f} s: layer '{name}'"
+        return f"{len(result.features['index'])} nuclei found in {self.seconds:.1f} s: layer '{name}'{result.licence}"

@@ -115,6 +115,7 @@ class Trained:
     total: int
     stopped: bool
     data: TrainingSet
+    terms: object = None   # the licence the model's weights inherit (`dessam.licences.Terms`)
 
 
 class ImageRow(Container):
@@ -202,7 +203,7 @@ class TrainWidget(JobWidget):
                                on_iteration=job.iteration)
                 with atomic_path(model_path) as tmp:
                     shutil.copyfile(result.model_path, tmp)
-            return Trained(model_path, result.iterations, config.train.max_iters, result.stopped, data)
+            return Trained(model_path, result.iterations, config.train.max_iters, result.stopped, data, result.terms)
 
         return work
 
@@ -216,8 +217,10 @@ class TrainWidget(JobWidget):
         how = (f"stopped at iteration {result.iterations} of {result.total}; the model as trained so far"
                if result.stopped else f"{result.iterations} iterations")
         data = result.data
+        licence = (f"; {result.terms.notice('the model', 'SAM default-permissive')}"
+                   if result.terms is not None and result.terms.non_commercial else "")
         return (f"{how} saved to {result.model_path} ({data.images} images, {data.box_annotations} boxes, "
-                f"{data.mask_annotations} masks; {self.seconds:.0f} s)")
+                f"{data.mask_annotations} masks; {self.seconds:.0f} s){licence}")
 
 
 def layer_masks(layer) -> np.ndarray:

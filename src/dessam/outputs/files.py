@@ -27,6 +27,8 @@ from ..config import Postprocess
 from ..data.images import read_image_raw, to_rgb, to_uint8
 from ..data.slide import SLIDE_SUFFIXES, is_slide
 from ..errors import DessamError
+from ..geometry.scale import check_pixel_size
+from ..geometry.tiling import check_tiling
 from .slides import SlideOptions, predict_slide, slide_outputs
 from .writers import (instances_to_coco_results, summary_row, write_geojson, write_json, write_label_tiff,
                       write_measurements_csv, write_overlay_png, write_summary_csv)
@@ -124,9 +126,28 @@ def parse_shard(text: Optional[str]) -> Optional[tuple]:
     return int(k), int(n)
 
 
-def writable_folder(out_dir) -> Path:
-    """The output folder, made if needed, or a one-line error when it cannot be written."""
+def check_options(image_size: int, paths: list, pixel_size_um: Optional[float], overlap: int,
+                  slide_options: Optional[SlideOptions]) -> None:
+    """The options that hold for the whole run, refused before any image is read or written (and,
+    from the command line, before the model is loaded): `image_size` is the model's input size."""
+    check_pixel_size(pixel_size_um)
+    check_tiling(int(image_size), int(overlap))
+    roi = slide_options.roi if slide_options is not None else None
+    if roi is not None and isinstance(roi, str):
+        from ..data.tissue import parse_roi_text  # scikit-image's filters: loaded for --roi only
+
+        parse_roi_text(roi)
+    if roi is not None and not any(is_slide(path) for path in paths):
+        raise DessamError(f"--roi {roi if isinstance(roi, str) else ','.join(map(str, roi))}: applies to whole slides, "
+                          f"and {paths[0]}{' and the other inputs are plain images' if len(paths) > 1 else ' is a plain image'}; "
+                          "crop the image instead, or leave out --roi")
+
+
+def writable_folder(out_dir, keep: bool = True) -> Path:
+    """The output folder, made if needed, or a one-line error when it cannot be written; with `keep`
+    False a folder made only to find that out is removed again (nothing is left before the work)."""
     out_dir = Path(out_dir)
+    made = [parent for parent in [out_dir, *out_dir.parents] if not parent.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".dessam_write_test"
@@ -134,6 +155,11 @@ def writable_folder(out_dir) -> Path:
         probe.unlink()
     except OSError as exc:
         raise DessamError(f"{out_dir}: cannot write the output folder ({exc.strerror}); choose another --out") from None
+    finally:
+        if not keep:
+            for folder in made:  # innermost first
+                if folder.is_dir():
+                    folder.rmdir()
     return out_dir
 
 
@@ -153,6 +179,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
     paths = expand_inputs(inputs)
     if shard is not None:
         paths = sorted(paths)[shard[0] - 1::shard[1]]
+    check_options(model.image_size, paths, pixel_size_um, overlap, slide_options)
     out_dir = writable_folder(out_dir)
     stems = {}
     for path in paths:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DessamError
+from ..licences import Terms
 from ..models.bundled import bundled_models, resolve_model
 
 CHOICES = ("auto", "pretrained", "scratch")
@@ -27,6 +28,7 @@ CHOICES = ("auto", "pretrained", "scratch")
 class Start:
     source: Optional[Path]   # the model file the weights came from; None: random
     note: str                # one line for the user
+    terms: Optional[Terms] = None   # the licence of the weights it started from (None: random weights)
 
 
 def matching_bundled_model(identity: dict) -> Optional[tuple]:
@@ -44,6 +46,7 @@ def matching_bundled_model(identity: dict) -> Optional[tuple]:
 def starting_weights(model, identity: dict, init: str) -> Start:
     """Load the starting weights `init` asks for into `model` (a `DESSAM`) and say where they came from."""
     from ..models.model_file import read_model_file
+    from ..models.weights_terms import model_terms
 
     if init == "scratch":
         return Start(None, "started from random weights (--init scratch)")
@@ -73,7 +76,7 @@ def starting_weights(model, identity: dict, init: str) -> Start:
         load_detector(model, source.state_dict, path)
         where = label if label == str(path) else f"{label} ({path})"
         return Start(path, f"started the detector from {where}, trained on the teacher this one was built on "
-                           "(the same image encoder); the prompt token starts anew")
+                           "(the same image encoder); the prompt token starts anew", model_terms(source))
     if source.identity["sha256"] != identity["sha256"]:
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
                           f"({source.identity.get('checkpoint') or source.identity['name']}); train with those, "
@@ -86,7 +89,7 @@ def starting_weights(model, identity: dict, init: str) -> Start:
                                "pretrained model's)")
         raise DessamError(f"{path}: --init {init}: {label} has another detector shape than this configuration; "
                           "train with its settings (the cpu preset for the bundled model), or use --init scratch") from None
-    return Start(path, f"started from {label} ({path}); --init scratch starts from random weights")
+    return Start(path, f"started from {label} ({path}); --init scratch starts from random weights", model_terms(source))
 
 
 def views_base_digest(config) -> Optional[str]:

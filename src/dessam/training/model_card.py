@@ -1,24 +1,90 @@
-"""Model cards: what a pre-trained weight file was trained on, under which licence, and how well
-it did on held-out data, written as Markdown beside the weights."""
+"""Model cards: what a weight file was trained on, under which licence it is, what it stores, and
+how well it did on held-out data, written as Markdown beside the weights.
+
+Every DES-SAM model card states the post-processing stored in its model file as a table of
+`STATED_SETTINGS` (`settings_section`), which `stated_settings` reads back: a test holds each
+bundled model's file to what its card states.
+"""
 
 from __future__ import annotations
 
 import datetime
 import platform
+import re
 from dataclasses import asdict
+from pathlib import Path
 
-from ..data.corpus import Corpus
+from typing import TYPE_CHECKING
+
+from ..config import Config, settings_by_key
+from ..licences import Terms
+
+if TYPE_CHECKING:   # the card's statement is read by `--help`, which should not load the data package
+    from ..data.corpus import Corpus
+
+# What `dessam predict`, `eval` and `label` read from a model file unless told otherwise.
+STATED_SETTINGS = ("model.postprocess.score_threshold", "model.postprocess.max_detections",
+                   "model.postprocess.min_size", "model.mask_threshold")
+_STATED_ROW = re.compile(r"^\| `(model\.[a-z_.]+)` \| ([^|]+?) \|", re.MULTILINE)
 
 
-def weights_licence(corpus: Corpus) -> str:
-    """The licence the weights carry: a non-commercial dataset's terms pass on to them."""
-    restricted = [d.name for d in corpus.datasets if d.non_commercial]
-    if restricted:
-        licences = sorted({d.licence for d in corpus.datasets if d.non_commercial})
-        return (f"{' and '.join(licences)}: trained on {', '.join(restricted)}, whose non-commercial terms these "
-                "weights inherit (research use; no commercial use)")
-    return ("Apache-2.0, like dessam: trained only on data whose licences put no condition on the weights "
-            f"({', '.join(corpus.licences)})")
+def licence_text(terms: Terms) -> str:
+    """One paragraph: the terms, what they come from, and what models made from these weights inherit."""
+    sources = "; ".join(terms.sources)
+    if terms.non_commercial:
+        return (f"{terms.licence}, {terms.words}: research use, no commercial use ({sources}). A model "
+                "fine-tuned from these weights, or trained on a teacher under these terms (which it needs again "
+                "to run), inherits them, ShareAlike included where the licence has SA")
+    return f"{terms.licence}, like dessam ({sources})"
+
+
+def stored_settings(config: Config) -> dict:
+    """The `STATED_SETTINGS` of a model's configuration, {"section.key": value}."""
+    settings = settings_by_key(config.to_dict())
+    return {key: settings[key] for key in STATED_SETTINGS}
+
+
+def settings_section(config: Config) -> str:
+    """The card's statement of the post-processing stored in the model file (`stated_settings` reads it)."""
+    rows = "\n".join(f"| `{key}` | {'none' if value is None else format(value, 'g')} |"
+                     for key, value in stored_settings(config).items())
+    return f"""## Stored post-processing
+
+What `dessam predict`, `eval` and `label` apply unless told otherwise, as stored in the model file:
+
+| setting | value |
+|---|---|
+{rows}
+"""
+
+
+def stated_settings(card: str) -> dict:
+    """The settings a model card states in its "Stored post-processing" table, {"section.key": float}."""
+    return {key: None if value == "none" else float(value) for key, value in _STATED_ROW.findall(card)}
+
+
+def trained_model_card(model_file, result, train_json, command: str = "") -> str:
+    """The model card `dessam train` writes beside RUN/model.pt (`model_file`: the read model file)."""
+    terms = Terms.from_dict(model_file.licence) if model_file.licence else None
+    identity = model_file.identity
+    teacher = f", file `{identity['checkpoint']}`" if identity.get("checkpoint") else ""
+    licence = (licence_text(terms) + ". It also carries whatever terms its training data carries, which dessam "
+               "does not know" if terms is not None else "not recorded")
+    return f"""# dessam model
+
+DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen SAM `{identity['name']}`{teacher},
+sha256 {identity['sha256'][:12]}) trained by `dessam train` on the boxes of `{Path(train_json).name}`:
+{result.box_annotations} annotations supervised by their boxes, {result.mask_annotations} by their masks.
+{result.iterations} iterations ({result.epochs_done} epochs) of the `{model_file.config.preset or 'custom'}`
+configuration; {result.start}.
+
+**Licence of these weights:** {licence}.
+
+{settings_section(model_file.config)}
+Command: `{command or '(from the Python API)'}`
+
+Date: {datetime.date.today().isoformat()}
+"""
 
 
 def corpus_table(datasets: list) -> str:
@@ -44,8 +110,9 @@ def validation_table(history: list, names: list) -> str:
     return "\n".join(lines)
 
 
-def views_paragraph(arch: dict, recipe) -> str:
-    """What a teacher that decodes on per-box views does with each box (empty for other teachers)."""
+def views_paragraph(arch: dict, recipe, base_sha256: str = "") -> str:
+    """What a teacher that decodes on per-box views does with each box (empty for other teachers);
+    the teacher it was built on is named with its SHA-256, since a bundled name may later mean another file."""
     views = arch.get("views")
     if not views:
         return ""
@@ -53,13 +120,13 @@ def views_paragraph(arch: dict, recipe) -> str:
 Each box is segmented on a view of its own: a square {views['context']:g} x the box's longer side (at least
 {views['min_side']:g} px) resampled to {views['size']} x {views['size']} px and encoded by a second U-Net (widths
 {views['widths']}), so that every nucleus is drawn at the same resolution whatever its size. The whole-image
-encoder, which the detector reads, is that of `{recipe.views_from}`, kept frozen; the view encoder and SAM's
+encoder, which the detector reads, is that of `{recipe.views_from}` (sha256 {base_sha256[:12] or 'not recorded'}), kept frozen; the view encoder and SAM's
 prompt encoder and mask decoder started from it and were trained on the views.
 """
 
 
 def teacher_card(corpus: Corpus, datasets: list, recipe, history: list, steps: int, arch: dict, sam, command: str,
-                 seconds: float) -> str:
+                 seconds: float, terms: Terms, base_sha256: str = "") -> str:
     """The model card of a pre-trained default teacher."""
     params = sum(p.numel() for p in sam.parameters())
     names = [d.spec.name for d in datasets if d.val]
@@ -71,8 +138,8 @@ A promptable nucleus segmenter of SAM's design: a {arch['encoder']} image encode
 {arch['prompt_dim']}; {params / 1e6:.2f} M parameters. Given an image and a box around a nucleus, it draws that
 nucleus's mask. It is `--sam default` in dessam: DES-SAM's frozen teacher, and what `dessam label --sam default`
 uses.
-{views_paragraph(arch, recipe)}
-**Licence of these weights:** {weights_licence(corpus)}.
+{views_paragraph(arch, recipe, base_sha256)}
+**Licence of these weights:** {licence_text(terms)}.
 
 ## Training data (corpus `{corpus.path.name}`)
 

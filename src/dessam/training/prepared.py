@@ -31,6 +31,7 @@ from ..data.coco import load_coco, mask_to_rle, read_record_image, segmentation_
 from ..data.images import write_png
 from ..geometry.inputs import resize_by
 from ..geometry.scale import box_sides, median_box_side
+from .batches import return_freed_memory
 
 FACTOR_RANGE = (0.05, 8.0)   # a typical nucleus of 3 to 480 px: outside, the image is brought as near as it goes
 MAX_SIDE = 4096              # an image is never made larger than this on its longer side
@@ -129,6 +130,7 @@ def prepare_training_set(train_json, images_dir, out_dir, nucleus_px: float, cop
                     small = np.asarray(Image.fromarray(mask).resize(resized_hw[::-1], Image.NEAREST))
                     annotation["segmentation"] = mask_to_rle(_transform(small, turns, flip))
                 annotations.append(annotation)
+        return_freed_memory()
     write_coco(json_path, images, annotations)
     sides = np.concatenate([box_sides(r.boxes) for r in records])
     summary = {"key": key, "median_factor": float(np.median(factors)), "median_nucleus": float(np.median(sides))}

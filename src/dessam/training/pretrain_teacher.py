@@ -475,15 +475,21 @@ def _open_log(path: Path, val_names: list, keep_until: Optional[int]):
 def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, datasets: list, history: list,
           step: int, optimizer, command: str, started: float) -> None:
     """Write teacher.pt, its model card and the resumable checkpoint, each atomically."""
+    from ..licences import from_data, inherited
+    from ..models.weights_terms import teacher_terms
     from .model_card import teacher_card
 
     info = {"recipe": asdict(recipe), "steps_done": step, "validation": history[-1],
             "datasets": [{"name": d.spec.name, "licence": d.spec.licence, **d.counts()} for d in datasets]}
+    terms = from_data({d.spec.name: d.spec.licence for d in datasets}, "the teacher")
     if recipe.views_from is not None:  # models trained on that teacher keep their detector on this one
         info["views_from"] = {"name": Path(recipe.views_from).name, "sha256": views_base_sha256(recipe)}
-    save_torch_atomic(teacher_file(sam, arch, train=json.loads(json.dumps(info))), out_dir / "teacher.pt")
+        terms = inherited(terms, teacher_terms(views_base_path(recipe)))  # its whole-image encoder is that teacher's
+    save_torch_atomic(teacher_file(sam, arch, train=json.loads(json.dumps(info)), licence=terms.to_dict()),
+                      out_dir / "teacher.pt")
     seconds = time.monotonic() - started
-    card = teacher_card(corpus, datasets, recipe, history, step, arch, sam, command, seconds)
+    card = teacher_card(corpus, datasets, recipe, history, step, arch, sam, command, seconds, terms,
+                        info.get("views_from", {}).get("sha256", ""))
     with atomic_path(out_dir / "teacher.md") as tmp:
         tmp.write_text(card, encoding="utf-8")
     state = {"recipe": {**asdict(recipe), "margins": list(recipe.margins)}, "step": step, "history": history,

@@ -23,6 +23,7 @@ from ..data.augment import recolour, resampled_crop
 from ..geometry.inputs import prepare_image
 from ..geometry.scale import SIZE_RANGE, estimate_crop
 from ..models.size_head import encoder_input_side
+from .batches import return_freed_memory
 
 P_RECOLOUR = 0.8
 
@@ -109,6 +110,7 @@ def fit_size_head(model, sources: list, steps: int = 1500, batch: int = 8, lr: f
         optimizer.step()
         schedule.step()
         losses.append(float(loss.item()))
+        return_freed_memory()
     head.eval()
     head.trained.fill_(1.0)
     return losses

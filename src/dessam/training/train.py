@@ -33,12 +33,14 @@ from ..data.coco import load_coco
 from ..devices import resolve_device
 from ..errors import DessamError
 from ..geometry.scale import ModelScale, check_pixel_size
+from ..licences import Terms
 from ..models.build import build_dessam
 from ..models.dessam import LOSS_NAMES
 from ..models.model_file import read_checkpoint, sam_identity, save_checkpoint, save_model_file
 from ..models.sam import build_sam, recognise_variant
+from ..models.weights_terms import sam_terms, training_terms
 from . import distributed
-from .batches import batch_masks, batch_tensors, encode_training_set
+from .batches import batch_masks, batch_tensors, encode_training_set, return_freed_memory
 from .cache import EmbeddingCache
 from .init import Start, starting_weights
 from .loss_log import LossLog
@@ -151,27 +153,32 @@ class TrainResult:
     box_annotations: int = 0     # ... and with their boxes (the teacher's pseudo-masks)
     stopped: bool = False        # `on_iteration` asked to stop before the schedule's end
     start: str = ""              # where the trained weights started from
+    terms: Optional[Terms] = None   # the licence the model's weights inherit (recorded in model.pt)
 
 
 def train(config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
-          progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None) -> TrainResult:
+          progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None,
+          data_terms: Optional[Terms] = None) -> TrainResult:
     """Train DES-SAM from the boxes (and any masks) of `train_json` into `out_dir` (see the module
-    docstring); `resume` continues from `out_dir/checkpoints/last.pt`.
+    docstring); `resume` continues from `out_dir/checkpoints/last.pt`. `data_terms`: the licence of
+    the training data when dessam knows it (a corpus); model.pt records the terms its weights inherit.
 
     on_iteration(iteration, total, loss): called after every iteration (single process; a viewer's
     loss readout); when it returns True, training stops there and saves what it has, as at the
     end of the schedule (model.pt, last.pt; `resume` goes on from it).
     """
-    return Trainer(config, train_json, images_dir, out_dir, val_json, resume, progress, on_iteration).run()
+    return Trainer(config, train_json, images_dir, out_dir, val_json, resume, progress, on_iteration, data_terms).run()
 
 
 class Trainer:
     """One training run. `run()` calls the steps in order; each step leaves its results on `self`."""
 
     def __init__(self, config: Config, train_json, images_dir, out_dir, val_json=None, resume: bool = False,
-                 progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None):
+                 progress: bool = True, on_iteration: Optional[Callable[[int, int, float], bool]] = None,
+                 data_terms: Optional[Terms] = None):
         self.config, self.train_json, self.images_dir, self.out_dir = config, train_json, images_dir, Path(out_dir)
         self.val_json, self.resume, self.progress, self.on_iteration = val_json, resume, progress, on_iteration
+        self.data_terms = data_terms
         self.dist = distributed.current()
         self.device = resolve_device(config.train.device) if not self.dist.enabled else self.dist.device
         self.last_path = self.out_dir / "checkpoints" / "last.pt"
@@ -191,7 +198,7 @@ class Trainer:
                 self.log.close()
         return TrainResult(self.out_dir / "model.pt", self.iteration, self.epoch, self.skipped_total,
                            self.dataset.clipped_boxes, self.dataset.dropped_boxes, self.encoder_runs(),
-                           self.mask_annotations, self.box_annotations, self.stopped, self.start.note)
+                           self.mask_annotations, self.box_annotations, self.stopped, self.start.note, self.terms)
 
     def prepare(self) -> None:
         """The training images with boxes, the run folder, and the checkpoint to resume from."""
@@ -248,6 +255,9 @@ class Trainer:
                               f"resume with the same --sam and --sam-checkpoint")
         self.start = (starting_weights(self.model, self.identity, config.train.init) if state is None
                       else Start(self.last_path, "resumed"))
+        self.terms = (Terms.from_dict(state["licence"]) if state is not None and state.get("licence") else
+                      training_terms(sam_terms(self.identity["name"], config.model.sam_checkpoint), self.start.terms,
+                                     self.data_terms))
         self.encoder_runs = _count_calls(self.model.sam.image_encoder)
         self.encode_images()
         self.batches_per_epoch = math.ceil(len(self.items) / config.train.batch_size)
@@ -324,6 +334,8 @@ class Trainer:
             self.nonfinite_run += 1
             self.skipped_total += 1
         self.iteration += 1
+        if self.iteration % 100 == 0:
+            return_freed_memory()
         self.record(lr, total_loss, losses, finite)
 
     def record(self, lr: float, total_loss, losses: dict, finite: bool) -> None:
@@ -356,11 +368,11 @@ class Trainer:
             self.write_checkpoint(self.last_path.parent / f"epoch_{self.epoch:03d}.pt", state_now)
             self.write_checkpoint(self.last_path, state_now)
             save_model_file(self.out_dir / "model.pt", state_now, self.config, self.identity, self.epoch, self.iteration,
-                            self.scale)
+                            self.scale, self.terms.to_dict())
 
     def write_checkpoint(self, path: Path, state_now: dict) -> None:
         save_checkpoint(path, state_now, self.optimizer, self.config, self.identity, self.epoch, self.start_batch,
-                        self.iteration, self.nonfinite_run)
+                        self.iteration, self.nonfinite_run, self.terms.to_dict())
 
     def finish(self) -> None:
         """The last checkpoint, model.pt and data_report.txt (rank 0), and the validation losses."""
@@ -370,7 +382,7 @@ class Trainer:
         state_now = self.model.trainable_state_dict()
         self.write_checkpoint(self.last_path, state_now)
         save_model_file(self.out_dir / "model.pt", state_now, self.config, self.identity, self.epoch, self.iteration,
-                        self.scale)
+                        self.scale, self.terms.to_dict())
         dataset = self.dataset
         write_text_atomic(self.out_dir / "data_report.txt",
                           f"images: {len(dataset.images)}\nclipped boxes: {dataset.clipped_boxes}\n"
