@@ -142,11 +142,11 @@ def test_a_model_on_the_base_teacher_lends_its_detector_to_the_view_teacher(tmp_
     views = pt.pretrain_teacher(corpus, tmp_path / "views", _recipe(steps=1, views_from=str(base), view_size=32),
                                 progress=False).teacher_path
     other = pt.pretrain_teacher(corpus, tmp_path / "other", _recipe(steps=1, seed=1), progress=False).teacher_path
-    first = pretrain_model(corpus, base, tmp_path / "first", max_iters=1, synthetic_images=1, progress=False)
-    second = pretrain_model(corpus, views, tmp_path / "second", max_iters=1, synthetic_images=1, progress=False,
+    first = pretrain_model(corpus, base, tmp_path / "first", max_iters=1, synthetic_images=1, progress=False, size_steps=2)
+    second = pretrain_model(corpus, views, tmp_path / "second", max_iters=1, synthetic_images=1, progress=False, size_steps=2,
                             init=str(first.model_path))
     assert "started the detector from" in second.card_path.read_text()
     assert read_model_file(second.model_path).identity["sha256"] != read_model_file(first.model_path).identity["sha256"]
     with pytest.raises(DessamError, match="trained on other SAM weights"):
-        pretrain_model(corpus, other, tmp_path / "third", max_iters=1, synthetic_images=1, progress=False,
+        pretrain_model(corpus, other, tmp_path / "third", max_iters=1, synthetic_images=1, progress=False, size_steps=2,
                        init=str(first.model_path))

@@ -113,7 +113,7 @@ def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, cor
     manifest["datasets"].append({"name": "shapes", "format": "synthetic", "generator": "anything",
                                  "licence": "Apache-2.0", "use": ["teacher"]})
     corpus.write_text(yaml.safe_dump(manifest))
-    result = pretrain_model(corpus, teacher, tmp_path / "model", max_iters=2, synthetic_images=2, progress=False,
+    result = pretrain_model(corpus, teacher, tmp_path / "model", max_iters=2, synthetic_images=2, progress=False, size_steps=2,
                             command="dessam pretrain-model")
     train = load_coco(tmp_path / "model" / "corpus" / "train.json", tmp_path / "model" / "corpus" / "images")
     assert all(segmentation is None for record in train.images for segmentation in record.segmentations)

@@ -90,14 +90,13 @@ PERMISSIVE_SAM = "--sam default-permissive"
 def _model_path(args) -> str:
     """--model, or the bundled pretrained model (said in one line on stderr, with its licence); a
     model whose weights are non-commercial is named so in one line."""
+    from .inference.engines import model_file_terms
     from .models.bundled import PRETRAINED_NAME, bundled_models, model_card, resolve_model
-    from .models.model_file import read_model_file
-    from .models.weights_terms import model_terms
 
     if args.model:
         path = resolve_model(args.model)
         if path.is_file():
-            terms = model_terms(read_model_file(path))
+            terms = model_file_terms(path)
             if terms.non_commercial:
                 print(f"dessam: {terms.notice(f'the model {path.name}', PERMISSIVE_MODEL)}", file=sys.stderr)
         return str(args.model)
@@ -105,7 +104,7 @@ def _model_path(args) -> str:
     if path is None:
         raise DessamError("no --model given and this installation has no bundled pretrained model; "
                           "pass --model RUN/model.pt")
-    terms = model_terms(read_model_file(path))
+    terms = model_file_terms(path)
     licence = terms.notice("it", PERMISSIVE_MODEL) if terms.non_commercial else terms.words
     print(f"dessam: using the bundled pretrained model {path.name} ({licence}; model card: {model_card(path)}); "
           f"pass --model RUN/model.pt for your own", file=sys.stderr)
@@ -114,10 +113,10 @@ def _model_path(args) -> str:
 
 def _input_size(model) -> int:
     """The input size of a model file (or a bundled model's name), read without building the model."""
+    from .inference.engines import model_input_size
     from .models.bundled import resolve_model
-    from .models.model_file import read_model_file
 
-    return int(read_model_file(resolve_model(model)).config.model.image_size)
+    return model_input_size(resolve_model(model))
 
 
 def _say_reference_terms(model) -> None:
@@ -765,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting on top of the cpu preset and --config (repeatable), e.g. train.copies=4")
     p.add_argument("--size-steps", type=int, default=1500,
-                   help="steps of the nucleus-size head's training (nucleus scaling; default 1500, 0: none)")
+                   help="steps of the nucleus-size head's training, none when zero (nucleus scaling; default 1500)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_model)

@@ -4,7 +4,9 @@ A file holds a FeatureCollection, a list of features or one feature (``.gz`` fil
 decompressed). Per feature:
 
 - a Polygon or MultiPolygon becomes polygons (holes kept), hence a mask; an axis-aligned
-  rectangle (4 corners) becomes a box without a mask, as QuPath's rectangle tool draws them;
+  rectangle (4 corners) drawn as an annotation becomes a box without a mask, as QuPath's rectangle
+  tool draws them (a detection or cell stays an outline, rectangular or not: a nucleus of a few
+  pixels can be a rectangle);
 - a cell (``objectType: cell``) gives its ``nucleusGeometry`` when it has one;
 - QuPath's classes mark what is not a nucleus: ``Region*`` objects are the regions that were
   annotated (kept apart as regions), ``Ignore*`` objects are skipped;
@@ -35,6 +37,7 @@ REGION_CLASS = "Region*"
 IGNORE_CLASS = "Ignore*"
 # QuPath object types that are not nuclei (current names, older names, and v0.2's type ids)
 _NOT_NUCLEI = ("tile", "tmaCore", "tma_core", "root", "PathTileObject", "TMACoreObject", "PathRootObject")
+_OUTLINE_TYPES = ("detection", "cell", "PathDetectionObject", "PathCellObject")  # never a drawn box
 
 
 @dataclass
@@ -111,7 +114,7 @@ def _rectangle(polygons: list[list[np.ndarray]]) -> Optional[tuple[float, float,
     return float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])
 
 
-def _shape(geometry: Any, where: str) -> tuple[Optional[Shape], str]:
+def _shape(geometry: Any, where: str, rectangle_is_box: bool = True) -> tuple[Optional[Shape], str]:
     """(shape, "") or (None, reason skipped)."""
     if not isinstance(geometry, dict):
         return None, "features without geometry"
@@ -125,7 +128,7 @@ def _shape(geometry: Any, where: str) -> tuple[Optional[Shape], str]:
     if not isinstance(parts, list) or not parts or not all(isinstance(p, list) and p for p in parts):
         raise DessamError(f"{where}: {kind} without coordinates; fix the file")
     polygons = [[_ring(ring, where) for ring in part] for part in parts]
-    box = _rectangle(polygons)
+    box = _rectangle(polygons) if rectangle_is_box else None
     if box is not None:
         return Shape(box, None, where), ""
     return Shape.from_polygons(polygons, where), ""
@@ -161,7 +164,7 @@ def read_qupath_geojson(path: str | Path, classes: Optional[list[str]] = None) -
             result.skipped[f"{IGNORE_CLASS} objects"] += 1
             continue
         geometry = feature.get("nucleusGeometry") or feature.get("geometry")
-        shape, reason = _shape(geometry, where)
+        shape, reason = _shape(geometry, where, rectangle_is_box=object_type not in _OUTLINE_TYPES)
         if shape is None:
             result.skipped[reason] += 1
             continue

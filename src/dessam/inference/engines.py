@@ -15,6 +15,7 @@ measurements behind this choice).
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +114,40 @@ def _teacher_digest(sam_name: str, sam_checkpoint=None) -> str:
     from .loading import load_teacher
 
     return weights_sha256(load_teacher(sam_name, None, "cpu").model.sam)
+
+
+def cached_manifest(path) -> Optional[dict]:
+    """The manifest of the ONNX export of the model file at `path`, when one is in the cache."""
+    manifest = export_folder(file_sha256(path)) / MANIFEST_NAME
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def model_file_terms(path):
+    """The terms (`dessam.licences.Terms`) of a model file: from its ONNX export's manifest when one
+    is in the cache (without importing torch), else read from the file."""
+    from ..licences import Terms
+
+    terms = ((cached_manifest(path) or {}).get("model") or {}).get("terms")
+    if terms:
+        return Terms.from_dict(terms)
+    from ..models.model_file import read_model_file
+    from ..models.weights_terms import model_terms
+
+    return model_terms(read_model_file(path))
+
+
+def model_input_size(path) -> int:
+    """The input size of a model file: from its ONNX export's manifest when one is in the cache,
+    else read from the file."""
+    manifest = cached_manifest(path)
+    if manifest is not None:
+        return int(manifest["image_size"])
+    from ..models.model_file import read_model_file
+
+    return int(read_model_file(path).config.model.image_size)
 
 
 def load_predictor(model, engine: str = "auto", device: str = "auto", sam_checkpoint=None,

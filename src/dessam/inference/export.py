@@ -81,6 +81,15 @@ def weights_licence(model_path: Optional[Path]) -> Optional[str]:
     return None
 
 
+def _terms(model_path) -> dict:
+    """The terms the model file carries (`dessam.models.weights_terms`), for commands that name them
+    without reading the file (and so without importing torch)."""
+    from ..models.model_file import read_model_file
+    from ..models.weights_terms import model_terms
+
+    return model_terms(read_model_file(model_path)).to_dict()
+
+
 def _embedding_shape(predictor: Predictor) -> tuple:
     size = predictor.image_size
     with torch.no_grad():
@@ -104,6 +113,7 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
             "sha256": None if model_path is None else file_sha256(model_path),
             "sam": predictor.sam_identity,
             "licence": weights_licence(model_path),
+            "terms": None if model_path is None else _terms(model_path),
         },
         "graphs": {
             "encoder": {"file": "encoder.onnx", "inputs": {"images": "float32 (B, 3, S, S): RGB 0-255 minus pixel_mean, "
