@@ -85,6 +85,9 @@ def _settings(args):
 SLIDE_SIDE = 8192   # dessam synth --slide: the default side of the synthetic slide
 PERMISSIVE_MODEL = "--model pretrained-permissive"
 PERMISSIVE_SAM = "--sam default-permissive"
+NUCLEUS_SIZE_HELP = ("the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
+                     "size (model.input_scaling nucleus, the cpu preset's) then skip their estimate; others say it "
+                     "plays no part")
 
 
 def _model_path(args) -> str:
@@ -585,8 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float,
                    help="the images' pixel size in microns: brings them to the model's scale, measurements in um")
     p.add_argument("--nucleus-size", type=float, metavar="PX",
-                   help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
-                        "size (the bundled ones) then skip their estimate")
+                   help=NUCLEUS_SIZE_HELP)
     p.add_argument("--score-threshold", type=float,
                    help=model_default("detection score threshold", "model.postprocess.score_threshold"))
     p.add_argument("--max-detections", type=int,
@@ -617,8 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=model_default("detection score threshold", "model.postprocess.score_threshold"))
     p.add_argument("--pixel-size", type=float, help="the test images' pixel size in microns (brings them to the model's scale)")
     p.add_argument("--nucleus-size", type=float, metavar="PX",
-                   help="the images' typical nucleus diameter in pixels: models that bring every image to one nucleus "
-                        "size (the bundled ones) then skip their estimate")
+                   help=NUCLEUS_SIZE_HELP)
     p.add_argument("--no-small-removal", action="store_true", help="keep holes and islands under --min-size")
     p.add_argument("--min-size", type=int, help=model_default("holes and islands under this many pixels are removed",
                                                                "model.postprocess.min_size", " px"))
