@@ -13,7 +13,7 @@
 4. scores the model on every held-out set (`RUN/val/NAME/`) and writes `RUN/model.md`, its model
    card.
 The model is then what `dessam predict` uses when given no `--model`, once `model.pt` and the
-teacher are copied into dessam's assets (see the README's "Pretrained models").
+teacher are copied into dessam's assets (see docs/models.md).
 """
 
 from __future__ import annotations
