@@ -1,5 +1,7 @@
 """Nucleus scaling: training images brought to one nucleus size, the size head, prediction by it."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -106,7 +108,12 @@ def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_
     assert len(losses) == 4 and all(np.isfinite(losses))
     estimate = predictor.estimate_nucleus_size(image)
     assert estimate is not None and 5 <= estimate <= 100
-    assert predictor.plan(image).factor == pytest.approx(20 / estimate)
+    used = predictor.nucleus_size(image)  # the estimate, corrected by what the detector finds there
+    assert 5 <= used <= 100 and predictor.plan(image).factor == pytest.approx(20 / used)
+    refining = predictor.config
+    predictor.config = refining.replace({"model.nucleus_refinements": 0})
+    assert predictor.nucleus_size(image) == estimate
+    predictor.config = refining
     assert len(estimation_crops(np.zeros((1000, 600, 3), np.uint8))) == 4
 
     # the ONNX engine estimates the same size from its exported size graph
@@ -119,4 +126,56 @@ def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_
     large = np.tile(image, (3, 2, 1))
     assert onnx.estimate_nucleus_size(image) == pytest.approx(estimate, rel=1e-3)
     assert onnx.estimate_nucleus_size(large) == pytest.approx(predictor.estimate_nucleus_size(large), rel=1e-3)
+    assert onnx.nucleus_size(image) == pytest.approx(used, rel=1e-3)
     assert onnx.plan(image).factor == pytest.approx(predictor.plan(image).factor, rel=1e-3)
+
+
+class _SizedPipeline:
+    """A stand-in engine whose head reads `estimate` and whose detector finds `count` nuclei of `found`
+    pixels (image pixels) at any size it is run at; it records the sizes it was run at."""
+
+    def __init__(self, estimate, found, count=20, refinements=3):
+        from dessam.inference.pipeline import Pipeline
+
+        self.nucleus_size = Pipeline.nucleus_size.__get__(self)
+        self.scale = ModelScale("nucleus", nucleus_px=24.0)
+        self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements))
+        self.estimate, self.found, self.count, self.runs = estimate, found, count, []
+
+    def estimate_nucleus_size(self, image):
+        return self.estimate
+
+    def detected(self, predictor, image, sources, nucleus_size):
+        self.runs.append(nucleus_size)
+        boxes = np.array([[i * 30.0, 0.0, i * 30.0 + self.found, self.found] for i in range(self.count)])
+        return {"boxes": SimpleNamespace(boxes=boxes)}
+
+
+@pytest.mark.parametrize("estimate, found, count, refinements, expected, runs", [
+    (30.0, 12.0, 20, 3, 12.0, [30.0, 12.0]),   # the head 2.5x too large: one pass corrects it, the next agrees
+    (13.0, 12.0, 20, 3, 12.0, [13.0]),         # within 15 %: the measured size, no further pass
+    (30.0, 12.0, 3, 3, 30.0, [30.0]),          # too few nuclei found to say: the head's estimate
+    (30.0, 12.0, 20, 0, 30.0, []),             # no refinement asked: the head alone
+])
+def test_an_estimated_nucleus_size_is_corrected_by_the_nuclei_detected_at_it(monkeypatch, estimate, found, count,
+                                                                               refinements, expected, runs):
+    from dessam.inference import pipeline
+
+    engine = _SizedPipeline(estimate, found, count, refinements)
+    monkeypatch.setattr(pipeline.windowed, "image_instances", engine.detected)
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert engine.nucleus_size(image) == pytest.approx(expected)
+    assert engine.runs == pytest.approx(runs)
+    assert engine.nucleus_size(image, nucleus_size=9.0) == 9.0 and engine.runs == pytest.approx(runs)  # given: kept
+
+
+def test_refinement_stops_after_its_passes_even_when_the_size_keeps_moving(monkeypatch):
+    from dessam.inference import pipeline
+
+    engine = _SizedPipeline(40.0, 12.0, refinements=2)
+    sizes = iter([20.0, 10.0, 5.0])
+    monkeypatch.setattr(pipeline.windowed, "image_instances", lambda *a, nucleus_size: (
+        engine.runs.append(nucleus_size),
+        {"boxes": SimpleNamespace(boxes=np.array([[0, 0, s, s] for s in [next(sizes)] * 6]))})[1])
+    assert engine.nucleus_size(np.zeros((8, 8, 3), np.uint8)) == pytest.approx(10.0)
+    assert engine.runs == pytest.approx([40.0, 20.0])

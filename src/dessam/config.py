@@ -114,6 +114,7 @@ class ModelConfig:
     image_size: Optional[int] = None   # longest side S; None = the SAM's own (1024 for ViT)
     input_scaling: Literal["fit", "fixed", "nucleus"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows | nucleus: every image resampled to nucleus_px nuclei, then as fixed
     nucleus_px: float = 24.0           # nucleus scaling: the typical nucleus side (box sqrt(w x h)) every image is brought to
+    nucleus_refinements: int = 3       # nucleus scaling: detection passes that correct an estimated nucleus size by the median side of the nuclei found there (0: the size head's estimate alone)
     pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
     neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)

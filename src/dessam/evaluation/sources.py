@@ -15,15 +15,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..inference.instances import Instances
-from ..inference.pipeline import STUDENT, student_masks
+from ..inference.pipeline import STUDENT, filled_boxes as box_as_mask, student_masks
 from ..inference.windowed import MaskSource
 from .box_otsu import box_otsu_instances
-
-
-def box_as_mask(predictor, encoded, images: list, boxes: list, scores: list, n_images: Optional[int] = None) -> list:
-    """Each box filled."""
-    return [Instances.from_boxes(b, s, item.original_hw) for b, s, item in zip(boxes, scores, encoded.inputs)]
 
 
 def box_otsu(predictor, encoded, images: list, boxes: list, scores: list, n_images: Optional[int] = None) -> list:

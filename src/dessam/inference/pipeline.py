@@ -29,6 +29,7 @@ from ..geometry.plan import WindowPlan
 from . import windowed
 from .instances import Instances
 from .masks import instance_crop
+from .nucleus_size import detected_side, settled
 from .prediction import Prediction
 
 
@@ -85,12 +86,23 @@ class Pipeline:
                      pixel_size_um: Optional[float] = None) -> Optional[float]:
         """The typical nucleus side (pixels) by which `image` is brought to a model with `nucleus`
         scaling: `nucleus_size` when given, else none when the image's and the model's pixel sizes
-        decide, else the model's estimate (`dessam.inference.nucleus_size`; None when it has none)."""
+        decide, else the model's estimate corrected by its detections (`dessam.inference.nucleus_size`;
+        None when it has no size head)."""
         if self.scale.mode != "nucleus" or nucleus_size is not None:
             return nucleus_size
         if pixel_size_um is not None and self.scale.pixel_size_um:
             return None
-        return self.estimate_nucleus_size(as_rgb(image))
+        image = as_rgb(image)
+        size = self.estimate_nucleus_size(image)
+        for _ in range(self.config.model.nucleus_refinements if size is not None else 0):
+            found = windowed.image_instances(self, image, {"boxes": BOXES_ONLY}, nucleus_size=size)["boxes"]
+            refined = detected_side(found.boxes)
+            if refined is None:
+                break
+            size, done = refined, settled(size, refined)
+            if done:
+                break
+        return size
 
     def plan(self, image: np.ndarray, pixel_size_um: Optional[float] = None, tile: Optional[bool] = None,
              overlap: int = 64, nucleus_size: Optional[float] = None) -> WindowPlan:
@@ -186,6 +198,15 @@ class Pipeline:
 
 
 STUDENT = "des-sam"
+
+
+def filled_boxes(predictor: Pipeline, encoded: Encoded, images: list, boxes: list, scores: list,
+                 n_images: Optional[int] = None) -> list:
+    """Each box filled: what the detector alone gives, without a decoder call."""
+    return [Instances.from_boxes(b, s, item.original_hw) for b, s, item in zip(boxes, scores, encoded.inputs)]
+
+
+BOXES_ONLY = windowed.MaskSource(filled_boxes)
 
 
 def student_masks(predictor: Pipeline, encoded: Encoded, images: list, boxes: list, scores: list,

@@ -104,8 +104,9 @@ def _region_plan(roi, factor: float, model, options: SlideOptions, tissue) -> tu
 
 
 def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optional[float]:
-    """The typical nucleus side (level-0 pixels) that the model reads on up to `ESTIMATE_REGIONS` regions
-    of the slide, centred in windows spread over those to predict; None when it cannot estimate."""
+    """The typical nucleus side (level-0 pixels) that the model estimates, and corrects by its detections
+    (`Pipeline.nucleus_size`), on up to `ESTIMATE_REGIONS` regions of the slide, centred in windows spread
+    over those to predict; None when it cannot estimate."""
     from ..geometry.scale import ESTIMATE_CROP as CROP
 
     chosen = np.flatnonzero(run)
@@ -119,7 +120,7 @@ def slide_nucleus_size(slide, model, plan: WindowPlan, run: np.ndarray) -> Optio
         side = min(CROP, int(w), int(h), width, height)
         left = int(min(max(x + w / 2 - side / 2, 0), width - side))
         top = int(min(max(y + h / 2 - side / 2, 0), height - side))
-        estimate = model.estimate_nucleus_size(slide.read_region((left, top), 0, (side, side)))
+        estimate = model.nucleus_size(slide.read_region((left, top), 0, (side, side)))
         if estimate is not None:
             estimates.append(estimate)
     return float(np.median(estimates)) if estimates else None
