@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.synth_slide import truth_paths
 
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from test_architecture import LAYERS  # noqa: E402
 
 # Modules of earlier layouts, by the layer their code belongs to now.
-EARLIER = {"scale": "geometry", "postprocess": "inference", "export": "outputs", "export_slide": "outputs"}
+EARLIER = {"scale": "geometry", "postprocess": "inference", "export": "outputs", "export_slide": "outputs",
+           "cli": "commands"}
 
 
 def layer(module: str) -> int:
@@ -56,7 +57,7 @@ def static_numbers(src: Path) -> dict:
 
 def trace(argv: list) -> tuple:
     """(dessam modules whose functions ran, climbs as sorted (caller, callee) pairs) of `dessam argv`."""
-    from dessam.cli import main
+    from dessam.commands import main
 
     called, climbs = set(), set()
 
@@ -114,7 +115,7 @@ def main() -> None:
         work = Path(work)
         data = Path(args.data) if args.data else work / "synth"
         if not args.data:
-            from dessam.cli import main as dessam_main
+            from dessam.commands import main as dessam_main
 
             dessam_main(["synth", "--out", str(data), "--n-train", "4", "--n-val", "0", "--n-test", "2", "--seed", "3"])
         train = ["train", "--train", str(data / "train.json"), "--images", str(data / "images"), "--preset", "tiny",

@@ -23,7 +23,7 @@ LAYERS = (
     ("inference", ("inference",)),
     ("training", ("training",)),
     ("evaluation / outputs", ("evaluation", "outputs", "labeling")),
-    ("leaves", ("cli", "__main__", "bench", "demo", "pretrain_model", "napari", "")),
+    ("leaves", ("commands", "__main__", "bench", "demo", "pretrain_model", "napari", "")),
 )
 
 
@@ -130,4 +130,4 @@ def test_no_import_from_a_higher_layer():
 def test_the_checks_see_upward_imports_and_cycles():
     graph = {"data.coco": {"inference.predictor"}, "inference.predictor": {"data.coco"}}
     assert cycles(graph) == [["data.coco", "inference.predictor"]]
-    assert layer_of("data.coco") < layer_of("inference.predictor") < layer_of("cli")
+    assert layer_of("data.coco") < layer_of("inference.predictor") < layer_of("commands")

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from scenes import tiny_config, write_box_dataset
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.models.sam import build_sam
 
 

@@ -148,7 +148,7 @@ def test_dessam_train_composes_its_flags_in_order(monkeypatch, tmp_path):
     the file, --set after the flags."""
     from types import SimpleNamespace
 
-    from dessam.cli import main
+    from dessam.commands import main
     from dessam.training import train as train_module
 
     seen = []
@@ -159,7 +159,7 @@ def test_dessam_train_composes_its_flags_in_order(monkeypatch, tmp_path):
                                skipped_nonfinite=0, mask_annotations=0, box_annotations=0, start="")
 
     monkeypatch.setattr(train_module, "train", fake_train)
-    monkeypatch.setattr("dessam.cli._write_card", lambda result, train_json: None)  # no model file to describe
+    monkeypatch.setattr("dessam.commands.train._write_card", lambda result, train_json: None)  # no model file to describe
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"train": {"epochs": 4, "seed": 9}}))
     common = ["train", "--train", "t.json", "--images", "i", "--out", str(tmp_path / "run"), "--skip-validation"]

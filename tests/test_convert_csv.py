@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.convert import convert
 from dessam.data.images import write_png
 from dessam.data.synth_slide import make_synthetic_slide

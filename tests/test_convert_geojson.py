@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage.draw import ellipse
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.coco import load_coco, record_label_map
 from dessam.data.convert import convert
 from dessam.data.images import read_image, write_png

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from public_layouts import aperio_xml, write_aperio, write_dsb
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.coco import load_coco, record_label_map
 from dessam.data.convert import convert
 from dessam.errors import DessamError

@@ -23,7 +23,7 @@ NAN_ON_RANK_1 = textwrap.dedent("""
     import os
     import sys
 
-    from dessam.cli import main
+    from dessam.commands import main
     from dessam.models.dessam import DESSAM
 
     real = DESSAM.weighted_total

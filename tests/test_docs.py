@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dessam.cli import build_parser
+from dessam.commands import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

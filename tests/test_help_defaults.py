@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from dessam.cli import build_parser
+from dessam.commands import build_parser
 from dessam.config import Config
 from dessam.models.bundled import BUNDLED_MODEL_FILES
 from dessam.models.model_file import read_model_file

@@ -11,7 +11,7 @@ import torch
 import yaml
 from scenes import tiny_config
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.training.train import train
 
 EPOCHS = 3  # x 6 images, batch 1: the kill lands in epoch 2, with epoch 3 still to go

@@ -11,7 +11,7 @@ from PIL import Image
 from scenes import make_nuclei_scene, tiny_config
 from scipy import ndimage
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.coco import load_coco, read_record_image, rle_to_mask
 from dessam.geometry.plan import WindowPlan
 from dessam.geometry.tiling import Window, best_windows

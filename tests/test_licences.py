@@ -4,7 +4,7 @@ import pytest
 import torch
 from scenes import tiny_config
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.licences import PERMISSIVE, Terms, from_data, inherited, spoken
 from dessam.models.bundled import BUNDLED_MODEL_FILES
 from dessam.models.default_teacher import TEACHER_FILES
@@ -93,7 +93,7 @@ def test_train_says_what_its_model_inherits_and_writes_it_into_the_card(box_data
 
 @pytest.mark.skipif(not TEACHER_FILES["default"].is_file(), reason="no bundled default teacher")
 def test_the_non_commercial_teacher_is_named_before_training_or_labelling(capsys):
-    from dessam.cli import _say_teacher_terms
+    from dessam.commands.shared import say_teacher_terms as _say_teacher_terms
 
     _say_teacher_terms("default", None)
     line = capsys.readouterr().err.strip()

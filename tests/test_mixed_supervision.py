@@ -7,7 +7,7 @@ import pytest
 import torch
 from scenes import tiny_config
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.coco import load_coco, segmentation_to_mask
 from dessam.data.validate import validate_coco
 from dessam.errors import DessamError

@@ -7,7 +7,7 @@ import torch
 import yaml
 from scenes import tiny_config
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.training.train import train
 from dessam.errors import DessamError
 from dessam.models.dessam import DESSAM

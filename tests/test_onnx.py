@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scenes import make_nuclei_scene
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.config import Config
 from dessam.errors import DessamError
 from dessam.geometry.scale import ModelScale
@@ -121,7 +121,7 @@ def test_predict_exports_once_into_the_cache_and_starts_without_torch(trained_ti
     manifest = engines.export_folder(engines.file_sha256(trained_tiny)) / "manifest.json"
     assert manifest.is_file() and Path(dessam_home) in manifest.parents
     written = manifest.stat().st_mtime_ns
-    probe = ("import sys; from dessam.cli import main; "
+    probe = ("import sys; from dessam.commands import main; "
              f"code = main({args + ['--out', str(tmp_path / 'again')]!r}); "
              "sys.exit(code or 10 * ('torch' in sys.modules or 'torchvision' in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(SRC), "DESSAM_HOME": str(dessam_home)}

@@ -9,7 +9,7 @@ from PIL import Image
 from scenes import make_nuclei_scene
 
 import dessam
-from dessam.cli import main
+from dessam.commands import main
 
 
 def _scene(height, width, seed=3):

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from scenes import make_nuclei_scene
 from scipy import ndimage
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.config import Postprocess
 from dessam.geometry.plan import WindowPlan
 from dessam.inference import windowed

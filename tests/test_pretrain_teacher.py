@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.models.checkpoints import read_sam_state_dict
 from dessam.models.default_teacher import load_default_teacher
 from dessam.models.sam import build_sam

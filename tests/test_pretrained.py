@@ -7,7 +7,7 @@ import torch
 from scenes import tiny_config
 
 import dessam.models.bundled as bundled
-from dessam.cli import main
+from dessam.commands import main
 from dessam.errors import DessamError
 from dessam.models.model_file import read_model_file
 from dessam.training.train import train

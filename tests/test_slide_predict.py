@@ -20,7 +20,7 @@ import shapely.geometry
 import tifffile
 from scipy import ndimage
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.pyramid_tiff import write_pyramid_tiff
 from dessam.inference import windowed
 from dessam.inference.instances import Instances

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import tiffslide
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.data.slide import open_slide
 from dessam.data.synth_slide import make_synthetic_slide
 from dessam.data.tissue import parse_roi, select_tiles, tile_grid, tissue_mask, write_mask_png

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scenes import tiny_config, write_box_dataset
 
-from dessam.cli import main
+from dessam.commands import main
 from dessam.training.loss_log import LOG_COLUMNS
 from dessam.training.train import train
 

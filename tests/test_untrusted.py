@@ -14,7 +14,7 @@ import yaml
 from scenes import tiny_config, write_box_dataset
 
 import dessam
-from dessam.cli import main
+from dessam.commands import main
 from dessam.training.cache import EmbeddingCache
 from dessam.models.sam import build_sam
 

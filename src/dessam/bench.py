@@ -441,7 +441,7 @@ def first_window(*args, **kwargs):
         windowed.window_instances = original
     return original(*args, **kwargs)
 windowed.window_instances = first_window
-from dessam.cli import main
+from dessam.commands import main
 code = main(sys.argv[2:])
 with open("/proc/self/status") as status:  # this process's own peak (a child's rusage counts its parent's at fork)
     print(next(line for line in status if line.startswith("VmHWM")), file=sys.stderr, flush=True)
