@@ -27,7 +27,7 @@ from ..geometry.inputs import prepare_image
 from ..geometry.scale import SIZE_RANGE, estimate_crop
 
 MAX_CROPS = 4
-REFINE_TOLERANCE = 1.15   # a refined size within this factor of the last one ends the refinement
+REFINE_TOLERANCE = 1.05   # a refined size within this factor of the last one ends the refinement
 MIN_DETECTED = 5          # fewer nuclei found than this say nothing about their size
 
 
