@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from dessam.data.corpus import LoadedDataset, load_dataset, read_manifest
     from dessam.evaluation.evaluate import evaluate_model_file
     from dessam.models.bundled import resolve_model
-    from dessam.pretrain_model import SUMMARY_METRICS, write_corpus_coco
+    from dessam.pretrain.model import SUMMARY_METRICS, write_corpus_coco
 
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
     import onnxruntime
 
-    from dessam.bench import demo_fields, mask_agreement
+    from dessam.workflows.bench import demo_fields, mask_agreement
     from dessam.inference.export import export_model
     from dessam.inference.loading import load_model
     from dessam.inference.onnx_predictor import OnnxPredictor

@@ -77,7 +77,7 @@ def speed(engines: dict, paths: list) -> list:
 
 
 def field_runs(model: str, field: Path, engines: list) -> list:
-    from dessam.bench import time_predict_command
+    from dessam.workflows.bench import time_predict_command
     from PIL import Image
 
     width, height = Image.open(field).size
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from dessam.bench import device_name
+    from dessam.workflows.bench import device_name
     from dessam.inference.engines import onnx_model
     from dessam.inference.loading import load_model
     from dessam.outputs.files import expand_inputs

@@ -26,7 +26,8 @@ from test_architecture import LAYERS  # noqa: E402
 
 # Modules of earlier layouts, by the layer their code belongs to now.
 EARLIER = {"scale": "geometry", "postprocess": "inference", "export": "outputs", "export_slide": "outputs",
-           "cli": "commands"}
+           "cli": "commands", "presets": "config", "measurements": "metrics", "losses": "models", "bench": "workflows",
+           "demo": "workflows", "pretrain_model": "pretrain"}
 
 
 def layer(module: str) -> int:

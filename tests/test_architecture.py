@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dessam"
 # may import from its own layer and the layers below it, never from a layer above.
 LAYERS = (
     ("foundations", ("errors", "atomic", "yaml_file", "devices", "home", "digests", "licences")),
-    ("config", ("config", "presets")),
-    ("data", ("data", "metrics", "measurements")),
+    ("config", ("config",)),
+    ("data", ("data", "metrics")),
     ("geometry", ("geometry",)),
-    ("models", ("models", "losses")),
+    ("models", ("models",)),
     ("inference", ("inference",)),
     ("training", ("training",)),
     ("evaluation / outputs", ("evaluation", "outputs", "labeling")),
-    ("leaves", ("commands", "__main__", "bench", "demo", "pretrain_model", "napari", "")),
+    ("leaves", ("commands", "__main__", "workflows", "pretrain", "napari", "")),
 )
 
 

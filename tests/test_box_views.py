@@ -135,7 +135,7 @@ def _recipe(**changes):
 def test_a_model_on_the_base_teacher_lends_its_detector_to_the_view_teacher(tmp_path, corpus, monkeypatch):
     from dessam.errors import DessamError
     from dessam.models.model_file import read_model_file
-    from dessam.pretrain_model import pretrain_model
+    from dessam.pretrain.model import pretrain_model
 
     monkeypatch.setitem(pt.ARCH_SIZES, "tiny", TINY)
     base = pt.pretrain_teacher(corpus, tmp_path / "base", _recipe(steps=1), progress=False).teacher_path

@@ -9,7 +9,7 @@ import yaml
 from dessam.config import ALIASES, Config, Postprocess, parse_set, settings_by_key
 from dessam.errors import DessamError
 from dessam.models.model_file import with_earlier_behaviour
-from dessam.presets import REGISTRY, SMALL_CPU, implied_preset, preset_layers
+from dessam.config.presets import REGISTRY, SMALL_CPU, implied_preset, preset_layers
 
 
 def test_compose_applies_preset_then_file_then_overrides(tmp_path):

@@ -7,7 +7,7 @@ from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 
 @pytest.mark.skipif(not DEFAULT_TEACHER_PATH.is_file(), reason="the bundled default teacher is not built")
 def test_quick_demo_writes_the_report_curves_and_overlays(tmp_path):
-    from dessam.demo import SPLITS, run_demo
+    from dessam.workflows.demo import SPLITS, run_demo
 
     import torch
 
@@ -27,7 +27,7 @@ def test_quick_demo_writes_the_report_curves_and_overlays(tmp_path):
 
 
 def test_the_demo_holds_the_math_libraries_to_one_instruction_set_unless_told_otherwise(monkeypatch):
-    from dessam.demo import CPU_MATH, pin_cpu_math
+    from dessam.workflows.demo import CPU_MATH, pin_cpu_math
 
     for key in CPU_MATH:
         monkeypatch.delenv(key, raising=False)

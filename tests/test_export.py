@@ -9,7 +9,7 @@ from PIL import Image
 from dessam.errors import DessamError
 from dessam.geometry.outlines import labels_to_geojson
 from dessam.inference.instances import Instances, labels_to_masks
-from dessam.measurements import nucleus_measurements
+from dessam.metrics.measurements import nucleus_measurements
 from dessam.outputs.writers import (instances_to_coco_results, overlay_image, summary_row, write_geojson, write_json,
                                     write_label_tiff, write_measurements_csv, write_overlay_png, write_summary_csv,
                                     write_summary_markdown)

@@ -17,7 +17,7 @@ from dessam.commands import build_parser
 from dessam.config import Config
 from dessam.models.bundled import BUNDLED_MODEL_FILES
 from dessam.models.model_file import read_model_file
-from dessam.presets import REGISTRY
+from dessam.config.presets import REGISTRY
 
 NUMBER = re.compile(r"(?<![\w.-])\d+(?:\.\d+)?(?:e-?\d+)?(?![\w])")
 
@@ -51,7 +51,7 @@ def _sources() -> dict:
     from dessam.data.tissue import tissue_mask
     from dessam.inference.loading import load_teacher
     from dessam.labeling.label import label_dataset
-    from dessam.training.pretrain_teacher import Recipe
+    from dessam.pretrain.teacher import Recipe
 
     cpu, patchseg = Config.compose("cpu"), Config.compose("patchseg")
     sources = {}

@@ -17,7 +17,7 @@ from dessam.inference.acceleration import autocast_for, maybe_compile
 from dessam.inference.instances import Instances, mask_ious
 from dessam.inference.masks import instance_crop
 from dessam.inference.predictor import STUDENT, Predictor, student_masks
-from dessam.inference.settings import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, fast_settings, reference_settings
+from dessam.config.runtime import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, fast_settings, reference_settings
 from dessam.inference.windowed import MaskSource, window_instances
 from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 from dessam.training.train import build_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dessam.losses import (colour_similarity, distillation_losses, edge_aware_losses, global_level_set_loss,
+from dessam.models.losses import (colour_similarity, distillation_losses, edge_aware_losses, global_level_set_loss,
                            local_pairwise_loss, rgb_to_lab, valid_region)
 
 DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]

@@ -7,7 +7,7 @@ from scenes import make_nuclei_scene, tiny_config
 
 from dessam.data.anything import instance_boxes
 from dessam.geometry.inputs import prepare_image
-from dessam.losses import edge_aware_losses, valid_region
+from dessam.models.losses import edge_aware_losses, valid_region
 from dessam.models.dessam import DESSAM
 from dessam.models.sam import build_sam
 
@@ -116,7 +116,7 @@ def test_the_prompt_token_starts_as_sams_padding_token():
 
 
 def test_distillation_sums_over_prompts_and_averages_over_images():
-    from dessam.losses import distillation_losses
+    from dessam.models.losses import distillation_losses
 
     torch.manual_seed(0)
     student, teacher = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8)
@@ -138,7 +138,7 @@ def test_the_prompt_token_learns_to_follow_the_teacher():
     """Only the token trains, on the shipped default teacher and a synthetic cytology field: prompted
     with shifted boxes, the student moves towards the teacher's masks of the annotated boxes."""
     from dessam.data.synth import make_scene
-    from dessam.losses import distillation_losses
+    from dessam.models.losses import distillation_losses
     from dessam.models.default_teacher import load_default_teacher
 
     config = tiny_config()

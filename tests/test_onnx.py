@@ -23,7 +23,7 @@ from dessam.inference.export import check_export, export_model
 from dessam.inference.instances import mask_ious
 from dessam.inference.loading import load_model, load_teacher
 from dessam.inference.predictor import Predictor
-from dessam.inference.settings import fast_settings
+from dessam.config.runtime import fast_settings
 from dessam.models.default_teacher import build_default_architecture
 from dessam.models.dessam import DESSAM
 from test_box_views import TINY_VIEWS

@@ -106,7 +106,7 @@ def test_command_line_mistakes_are_one_line(tmp_path, corpus, capsys):
 
 def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, corpus, tiny_arch):
     from dessam.data.coco import load_coco
-    from dessam.pretrain_model import pretrain_model
+    from dessam.pretrain.model import pretrain_model
 
     teacher = pt.pretrain_teacher(corpus, tmp_path / "teacher", _recipe(steps=1), progress=False).teacher_path
     manifest = yaml.safe_load(corpus.read_text())

@@ -101,7 +101,7 @@ def test_eval_with_baselines_has_a_row_for_the_bundled_model(box_dataset, as_bun
 def test_bundled_models_are_named_on_the_command_line(as_bundled, monkeypatch, tmp_path):
     from dessam.inference.loading import load_model
     from dessam.models.default_teacher import TEACHER_FILES
-    from dessam.presets import DEFAULT_TEACHERS
+    from dessam.config.presets import DEFAULT_TEACHERS
 
     assert bundled.resolve_model("pretrained") == as_bundled
     assert str(bundled.resolve_model("runs/x/model.pt")) == "runs/x/model.pt"

@@ -11,7 +11,7 @@ from scenes import make_nuclei_scene, tiled_field, tiny_config
 from dessam.geometry.plan import WindowPlan
 from dessam.inference.box_masks import box_masks
 from dessam.inference.loading import load_model, load_teacher
-from dessam.inference.settings import fast_settings
+from dessam.config.runtime import fast_settings
 from dessam.training.train import train
 
 

@@ -13,7 +13,7 @@ from skimage.draw import ellipse
 from dessam.data.label_pyramid import LabelPyramidWriter
 from dessam.data.nucleus import Nucleus
 from dessam.data.pixel_size import tiff_pixel_size_um
-from dessam.measurements import nucleus_measurements
+from dessam.metrics.measurements import nucleus_measurements
 from dessam.outputs.slide_writers import GeoJSONWriter, MeasurementsCSVWriter, measure_nucleus, nucleus_feature
 
 

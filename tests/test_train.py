@@ -143,7 +143,7 @@ def test_optimizer_choice():
 def test_cli_train_preset_reproduces_the_authors_cluster_config(box_dataset, tmp_path, capsys):
     import yaml
 
-    from dessam.presets import REGISTRY
+    from dessam.config.presets import REGISTRY
 
     boxes_json, _, images = box_dataset
     tiny = tiny_config(epochs=1).to_dict()

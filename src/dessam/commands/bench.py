@@ -10,7 +10,7 @@ NAME = "bench"
 
 
 def run(args) -> int:
-    from ..bench import run_bench
+    from ..workflows.bench import run_bench
 
     report = run_bench(device=args.device, quick=args.quick, out=args.out, compile=args.compile, model=args.model,
                        data=args.data, images=args.images, progress=not args.quiet)

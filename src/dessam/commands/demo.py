@@ -8,7 +8,7 @@ NAME = "demo"
 
 
 def run(args) -> int:
-    from ..demo import pin_cpu_math, run_demo
+    from ..workflows.demo import pin_cpu_math, run_demo
 
     pin_cpu_math()   # before PyTorch loads
     run_demo(args.out, quick=args.quick, progress=not args.quiet)

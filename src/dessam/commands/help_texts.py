@@ -73,7 +73,7 @@ def model_default(text: str, key: str, unit: str = "") -> FromConfig:
 
 
 def preset_default(text: str, key: str) -> FromConfig:
-    """`text` with a training setting's default in the preset `--sam` implies (`dessam.presets`)."""
+    """`text` with a training setting's default in the preset `--sam` implies (`dessam.config.presets`)."""
     return FromConfig(lambda: f"{text} (default: {preset_setting('cpu', key)} with --sam default, the cpu preset; "
                               f"{preset_setting('patchseg', key)} with SAM ViT, patchseg)")
 
@@ -83,7 +83,7 @@ def recipe_default(text: str, name: str) -> FromConfig:
     def build() -> str:
         import dataclasses
 
-        from ..training.pretrain_teacher import Recipe
+        from ..pretrain.teacher import Recipe
 
         default = next(f.default for f in dataclasses.fields(Recipe) if f.name == name)
         return text.format(default=shown(default))

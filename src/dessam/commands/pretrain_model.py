@@ -9,7 +9,7 @@ NAME = "pretrain-model"
 
 
 def run(args) -> int:
-    from ..pretrain_model import pretrain_model
+    from ..pretrain.model import pretrain_model
 
     from ..config import parse_set
 

@@ -10,7 +10,7 @@ NAME = "pretrain-teacher"
 
 
 def run(args) -> int:
-    from ..training.pretrain_teacher import Recipe, pretrain_teacher
+    from ..pretrain.teacher import Recipe, pretrain_teacher
 
     options = {key: getattr(args, key) for key in ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch",
                                                    "eval_every", "nucleus_px", "views_from", "view_size", "view_context")

@@ -26,7 +26,7 @@ def torch_settings(args):
     from dataclasses import replace
 
     from ..devices import resolve_device
-    from ..inference.settings import fast_settings
+    from ..config.runtime import fast_settings
 
     if args.precision == "int8":
         raise DessamError("--precision int8 is the ONNX engine's; use --engine onnx, or fp32 / bf16 / fp16")

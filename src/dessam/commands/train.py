@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .help_texts import preset_default
-from ..presets import REGISTRY
+from ..config.presets import REGISTRY
 from .shared import PERMISSIVE_SAM, add_quiet, command_line, say_teacher_terms
 
 NAME = "train"
@@ -18,7 +18,7 @@ TRAIN_FLAGS = (("sam", "model.sam"), ("sam_checkpoint", "model.sam_checkpoint"),
 
 def run(args) -> int:
     from ..config import Config, parse_set
-    from ..presets import implied_preset
+    from ..config.presets import implied_preset
     from ..training.train import train
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS if getattr(args, flag) not in (None, "")}

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..measurements import check_labels
+from ..metrics.measurements import check_labels
 
 
 def _trace_ring(region: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .settings import InferenceSettings
+from ..config.runtime import InferenceSettings
 
 def autocast_for(settings: InferenceSettings, device, part: str = "encoder"):
     """A context manager: autocast `part` ("encoder" or "decoder") to the settings' dtype on `device`,

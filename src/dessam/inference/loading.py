@@ -17,7 +17,7 @@ from ..models.model_file import read_model_file, sam_for_model, sam_identity
 from ..models.promptable_sam import PromptableSam
 from ..models.sam import OFFICIAL_VARIANTS, build_sam, recognise_variant
 from .predictor import Predictor
-from .settings import InferenceSettings, fast_settings
+from ..config.runtime import InferenceSettings, fast_settings
 
 
 def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int] = None,
@@ -28,7 +28,7 @@ def load_model(path, device="cpu", sam_checkpoint=None, image_size: Optional[int
     image_size: run the model at another input size than it was trained at (the default
     teacher is fully convolutional; ViT position tables are interpolated).
     settings: how inference runs (default: the fast path for the device, see
-    `dessam.inference.settings`); its `test_proposals` is fixed when the model is built.
+    `dessam.config.runtime`); its `test_proposals` is fixed when the model is built.
     input_scale: resize images by this factor instead of the model's training scale.
     """
     from ..models.bundled import resolve_model

@@ -26,7 +26,7 @@ from ..geometry.inputs import as_rgb, prepare_image
 from ..geometry.scale import ModelScale
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import DecodedChunk, Encoded, Pipeline, decoding_order
-from .settings import InferenceSettings
+from ..config.runtime import InferenceSettings
 
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("encoder", "detector", "decoder", "size")

@@ -35,7 +35,7 @@ class Prediction:
 
     def measurements(self, pixel_size_um: Optional[float] = None, image: Optional[np.ndarray] = None) -> list:
         """Per-nucleus morphometry and intensities (scikit-image regionprops), one dict per label."""
-        from ..measurements import nucleus_measurements  # scikit-image: loaded when measured, not to predict
+        from ..metrics.measurements import nucleus_measurements  # scikit-image: loaded when measured, not to predict
 
         source = image if image is not None else self.image
         if source is None:

@@ -31,7 +31,7 @@ from ..models.prompted_decoder import decoding_margin
 from .acceleration import autocast_for, maybe_compile
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, decoding_order, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
-from .settings import InferenceSettings, fast_settings
+from ..config.runtime import InferenceSettings, fast_settings
 
 
 class Predictor(Pipeline):

@@ -3,7 +3,7 @@
 Official SAM weights cannot always be downloaded, so `--sam default` uses this model: a small
 convolutional image encoder in front of the *official* `segment_anything` prompt encoder, two-way
 transformer and mask decoder, at a narrower width. It is pre-trained on a corpus of public nucleus
-data and dessam's synthetic scenes by `dessam.training.pretrain_teacher` and stored in
+data and dessam's synthetic scenes by `dessam.pretrain.teacher` and stored in
 `assets/default_teacher.pt` as ``{"format": "dessam-sam", "arch": {...}, "state_dict": {...}}``,
 with its model card beside it (`default_teacher.md`).
 

@@ -13,7 +13,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..config import Config
-from ..losses import distillation_losses, edge_aware_losses, valid_region
+from .losses import distillation_losses, edge_aware_losses, valid_region
 from .detector import BoxDetector
 from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid

@@ -18,7 +18,7 @@ import numpy as np
 from ..data.images import MAX_PIXELS
 from ..errors import DessamError
 from ..geometry.inputs import as_rgb
-from ..measurements import nucleus_measurements
+from ..metrics.measurements import nucleus_measurements
 from ..outputs.files import without_alpha
 
 BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
@@ -100,7 +100,7 @@ def box_rectangles(boxes: np.ndarray) -> list:
 def nucleus_features(labels: np.ndarray, image: np.ndarray, scores=None, boxes=None,
                      pixel_size_um=None) -> dict:
     """The features table of a Labels layer of nuclei: per label id present, the columns of
-    `dessam predict`'s CSV (`dessam.measurements.nucleus_measurements`: id, centroid, area, perimeter,
+    `dessam predict`'s CSV (`dessam.metrics.measurements.nucleus_measurements`: id, centroid, area, perimeter,
     ..., mean intensities, score) and, given `boxes` (row k = id k + 1), the detector's box.
     `index` holds the label id, as napari looks rows up by it."""
     rows = nucleus_measurements(labels, without_alpha(np.asarray(image)), scores, pixel_size_um)

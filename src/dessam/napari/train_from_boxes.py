@@ -35,7 +35,7 @@ from ..errors import DessamError
 from ..models.default_teacher import TEACHER_FILES
 from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
-from ..presets import implied_preset
+from ..config.presets import implied_preset
 from ..training.prepared import image_factors
 from ..training.train import train, training_factor, with_epochs
 from ..training.views import training_views

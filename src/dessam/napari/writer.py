@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DessamError
-from ..measurements import nucleus_measurements
+from ..metrics.measurements import nucleus_measurements
 from ..outputs.files import output_paths, without_alpha
 from ..outputs.writers import write_geojson, write_label_tiff, write_measurements_csv
 from .layers import scores_by_id

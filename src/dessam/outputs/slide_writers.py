@@ -5,7 +5,7 @@
   (along pixel edges, area = pixel count), measurements as QuPath measurements; ``.gz`` names
   are gzip-compressed (QuPath 0.4+ imports ``.geojson.gz``).
 - `MeasurementsCSVWriter`: one row per nucleus, the columns of
-  `dessam.measurements.nucleus_measurements` (lengths in µm when the pixel size is known);
+  `dessam.metrics.measurements.nucleus_measurements` (lengths in µm when the pixel size is known);
   `measure_nucleus` computes such a row for one nucleus from its pixels.
 - The instance label image: `dessam.data.label_pyramid.LabelPyramidWriter`.
 
@@ -28,7 +28,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..data.nucleus import Nucleus
 from ..geometry.outlines import labels_to_geojson
-from ..measurements import nucleus_measurements
+from ..metrics.measurements import nucleus_measurements
 from .writers import plain
 
 
@@ -143,7 +143,7 @@ class MeasurementsCSVWriter(_StreamedFile):
 
 
 def measure_nucleus(nucleus: Nucleus, pixels: np.ndarray, pixel_size_um: Optional[float] = None) -> dict:
-    """`dessam.measurements.nucleus_measurements` of one nucleus, centroid in level-0 coordinates.
+    """`dessam.metrics.measurements.nucleus_measurements` of one nucleus, centroid in level-0 coordinates.
 
     `pixels` are the image pixels under the nucleus's box (``h x w`` or ``h x w x channels``),
     e.g. ``slide.read_region(box[:2], 0, (w, h))``.

@@ -26,7 +26,7 @@ from ..data.images import to_rgb, to_uint8
 from ..errors import DessamError
 from ..geometry.outlines import labels_to_geojson
 from ..inference.instances import label_dtype
-from ..measurements import check_labels, check_same_size
+from ..metrics.measurements import check_labels, check_same_size
 
 
 # ---------------------------------------------------------------- label TIFF and overlays

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import atomic_path, write_text_atomic
-from .config import Config
+from ..atomic import atomic_path, write_text_atomic
+from ..config import Config
 
 DEMO_THREADS = 1
 # Read by PyTorch's libraries when they load: ATen's own kernels and oneDNN's (convolutions) held to
@@ -127,11 +127,11 @@ def run_demo(out="demo_output", quick: bool = False, progress: bool = True, n_tr
 
 
 def _run_demo(machine: str, out, quick: bool, progress: bool, n_train, n_test) -> str:
-    from .data.synth import make_dataset
-    from .evaluation.compare import compare_reports
-    from .evaluation.evaluate import evaluate
-    from .inference.loading import load_model
-    from .training.train import train
+    from ..data.synth import make_dataset
+    from ..evaluation.compare import compare_reports
+    from ..evaluation.evaluate import evaluate
+    from ..inference.loading import load_model
+    from ..training.train import train
 
     start = time.perf_counter()
     out = Path(out)

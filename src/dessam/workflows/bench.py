@@ -49,21 +49,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_text_atomic
-from .config import Config
-from .data.coco import load_coco, read_record_image, record_label_map
-from .data.images import read_image, write_png
-from .data.synth import make_dataset, make_scene
-from .devices import resolve_device
-from .inference.instances import mask_ious
-from .inference.loading import load_model
-from .inference.predictor import Predictor, decode, local_margin
-from .models.bundled import PRETRAINED_NAME, bundled_models
-from .inference.settings import fast_settings, reference_settings
-from .metrics import evaluate_pair
-from .training.batches import batch_tensors, encode_training_set
-from .training.cache import EmbeddingCache
-from .training.train import build_model, train
+from ..atomic import write_text_atomic
+from ..config import Config
+from ..data.coco import load_coco, read_record_image, record_label_map
+from ..data.images import read_image, write_png
+from ..data.synth import make_dataset, make_scene
+from ..devices import resolve_device
+from ..inference.instances import mask_ious
+from ..inference.loading import load_model
+from ..inference.predictor import Predictor, decode, local_margin
+from ..models.bundled import PRETRAINED_NAME, bundled_models
+from ..config.runtime import fast_settings, reference_settings
+from ..metrics import evaluate_pair
+from ..training.batches import batch_tensors, encode_training_set
+from ..training.cache import EmbeddingCache
+from ..training.train import build_model, train
 
 BENCH_METRICS = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metrics.py"
 DECODER_BOXES = 100
@@ -291,7 +291,7 @@ def training_field(data_json: Optional[Path], images_dir: Optional[Path], size: 
         records = load_coco(data_json, images_dir).images
         record = max(records, key=lambda r: len(r.boxes))
         return read_record_image(record), record.boxes, f"{record.file_name} ({len(record.boxes)} boxes)"
-    from .data.anything import instance_boxes
+    from ..data.anything import instance_boxes
 
     image, labels = make_scene(np.random.default_rng([8, 0]), scene="cluster", size=(size, size))
     boxes = instance_boxes(labels)[1]
@@ -304,8 +304,8 @@ def time_training_iteration(predictor: Predictor, image: np.ndarray, boxes: np.n
     scale: its window with the most boxes), from the same weights: the authors' way (the encoder
     runs, every prompt decoded over the whole embedding) and dessam's (the embedding read from the
     cache, local decoding)."""
-    from .data.coco import ImageRecord
-    from .data.images import write_png
+    from ..data.coco import ImageRecord
+    from ..data.images import write_png
 
     model, device = predictor.model, predictor.device
     path = write_png(workdir / "field.png", image)
@@ -484,7 +484,7 @@ def compare_engines(model: Path, torch_path: Predictor, images: list, image_path
     """(Markdown lines, `Agreement`) of the PyTorch and ONNX Runtime engines on the same model and images:
     megapixels per second in one process, `dessam predict` on the first image as a user times it (wall
     clock, peak RSS, time to the first window), and their masks prompted with the same boxes."""
-    from .inference.engines import onnx_model
+    from ..inference.engines import onnx_model
 
     onnx_path = onnx_model(model, progress=False)  # exported now, if not yet: the timed runs find it cached
     timings = measure_alternating([lambda m=m: m.predict_batch(images) for m in (torch_path, onnx_path)], "cpu", repeats)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
-from .errors import DessamError
+from ..errors import DessamError
 
 
 def check_labels(labels: np.ndarray, what: str = "label map") -> np.ndarray:

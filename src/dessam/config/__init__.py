@@ -3,7 +3,7 @@
 A run's configuration is one frozen `Config` of sections: `model` (with its `detector` and its
 `postprocess`), `loss` and `train`. It is composed in one place, `Config.compose(preset, file,
 overrides)`: the defaults (the authors' PatchSeg configuration), then a named preset
-(`dessam.presets`), then a YAML file (`--config FILE.yaml`, any subset of keys), then single settings
+(`dessam.config.presets`), then a YAML file (`--config FILE.yaml`, any subset of keys), then single settings
 (`--set section.key=value` and the command's flags); it is saved with the run so that a model always
 knows how it was built. Each section checks its own choices once, when it is made; after composition
 a config is never edited: `config.replace({"train.epochs": 1})` gives a new one.
@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping, Optional, get_args, get_origin, get_ty
 
 import yaml
 
-from .errors import DessamError
+from ..errors import DessamError
 
 
 def check_choices(section, prefix: str) -> None:
@@ -207,20 +207,20 @@ RETIRED = {"model.decoder_chunk"}
 
 @dataclass(frozen=True)
 class Config:
-    preset: Optional[str] = None       # the named preset the run started from (see `dessam.presets`)
+    preset: Optional[str] = None       # the named preset the run started from (see `dessam.config.presets`)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
     def compose(cls, preset: Optional[str] = None, file=None, overrides: Optional[Mapping[str, Any]] = None) -> "Config":
-        """The defaults, then `preset`'s values (`dessam.presets`), then the YAML `file`'s, then
+        """The defaults, then `preset`'s values (`dessam.config.presets`), then the YAML `file`'s, then
         `overrides` ({"section.key": value}, in order)."""
         composer = _Composer()
         if preset is not None:
             composer.apply_preset(preset, "--preset")
         if file is not None:
-            from .yaml_file import read_yaml
+            from ..yaml_file import read_yaml
 
             composer.apply(read_yaml(file, "config file") or {}, str(file))
         composer.apply(overrides or {}, "command line")
@@ -397,6 +397,6 @@ def load_config(path: str | Path) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    from .atomic import write_text_atomic
+    from ..atomic import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import DessamError
+from ..errors import DessamError
 
 
 @dataclass(frozen=True)

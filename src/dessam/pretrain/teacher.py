@@ -466,7 +466,7 @@ def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resu
 
 
 def _open_log(path: Path, val_names: list, keep_until: Optional[int]):
-    from .csv_log import CsvLog
+    from ..training.csv_log import CsvLog
 
     columns = ["step", "lr", "loss", "train_iou"] + [f"val_{name}" for name in val_names]
     return CsvLog(path, columns, key="step", keep_until=keep_until)
@@ -477,7 +477,7 @@ def _save(out_dir: Path, sam: Sam, arch: dict, recipe: Recipe, corpus: Corpus, d
     """Write teacher.pt, its model card and the resumable checkpoint, each atomically."""
     from ..licences import from_data, inherited
     from ..models.weights_terms import teacher_terms
-    from .model_card import teacher_card
+    from ..training.model_card import teacher_card
 
     info = {"recipe": asdict(recipe), "steps_done": step, "validation": history[-1],
             "datasets": [{"name": d.spec.name, "licence": d.spec.licence, **d.counts()} for d in datasets]}

@@ -26,16 +26,16 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import write_text_atomic
-from .config import Config
-from .data.coco import label_map_to_annotations, write_coco
-from .data.corpus import load_dataset, read_manifest, synthetic_scene
-from .training.size_head import SizeSource
-from .data.images import write_png
-from .errors import DessamError
-from .licences import from_data
-from .models.model_file import read_model_file
-from .training.model_card import corpus_table, licence_text, settings_section
+from ..atomic import write_text_atomic
+from ..config import Config
+from ..data.coco import label_map_to_annotations, write_coco
+from ..data.corpus import load_dataset, read_manifest, synthetic_scene
+from ..training.size_head import SizeSource
+from ..data.images import write_png
+from ..errors import DessamError
+from ..licences import from_data
+from ..models.model_file import read_model_file
+from ..training.model_card import corpus_table, licence_text, settings_section
 
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
@@ -114,10 +114,10 @@ def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, pro
                     teacher: Optional[Path] = None) -> bool:
     """Fit the nucleus-size head of the model file at `model_path` and write the file again; False when the
     model has no head (not `nucleus` scaling) or it was trained already."""
-    from .inference.loading import load_model
-    from .models.checkpoints import safe_torch_load
-    from .models.model_file import save_model_file
-    from .training.size_head import fit_size_head
+    from ..inference.loading import load_model
+    from ..models.checkpoints import safe_torch_load
+    from ..models.model_file import save_model_file
+    from ..training.size_head import fit_size_head
 
     predictor = load_model(model_path, device="cpu", sam_checkpoint=teacher)
     head = predictor.model.size_head
@@ -135,8 +135,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
                    progress: bool = True, init: str = "scratch", config_file=None, overrides: Optional[dict] = None,
                    size_steps: int = 1500) -> PretrainedModel:
     """See the module docstring."""
-    from .evaluation.evaluate import evaluate_model_file
-    from .training.train import train
+    from ..evaluation.evaluate import evaluate_model_file
+    from ..training.train import train
 
     teacher, out_dir = Path(teacher), Path(out_dir)
     if not teacher.is_file():
