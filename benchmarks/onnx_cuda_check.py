@@ -26,7 +26,8 @@ def main(argv=None) -> int:
 
     import onnxruntime
 
-    from dessam.workflows.bench import demo_fields, mask_agreement
+    from dessam.workflows.agreement import mask_agreement
+    from dessam.workflows.bench import demo_fields
     from dessam.inference.export import export_model
     from dessam.inference.loading import load_model
     from dessam.inference.onnx_predictor import OnnxPredictor

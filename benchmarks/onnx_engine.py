@@ -77,7 +77,7 @@ def speed(engines: dict, paths: list) -> list:
 
 
 def field_runs(model: str, field: Path, engines: list) -> list:
-    from dessam.workflows.bench import time_predict_command
+    from dessam.workflows.engine_runs import time_predict_command
     from PIL import Image
 
     width, height = Image.open(field).size

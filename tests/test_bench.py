@@ -7,7 +7,9 @@ import re
 
 import numpy as np
 
-from dessam.workflows.bench import MIN_MASKS, PeakMemory, Row, Timing, format_table, mask_agreement, measure, run_bench
+from dessam.workflows.agreement import MIN_MASKS, mask_agreement
+from dessam.workflows.bench import run_bench
+from dessam.workflows.measuring import PeakMemory, Row, Timing, format_table, measure
 
 ROWS = ("Encoder", "Decoder, 100 boxes on one image", "End-to-end predict, 2 demo fields", "End-to-end predict, larger", "Training iteration", "Metrics")
 

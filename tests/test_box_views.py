@@ -9,7 +9,7 @@ from dessam.models.box_views import OUTSIDE, boxes_in_views, cut_views, view_squ
 from dessam.models.default_teacher import build_default_architecture, full_arch, load_default_teacher, teacher_file
 from dessam.models.dessam import DESSAM
 from dessam.models.prompted_decoder import PromptedMaskDecoder
-from dessam.training import pretrain_teacher as pt
+from dessam.pretrain import teacher as pt
 from test_pretrain_teacher import TINY
 
 TINY_VIEWS = {**TINY, "views": {"size": 32, "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1]}}

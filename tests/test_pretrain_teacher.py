@@ -11,7 +11,7 @@ from dessam.commands import main
 from dessam.models.checkpoints import read_sam_state_dict
 from dessam.models.default_teacher import load_default_teacher
 from dessam.models.sam import build_sam
-from dessam.training import pretrain_teacher as pt
+from dessam.pretrain import teacher as pt
 
 TINY = {"widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "prompt_dim": 16, "decoder_mlp_dim": 32, "decoder_heads": 2,
         "iou_hidden": 16, "mask_in_chans": 4, "image_size": 128, "local_margin": 2}

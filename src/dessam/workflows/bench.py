@@ -31,19 +31,12 @@ weights (speed only: its masks mean nothing).
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import importlib.util
-import os
 import platform
-import resource
-import statistics
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -55,186 +48,27 @@ from ..data.coco import load_coco, read_record_image, record_label_map
 from ..data.images import read_image, write_png
 from ..data.synth import make_dataset, make_scene
 from ..devices import resolve_device
-from ..inference.instances import mask_ious
 from ..inference.loading import load_model
 from ..inference.predictor import Predictor, decode, local_margin
-from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..config.runtime import fast_settings, reference_settings
+from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..metrics import evaluate_pair
 from ..training.batches import batch_tensors, encode_training_set
 from ..training.cache import EmbeddingCache
 from ..training.train import build_model, train
+from .agreement import mask_agreement
+from .engine_runs import compare_engines
+from .measuring import Row, format_table, measure_alternating, targeted
 
-BENCH_METRICS = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metrics.py"
+BENCH_METRICS = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_metrics.py"
 DECODER_BOXES = 100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 # ----- measuring -----------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory growth during a `with` block, in bytes (`.peak`).
-
-    CUDA: `torch.cuda.max_memory_allocated` above what was allocated at the start. CPU: the
-    process's resident set size sampled every millisecond from /proc/self/statm, above its size
-    at the start after freed heap memory is handed back to the OS (where /proc is missing: the
-    growth of the peak RSS from `resource`).
-    """
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-        self.peak = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> Optional[int]:
-        try:
-            with open("/proc/self/statm") as handle:
-                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    @staticmethod
-    def _max_rss() -> int:
-        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return value if platform.system() == "Darwin" else value * 1024
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self._highest = max(self._highest, self._rss() or 0)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        release_free_memory()
-        self._start = self._rss()
-        self._thread = None
-        if self._start is None:
-            self._start = self._max_rss()
-        else:
-            self._highest = self._start
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self._highest, self._rss() or 0) - self._start
-        else:
-            self.peak = self._max_rss() - self._start
-        self.peak = max(int(self.peak), 0)
-        return False
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc), so that RSS growth reflects what a call needs."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class Timing:
-    seconds: float      # median of the timed repeats
-    peak_bytes: int     # peak memory growth of the worst call, warm-up included
-    warmup_s: float     # the first call (includes torch.compile where used)
-
-
-def measure_alternating(fns: list, device, repeats: int, warmup: bool = True) -> list:
-    """One `Timing` per callable: each is warmed up once, then they are timed in turn (ABAB...).
-
-    Alternating makes a load that changes during the run (a shared machine) hit every callable
-    alike. CUDA work is synchronised before each clock read; peak memory is the highest of a
-    callable's own calls.
-    """
-    device = torch.device(device)
-
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    def timed(fn) -> tuple:
-        with PeakMemory(device) as memory:
-            start = clock()
-            fn()
-            elapsed = clock() - start
-        return elapsed, memory.peak
-
-    warmups = [timed(fn) if warmup else (0.0, 0) for fn in fns]
-    runs = [[] for _ in fns]
-    for _ in range(max(repeats, 1)):
-        for fn, times in zip(fns, runs):
-            times.append(timed(fn))
-    return [
-        Timing(statistics.median(t for t, _ in times), max([peak for _, peak in times] + [first[1]]), first[0])
-        for first, times in zip(warmups, runs)
-    ]
-
-
-def measure(fn: Callable[[], object], device, repeats: int, warmup: bool = True) -> Timing:
-    """Warm up once, then time `repeats` calls (see `measure_alternating`)."""
-    return measure_alternating([fn], device, repeats, warmup)[0]
 
 
 # ----- the table -----------------------------------------------------------------------------
-@dataclass
-class Row:
-    label: str                  # what is measured, with its unit
-    reference: float            # in `unit`
-    fast: float
-    unit: str                   # "img/s", "ms" or "s"
-    reference_timing: Optional[Timing] = None
-    fast_timing: Optional[Timing] = None
-    target: str = ""            # e.g. ">= 4x"
-    met: Optional[bool] = None
-    pixels_per_image: Optional[float] = None  # img/s rows: also given in megapixels per second
-
-    @property
-    def speedup(self) -> float:
-        if self.unit == "img/s":
-            return self.fast / self.reference
-        return self.reference / self.fast
-
-
-def _mb(value: Optional[int]) -> str:
-    return "—" if value is None else f"{value / 2**20:.0f} MB"
-
-
-def _number(value: float, unit: str) -> str:
-    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-
-
-def format_table(rows: list) -> str:
-    lines = [
-        "| Measurement | Reference | Fast | Speed-up | Target | Peak memory, reference / fast |",
-        "|---|---:|---:|---:|---|---|",
-    ]
-    for row in rows:
-        target = "—" if not row.target else f"{row.target}: {'met' if row.met else 'NOT met'}"
-        memory = "—"
-        if row.reference_timing is not None and row.fast_timing is not None:
-            memory = f"{_mb(row.reference_timing.peak_bytes)} / {_mb(row.fast_timing.peak_bytes)}"
-        cells = [_number(row.reference, row.unit), _number(row.fast, row.unit)]
-        if row.pixels_per_image:
-            cells = [f"{cell} ({value * row.pixels_per_image / 1e6:.2f} Mpx/s)"
-                     for cell, value in zip(cells, (row.reference, row.fast))]
-        lines.append(f"| {row.label} | {cells[0]} | {cells[1]} | {row.speedup:.2f}x | {target} | {memory} |")
-    return "\n".join(lines)
-
-
-def _targeted(row: Row, target: str, ratio: float) -> Row:
-    row.target, row.met = target, row.speedup >= ratio
-    return row
 
 
 # ----- what is measured --------------------------------------------------------------------
@@ -388,123 +222,6 @@ def _predict_row(label: str, reference: Predictor, fast: Predictor, images: list
                pixels_per_image=pixels)
 
 
-MIN_MASKS = 100          # an agreement check over fewer masks passes nothing
-REQUIRED_IOU = 0.98
-
-
-@dataclass
-class Agreement:
-    """Masks of two paths prompted with the same boxes: their mean IoU over `masks` masks."""
-
-    iou: float
-    masks: int
-
-    @property
-    def passed(self) -> bool:
-        return self.masks >= MIN_MASKS and self.iou >= REQUIRED_IOU
-
-    def verdict(self) -> str:
-        if self.masks < MIN_MASKS:
-            return (f"NOT passed: fewer than {MIN_MASKS} masks to compare (give a model that finds nuclei, and "
-                    "--images with nuclei)")
-        return "passed" if self.passed else f"FAILED (required >= {REQUIRED_IOU})"
-
-
-def input_tiles(images: list, size: int) -> list:
-    """The images cut into pieces of at most `size` x `size` (each one model input)."""
-    return [image[y:y + size, x:x + size] for image in images
-            for y in range(0, image.shape[0], size) for x in range(0, image.shape[1], size)]
-
-
-def mask_agreement(first, second, images: list, postprocess=None) -> Agreement:
-    """Both paths prompted with the first path's detections on every input-sized piece of `images`."""
-    ious = []
-    for tile in input_tiles(images, first.image_size):
-        encoded = first.encode([tile])
-        boxes = [first.detect(encoded, postprocess)[0][0]]
-        [a] = first.segment(encoded, boxes)
-        [b] = second.segment(second.encode([tile]), boxes)
-        ious.append(mask_ious(a, b))
-    ious = np.concatenate(ious) if ious else np.ones(0)
-    return Agreement(float(ious.mean()) if len(ious) else 1.0, len(ious))
-
-
-# `dessam predict` as a user runs it, in a child process that notes when its first window starts
-FIRST_WINDOW_PROBE = """
-import sys, time
-start = float(sys.argv[1])
-import dessam.inference.windowed as windowed
-original = windowed.window_instances
-def first_window(*args, **kwargs):
-    if windowed.window_instances is first_window:
-        print(f"FIRST_WINDOW {time.time() - start:.4f}", file=sys.stderr, flush=True)
-        windowed.window_instances = original
-    return original(*args, **kwargs)
-windowed.window_instances = first_window
-from dessam.commands import main
-code = main(sys.argv[2:])
-with open("/proc/self/status") as status:  # this process's own peak (a child's rusage counts its parent's at fork)
-    print(next(line for line in status if line.startswith("VmHWM")), file=sys.stderr, flush=True)
-sys.exit(code)
-"""
-
-
-@dataclass
-class CommandRun:
-    seconds: float              # wall clock, start-up included
-    peak_rss: int               # bytes, the whole process
-    first_window_s: float       # from the start to the first window
-
-
-def time_predict_command(engine: str, model, image_path: Path, workdir: Path) -> CommandRun:
-    """`dessam predict IMAGE --engine ENGINE` in a fresh process, timed as a user times it (Linux: the
-    peak RSS is read from /proc)."""
-    import subprocess
-    import sys
-
-    log = workdir / f"predict_{engine}.log"
-    args = [sys.executable, "-c", FIRST_WINDOW_PROBE, "", "predict", str(image_path), "--model", str(model),
-            "--out", str(workdir / f"predict_{engine}"), "--engine", engine, "--device", "cpu", "--quiet", "--overwrite"]
-    with open(log, "w") as handle:
-        start = time.time()
-        args[3] = repr(start)
-        process = subprocess.Popen(args, stderr=handle, stdout=subprocess.DEVNULL)
-        code = process.wait()
-        seconds = time.time() - start
-    text = log.read_text()
-    if code != 0:
-        raise RuntimeError(f"dessam predict --engine {engine} failed: {text[-500:]}")
-    first = float(next(line.split()[1] for line in text.splitlines() if line.startswith("FIRST_WINDOW")))
-    peak = next(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("VmHWM"))
-    return CommandRun(seconds, peak, first)
-
-
-def compare_engines(model: Path, torch_path: Predictor, images: list, image_paths: list, workdir: Path,
-                    repeats: int) -> tuple:
-    """(Markdown lines, `Agreement`) of the PyTorch and ONNX Runtime engines on the same model and images:
-    megapixels per second in one process, `dessam predict` on the first image as a user times it (wall
-    clock, peak RSS, time to the first window), and their masks prompted with the same boxes."""
-    from ..inference.engines import onnx_model
-
-    onnx_path = onnx_model(model, progress=False)  # exported now, if not yet: the timed runs find it cached
-    timings = measure_alternating([lambda m=m: m.predict_batch(images) for m in (torch_path, onnx_path)], "cpu", repeats)
-    pixels = sum(image.shape[0] * image.shape[1] for image in images)
-    runs = [time_predict_command(engine, model, image_paths[0], workdir) for engine in ("torch", "onnx")]
-    first_pixels = images[0].shape[0] * images[0].shape[1]
-    lines = [f"| Engine | Predict in one process ({len(images)} image(s), Mpx/s) | `dessam predict` on "
-             f"{image_paths[0].name}: wall (s) | Mpx/s as the user times it | peak RSS | time to the first window (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, timing, run in zip(("PyTorch", "ONNX Runtime fp32"), timings, runs):
-        lines.append(f"| {name} | {pixels / timing.seconds / 1e6:.3f} | {run.seconds:.1f} | "
-                     f"{first_pixels / run.seconds / 1e6:.3f} | {run.peak_rss / 2**30:.2f} GB | {run.first_window_s:.2f} |")
-    lines.append(f"| ONNX / PyTorch | {timings[0].seconds / timings[1].seconds:.2f}x | "
-                 f"{runs[0].seconds / runs[1].seconds:.2f}x | | | |")
-    agreement = mask_agreement(torch_path, onnx_path, images)
-    lines += ["", f"Engine agreement, ONNX Runtime vs PyTorch prompted with the same boxes: mean mask IoU "
-                  f"{agreement.iou:.4f} over {agreement.masks} masks: {agreement.verdict()}."]
-    return lines, agreement
-
-
 # ----- the command ---------------------------------------------------------------------------
 def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bool] = None, model=None,
               data=None, images=None, progress: bool = True) -> str:
@@ -547,11 +264,11 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         boxes = [random_boxes(DECODER_BOXES, *fields[0].shape[:2])]
         decoder = measure_alternating([lambda m=m: decode(m, encoded, boxes) for m in (reference, quick_path)],
                                       device, repeats)
-        rows.append(_targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", decoder[0].seconds * 1e3,
+        rows.append(targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", decoder[0].seconds * 1e3,
                                   decoder[1].seconds * 1e3, "ms", *decoder), ">= 4x", 4))
         stages.update(1)
 
-        rows.append(_targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
+        rows.append(targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
                                            reference, quick_path, fields, device, repeats), ">= 4x", 4))
         large_paths = user_image_paths(images, 2 if quick else 8)
         large = [read_image(path) for path in large_paths]
@@ -560,13 +277,13 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
             large = demo_fields(1 if quick else 4, 2 * size if not vit else 2048, scene="mixed")
             large_note = f"{len(large)} synthetic fields of {large[0].shape[0]} px"
             large_paths = [write_png(workdir / f"field_{i}.png", image) for i, image in enumerate(large)]
-        rows.append(_targeted(_predict_row(f"End-to-end predict, larger fields: {large_note} (img/s)",
+        rows.append(targeted(_predict_row(f"End-to-end predict, larger fields: {large_note} (img/s)",
                                            reference, quick_path, large, device, repeats), ">= 4x", 4))
         stages.update(1)
 
         train_image, train_boxes, train_note = training_field(data, images, 2 * size)
         *iteration, boxes_seen = time_training_iteration(reference, train_image, train_boxes, workdir / "train", repeats)
-        rows.append(_targeted(Row(f"Training iteration on {train_note}, {boxes_seen} of its boxes in the model's input (s)",
+        rows.append(targeted(Row(f"Training iteration on {train_note}, {boxes_seen} of its boxes in the model's input (s)",
                                   iteration[0].seconds, iteration[1].seconds, "s", *iteration), ">= 3x", 3))
         stages.update(1)
 
