@@ -30,6 +30,15 @@ EARLIER = {"scale": "geometry", "postprocess": "inference", "export": "outputs",
            "demo": "workflows", "pretrain_model": "pretrain"}
 
 
+def dessam_entry():
+    """The `dessam` command's main function, in this layout (`dessam.commands`) or an earlier one (`dessam.cli`)."""
+    try:
+        from dessam.commands import main
+    except ImportError:
+        from dessam.cli import main
+    return main
+
+
 def layer(module: str) -> int:
     """The layer of `dessam.X` (X relative to the package)."""
     name = module[len("dessam."):] if module.startswith("dessam.") else ""
@@ -58,7 +67,7 @@ def static_numbers(src: Path) -> dict:
 
 def trace(argv: list) -> tuple:
     """(dessam modules whose functions ran, climbs as sorted (caller, callee) pairs) of `dessam argv`."""
-    from dessam.commands import main
+    main = dessam_entry()
 
     called, climbs = set(), set()
 
@@ -116,9 +125,7 @@ def main() -> None:
         work = Path(work)
         data = Path(args.data) if args.data else work / "synth"
         if not args.data:
-            from dessam.commands import main as dessam_main
-
-            dessam_main(["synth", "--out", str(data), "--n-train", "4", "--n-val", "0", "--n-test", "2", "--seed", "3"])
+            dessam_entry()(["synth", "--out", str(data), "--n-train", "4", "--n-val", "0", "--n-test", "2", "--seed", "3"])
         train = ["train", "--train", str(data / "train.json"), "--images", str(data / "images"), "--preset", "tiny",
                  "--sam", "tiny", "--max-iters", "2", "--out", str(work / "run"), "--quiet"]
         image = sorted((data / "images").glob("*.png"))[0]

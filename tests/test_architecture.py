@@ -131,3 +131,14 @@ def test_the_checks_see_upward_imports_and_cycles():
     graph = {"data.coco": {"inference.predictor"}, "inference.predictor": {"data.coco"}}
     assert cycles(graph) == [["data.coco", "inference.predictor"]]
     assert layer_of("data.coco") < layer_of("inference.predictor") < layer_of("commands")
+
+
+def test_each_sub_command_lives_in_the_module_the_registry_names():
+    from dessam.commands import COMMANDS, build_parser, command_module
+
+    for name in COMMANDS:
+        assert command_module(name).NAME == name
+    full = build_parser()
+    assert set(full._subparsers._group_actions[0].choices) == set(COMMANDS)
+    one = build_parser("predict")
+    assert set(one._subparsers._group_actions[0].choices) == {"predict"}

@@ -1,6 +1,7 @@
 """The `dessam` command: one module per sub-command, each with `add_parser(sub)` (its flags, help
 texts read from the configuration they set: `help_texts`) and `run(args)` (one call into dessam);
-what several share (the model they run, licence lines, flags defined alike) is in `shared`.
+what several share (the model they run, licence lines, flags defined alike) is in `shared`. A run
+loads the module of its own sub-command only.
 
 A user mistake (`DessamError`) is printed as one line, without a traceback, with exit status 2.
 """
@@ -8,29 +9,38 @@ A user mistake (`DessamError`) is printed as one line, without a traceback, with
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from typing import Optional
 
 from ..errors import DessamError
-from . import (bench, compare, convert, demo, evaluate, export, fetch_sam, label, predict, pretrain_model,
-               pretrain_teacher, synth, train, validate)
 from .help_texts import Parser
 
-# in the order `dessam --help` lists them
-COMMANDS = (train, label, predict, evaluate, compare, synth, convert, validate, fetch_sam, demo, pretrain_teacher,
-            pretrain_model, export, bench)
+# each sub-command and its module, in the order `dessam --help` lists them
+COMMANDS = {"train": "train", "label": "label", "predict": "predict", "eval": "evaluate", "compare": "compare",
+            "synth": "synth", "convert": "convert", "validate": "validate", "fetch-sam": "fetch_sam", "demo": "demo",
+            "pretrain-teacher": "pretrain_teacher", "pretrain-model": "pretrain_model", "export": "export",
+            "bench": "bench"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str):
+    return importlib.import_module(f".{COMMANDS[name]}", __name__)
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or of `only` (one sub-command's module is then all a run loads)."""
     parser = Parser(prog="dessam", description="Nucleus instance segmentation trained from boxes (DES-SAM).")
     parser.add_argument("--version", action="version", version=f"dessam {__import__('dessam').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for name in COMMANDS if only is None else [only]:
+        command_module(name).add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(named if named in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
