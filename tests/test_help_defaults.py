@@ -51,6 +51,7 @@ def _sources() -> dict:
     from dessam.data.tissue import tissue_mask
     from dessam.inference.loading import load_teacher
     from dessam.labeling.label import label_dataset
+    from dessam.pretrain.model import pretrain_model
     from dessam.pretrain.teacher import Recipe
 
     cpu, patchseg = Config.compose("cpu"), Config.compose("patchseg")
@@ -75,6 +76,7 @@ def _sources() -> dict:
     sources[("label", "--outside-fraction")] = {_parameter_default(label_dataset, "outside_limit")}
     sources[("label", "--outside-margin")] = {_parameter_default(label_dataset, "outside_margin")}
     sources[("label", "--input-scale")] = {_parameter_default(load_teacher, "input_scale")}
+    sources[("pretrain-model", "--size-steps")] = {_parameter_default(pretrain_model, "size_steps")}
     return sources
 
 

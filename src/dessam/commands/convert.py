@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("src", help="annotation file or folder (dsb: the folder of ID/images, ID/masks folders)")
     p.add_argument("--images", help="folder holding the images (dsb: default the source folder)")
     p.add_argument("--out", required=True, help="COCO JSON to write")
-    p.add_argument("--mat-key", help="variable name in .mat files (default inst_map)")
+    p.add_argument("--mat-key", help=constant_default("variable name in .mat files (default {default})", "data.convert",
+                                                         "MAT_KEY"))
     p.add_argument("--label-suffix", help="suffix of label images after the image stem")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="keep only these classes (labelme, voc, geojson: names; yolo: class numbers)")

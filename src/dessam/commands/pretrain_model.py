@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from .help_texts import FromConfig, preset_setting
+from .help_texts import FromConfig, constant_default, preset_setting
 from .shared import add_quiet, command_line
 
 NAME = "pretrain-model"
 
 
 def run(args) -> int:
-    from ..pretrain.model import pretrain_model
-
     from ..config import parse_set
+    from ..pretrain.model import SIZE_STEPS, pretrain_model
 
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
                             command=command_line(), progress=not args.quiet, init=args.init,
-                            config_file=args.config, overrides=parse_set(args.set), size_steps=args.size_steps)
+                            config_file=args.config, overrides=parse_set(args.set),
+                            size_steps=SIZE_STEPS if args.size_steps is None else args.size_steps)
     scores = "; ".join(f"{name}: AJI {m['aji']:.3f}, detection F1 {m['f1']:.3f}" for name, m in result.validation.items())
     print(f"model written to {result.model_path}; held-out sets: {scores or 'none'}; model card: {result.card_path}")
     return 0
@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--config", help="YAML file of settings on top of the cpu preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting on top of the cpu preset and --config (repeatable), e.g. train.copies=4")
-    p.add_argument("--size-steps", type=int, default=1500,
-                   help="steps of the nucleus-size head's training, none when zero (nucleus scaling; default 1500)")
+    p.add_argument("--size-steps", type=int, help=constant_default(
+        "steps of the nucleus-size head's training, none when zero (nucleus scaling; default {default})", "pretrain.model",
+        "SIZE_STEPS"))
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     add_quiet(p)
     p.set_defaults(func=run)

@@ -70,6 +70,7 @@ FORMATS = ("labels", "labelme", "mat", "npy", "voc", "yolo", "coco", "geojson", 
 _UNINDEXED = ("coco", "dsb")  # formats whose annotations name their images themselves
 _SLIDE_FORMATS = ("geojson", "csv")  # formats whose images may be whole slides
 TILE_SIZE = 512  # side of the training tiles cut from slides (`dessam convert --tile-size`)
+MAT_KEY = "inst_map"   # the variable a .mat file holds its instance map under, unless --mat-key says
 
 
 @dataclass
@@ -197,11 +198,11 @@ def _labels(src: Path, images_dir: Path, index: dict, out: _Collected, summary: 
     _from_label_maps(files, read_image_raw, stem_of, index, images_dir, out)
 
 
-def _mat(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, mat_key: str = "inst_map",
+def _mat(src: Path, images_dir: Path, index: dict, out: _Collected, summary: ConvertSummary, mat_key: str = MAT_KEY,
          **_):
     from scipy import io as sio
 
-    mat_key = mat_key or "inst_map"
+    mat_key = mat_key or MAT_KEY
 
     def read(path: Path) -> np.ndarray:
         try:

@@ -37,6 +37,7 @@ from ..licences import from_data
 from ..models.model_file import read_model_file
 from ..training.model_card import corpus_table, licence_text, settings_section
 
+SIZE_STEPS = 1500                   # steps of the nucleus-size head's training (`--size-steps`)
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
 
@@ -133,7 +134,7 @@ def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, pro
 def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = None, epochs: Optional[int] = None,
                    synthetic_images: int = 200, seed: int = 0, command: str = "", resume: bool = False,
                    progress: bool = True, init: str = "scratch", config_file=None, overrides: Optional[dict] = None,
-                   size_steps: int = 1500) -> PretrainedModel:
+                   size_steps: int = SIZE_STEPS) -> PretrainedModel:
     """See the module docstring."""
     from ..evaluation.evaluate import evaluate_model_file
     from ..training.train import train
