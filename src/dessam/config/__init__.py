@@ -1,15 +1,12 @@
 """Every number a user may want to change, with the official DES-SAM default.
 
 A run's configuration is one frozen `Config` of sections: `model` (with its `detector` and its
-`postprocess`), `loss` and `train`. It is composed in one place, `Config.compose(preset, file,
-overrides)`: the defaults (the authors' PatchSeg configuration), then a named preset
-(`dessam.config.presets`), then a YAML file (`--config FILE.yaml`, any subset of keys), then single settings
-(`--set section.key=value` and the command's flags); it is saved with the run so that a model always
-knows how it was built. Each section checks its own choices once, when it is made; after composition
-a config is never edited: `config.replace({"train.epochs": 1})` gives a new one.
-
-Keys of earlier layouts keep working (`ALIASES`: `model.score_threshold` is
-`model.postprocess.score_threshold`, `model.rpn_nms` is `model.detector.rpn_nms`, ...).
+`postprocess`), `loss` and `train`, composed in one place, `Config.compose(preset, file, overrides)`:
+the defaults (the authors' PatchSeg configuration), a named preset (`dessam.config.presets`), a YAML
+file (`--config`, any subset of keys), then single settings (`--set section.key=value`, the flags); it
+is saved with the run. Each section checks its choices once, when it is made; a composed config is
+never edited: `config.replace({"train.epochs": 1})` gives a new one. Keys of earlier layouts keep
+working (`ALIASES`: `model.score_threshold` is `model.postprocess.score_threshold`, ...).
 """
 
 from __future__ import annotations
