@@ -128,7 +128,7 @@ def test_cli_train_and_predict_with_a_config_file(box_dataset, tmp_path):
 
 
 def test_optimizer_choice():
-    from dessam.training.train import make_optimizer
+    from dessam.training.schedule import make_optimizer
     from dessam.errors import DessamError
 
     params = [torch.nn.Parameter(torch.zeros(2))]
@@ -181,7 +181,7 @@ def test_default_config_is_the_authors_patchseg_config():
 
 def test_a_small_training_set_gets_enough_epochs_for_min_iters(box_dataset, tmp_path):
     from dessam.config import Config
-    from dessam.training.train import stretched_schedule
+    from dessam.training.schedule import stretched_schedule
 
     cpu = Config.compose("cpu")
     assert cpu.train.min_iters == 1200

@@ -37,7 +37,8 @@ from ..models.fetch import find_sam_checkpoint, sam_file_name
 from ..models.sam import OFFICIAL_VARIANTS
 from ..config.presets import implied_preset
 from ..training.prepared import image_factors
-from ..training.train import train, training_factor, with_epochs
+from ..training.schedule import with_epochs
+from ..training.train import train, training_factor
 from ..training.views import training_views
 from .job_widget import JobWidget, is_layer, layer_box
 from .layers import rgb_image, shape_boxes

@@ -46,6 +46,7 @@ from .init import Start, starting_weights
 from .loss_log import LossLog
 from .mask_targets import supervision_counts
 from .prepared import prepare_training_set
+from .schedule import epoch_order, learning_rate, make_optimizer, stretched_schedule
 from .validation_loss import write_validation_losses
 
 
@@ -96,48 +97,6 @@ def model_scale(config: Config, items: list, factor: Optional[float], prepared=N
     boxes = np.concatenate([item.boxes.numpy() for item in items])
     sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     return ModelScale(config.model.input_scaling, input_scale, pixel_size, float(np.median(sides)))
-
-
-def with_epochs(config: Config, epochs: int) -> Config:
-    """`config` trained for `epochs` epochs, its learning-rate steps at the same fractions of the run."""
-    steps = tuple(max(1, round(step * epochs / config.train.epochs)) for step in config.train.lr_steps)
-    return config.replace({"train.epochs": epochs, "train.lr_steps": steps})
-
-
-def stretched_schedule(config: Config, batches_per_epoch: int) -> Config:
-    """`config` with enough epochs for `train.min_iters` iterations: thirty tiles are 360 iterations
-    in the `cpu` preset's 12 epochs, too few for the detector (on real H&E, 48 epochs gained 0.06 AJI
-    over 12)."""
-    train = config.train
-    if not train.min_iters or train.epochs * batches_per_epoch >= train.min_iters:
-        return config
-    return with_epochs(config, math.ceil(train.min_iters / max(batches_per_epoch, 1)))
-
-
-def learning_rate(config: Config, iteration: int, epoch: int, world_size: int = 1,
-                  batches_per_epoch: Optional[int] = None) -> float:
-    """Official schedule: linear warm-up, then x gamma at each step epoch; lr scaled to the batch. A step
-    may fall inside an epoch (1.5: half-way through the second), counted in batches when
-    `batches_per_epoch` is given."""
-    train = config.train
-    base = train.lr * train.batch_size * world_size / train.lr_reference_batch
-    position = epoch if not batches_per_epoch else max(epoch, iteration / batches_per_epoch)
-    factor = train.lr_gamma ** sum(position >= step for step in train.lr_steps)
-    if iteration < train.warmup_iters:
-        alpha = iteration / max(train.warmup_iters, 1)
-        factor *= train.warmup_ratio * (1 - alpha) + alpha
-    return base * factor
-
-
-def make_optimizer(config: Config, parameters: list, lr: float) -> torch.optim.Optimizer:
-    train = config.train
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay)  # "adamw"
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(count)
 
 
 @dataclass
