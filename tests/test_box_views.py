@@ -9,6 +9,7 @@ from dessam.models.box_views import OUTSIDE, boxes_in_views, cut_views, view_squ
 from dessam.models.default_teacher import build_default_architecture, full_arch, load_default_teacher, teacher_file
 from dessam.models.dessam import DESSAM
 from dessam.models.prompted_decoder import PromptedMaskDecoder
+from dessam.pretrain import crops
 from dessam.pretrain import teacher as pt
 from test_pretrain_teacher import TINY
 
@@ -90,10 +91,10 @@ def test_view_training_starts_from_a_teacher_keeps_its_image_encoder_and_learns(
     labels = np.zeros((32, 32), np.uint32)
     labels[4:14, 6:18] = 1
     labels[20:28, 20:30] = 2
-    prompts = [pt.Prompted(np.array([[5, 3, 19, 15], [19, 21, 31, 27]], np.float32),
+    prompts = [crops.Prompted(np.array([[5, 3, 19, 15], [19, 21, 31, 27]], np.float32),
                            np.array([[6, 4, 18, 14], [20, 20, 30, 28]], np.float32), np.array([1, 2]))]
     images = pt.normalise(sam, torch.rand(1, 3, 32, 32) * 255)
-    loss, iou = pt.view_losses(decoder, images, [labels], prompts)
+    loss, iou = crops.view_losses(decoder, images, [labels], prompts)
     loss.backward()
     assert torch.isfinite(loss) and iou.shape == (2,)
     assert sam.view_encoder.stages[0][0][0].weight.grad.abs().sum() > 0

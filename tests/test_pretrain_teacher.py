@@ -11,6 +11,7 @@ from dessam.commands import main
 from dessam.models.checkpoints import read_sam_state_dict
 from dessam.models.default_teacher import load_default_teacher
 from dessam.models.sam import build_sam
+from dessam.pretrain import crops
 from dessam.pretrain import teacher as pt
 
 TINY = {"widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "prompt_dim": 16, "decoder_mlp_dim": 32, "decoder_heads": 2,
@@ -29,7 +30,7 @@ def _recipe(**changes):
 
 def test_jittered_boxes_stay_in_the_image_and_err_like_detections():
     boxes = np.repeat(np.array([[10, 10, 40, 30]], np.float32), 2000, 0)
-    out = pt.jitter_boxes(boxes, np.random.default_rng(0), (48, 64), noise=0.08, wide_noise=0.2, wide_share=0.15)
+    out = crops.jitter_boxes(boxes, np.random.default_rng(0), (48, 64), noise=0.08, wide_noise=0.2, wide_share=0.15)
     assert out.min() >= 0 and out[:, 2].max() <= 64 and out[:, 3].max() <= 48
     assert (out[:, 2:] >= out[:, :2] + 1).all()
     errors = (out - boxes)[:, 0] / 30
@@ -41,9 +42,9 @@ def test_nucleus_boxes_skip_tiny_pieces_and_window_targets_cut_each_nucleus():
     labels = np.zeros((20, 20), np.uint32)
     labels[2:6, 3:8] = 1
     labels[10:12, 10:11] = 2  # 2 pixels: too small to prompt
-    ids, boxes = pt.nucleus_boxes(labels, min_area=4)
+    ids, boxes = crops.nucleus_boxes(labels, min_area=4)
     assert ids.tolist() == [1] and boxes.tolist() == [[3, 2, 8, 6]]
-    target = pt.window_targets(labels, np.array([1]), np.array([[-2, 1]]), 8)
+    target = crops.window_targets(labels, np.array([1]), np.array([[-2, 1]]), 8)
     assert target.shape == (1, 1, 8, 8)
     np.testing.assert_array_equal(target[0, 0].numpy(), np.pad(labels == 1, ((2, 0), (0, 0)))[0:8, 1:9])
 
@@ -53,16 +54,16 @@ def test_crop_losses_train_the_encoder_through_windows_placed_in_the_frame(tiny_
     decoder = pt.PromptedMaskDecoder(sam, prompt_token=False)
     labels = np.zeros((32, 32), np.uint32)
     labels[4:14, 6:18] = 1
-    prompted = pt.Prompted(np.array([[5, 3, 19, 15]], np.float32), np.array([[6, 4, 18, 14]], np.float32),
+    prompted = crops.Prompted(np.array([[5, 3, 19, 15]], np.float32), np.array([[6, 4, 18, 14]], np.float32),
                            np.array([1]))
     image = torch.rand(1, 3, 32, 32) * 255
     embedding = sam.image_encoder(pt.normalise(sam, image))
     assert embedding.shape[-2:] == (8, 8)
-    loss, iou = pt.crop_losses(decoder, embedding, labels, prompted, margin=1, offset=(3, 5))
+    loss, iou = crops.crop_losses(decoder, embedding, labels, prompted, margin=1, offset=(3, 5))
     loss.backward()
     assert torch.isfinite(loss) and 0 <= float(iou[0]) <= 1
     assert sam.image_encoder.stages[0][0][0].weight.grad.abs().sum() > 0
-    frame = pt.in_frame(embedding.detach(), 16, (3, 5))
+    frame = crops.in_frame(embedding.detach(), 16, (3, 5))
     assert torch.equal(frame[:, :, 3:11, 5:13], embedding.detach()) and frame[:, :, :3].abs().sum() == 0
 
 
