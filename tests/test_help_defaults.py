@@ -47,7 +47,7 @@ def _parameter_default(function, name):
 
 def _sources() -> dict:
     """(command, option) -> the values its help may name as defaults."""
-    from dessam.data.convert import _add_shapes
+    from dessam.data.convert_shapes import add_shapes
     from dessam.data.tissue import tissue_mask
     from dessam.inference.loading import load_teacher
     from dessam.labeling.label import label_dataset
@@ -71,7 +71,7 @@ def _sources() -> dict:
         sources[("pretrain-teacher", "--" + option.replace("_", "-"))] = {recipe[option]}
     sources[("pretrain-model", "--epochs")] = {cpu.train.epochs}
     sources[("predict", "--tissue-threshold")] = {_parameter_default(tissue_mask, "min_od")}
-    sources[("convert", "--tile-size")] = {_parameter_default(_add_shapes, "tile_size")}
+    sources[("convert", "--tile-size")] = {_parameter_default(add_shapes, "tile_size")}
     sources[("label", "--review-count")] = {_parameter_default(label_dataset, "review_count")}
     sources[("label", "--outside-fraction")] = {_parameter_default(label_dataset, "outside_limit")}
     sources[("label", "--outside-margin")] = {_parameter_default(label_dataset, "outside_margin")}

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("src", help="annotation file or folder (dsb: the folder of ID/images, ID/masks folders)")
     p.add_argument("--images", help="folder holding the images (dsb: default the source folder)")
     p.add_argument("--out", required=True, help="COCO JSON to write")
-    p.add_argument("--mat-key", help=constant_default("variable name in .mat files (default {default})", "data.convert",
+    p.add_argument("--mat-key", help=constant_default("variable name in .mat files (default {default})", "data.convert_maps",
                                                          "MAT_KEY"))
     p.add_argument("--label-suffix", help="suffix of label images after the image stem")
     p.add_argument("--classes", nargs="+", metavar="NAME",
@@ -33,6 +33,6 @@ def add_parser(sub) -> None:
     p.add_argument("--pixel-size", type=float, help="slides: microns per pixel of the training tiles "
                    "(default: the slide's own, at full resolution)")
     p.add_argument("--tile-size", type=int, help=constant_default(
-        "slides: side of the training tiles in pixels (default {default})", "data.convert", "TILE_SIZE"))
+        "slides: side of the training tiles in pixels (default {default})", "data.convert_shapes", "TILE_SIZE"))
     p.add_argument("--tiles", help="slides: folder for the training tiles (default: OUT_tiles beside --out)")
     p.set_defaults(func=run)

@@ -212,10 +212,10 @@ def read_samples(spec: DatasetSpec, notes: list):
             yield Sample(item.folder.name, read_image(item.image), labels)
     elif spec.format == "aperio-xml":
         from .aperio_xml import rasterise, read_aperio_xml
-        from .convert import _index_images, _source_files
+        from .converted import index_images, source_files
 
-        index = _index_images(Path(spec.images))
-        for xml in _source_files(Path(spec.path), (".xml",)):
+        index = index_images(Path(spec.images))
+        for xml in source_files(Path(spec.path), (".xml",)):
             if xml.stem not in index:
                 notes.append(f"{xml.name}: no image named {xml.stem} in {spec.images}, left out")
                 continue
@@ -227,12 +227,13 @@ def read_samples(spec: DatasetSpec, notes: list):
         for record in load_coco(spec.path, spec.images).images:
             yield Sample(record.file_name, read_record_image(record), record_label_map(record).astype(np.uint32))
     else:  # labels or npy: instance-label images or arrays beside images of the same stem
-        from .convert import _index_images, _source_files, as_label_map, read_npy_labels
+        from .convert_maps import read_npy_labels
+        from .converted import as_label_map, index_images, source_files
         from .images import read_image_raw
 
         suffixes, read = ((".npy",), read_npy_labels) if spec.format == "npy" else ((".png", ".tif", ".tiff"), read_image_raw)
-        index = _index_images(Path(spec.images))
-        for path in _source_files(Path(spec.path), suffixes):
+        index = index_images(Path(spec.images))
+        for path in source_files(Path(spec.path), suffixes):
             if path.stem not in index:
                 notes.append(f"{path.name}: no image named {path.stem} in {spec.images}, left out")
                 continue
