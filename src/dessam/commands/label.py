@@ -41,12 +41,12 @@ def run(args) -> int:
     options = {key: value for key, value in (("outside_margin", args.outside_margin),
                                              ("outside_limit", args.outside_fraction),
                                              ("review_count", args.review_count)) if value is not None}
-    run = label_dataset(model, args.data, args.images, args.out, review_dir=args.review,
+    done = label_dataset(model, args.data, args.images, args.out, review_dir=args.review,
                         use_token=args.model is not None, overlap=args.overlap, progress=not args.quiet, **options)
-    where = f"label_flags in {run.out_json}" + (f" and {run.review[1]}" if run.review else "")
-    print(f"{run.labelled} boxes of {run.images} images labelled into {run.out_json} "
-          f"({'student' if args.model else 'teacher'} masks); {run.empty} empty, {run.outside} leaving their box "
-          f"(listed in {where})" + (f"; {run.crowd} crowd annotations copied unchanged" if run.crowd else ""))
+    where = f"label_flags in {done.out_json}" + (f" and {done.review[1]}" if done.review else "")
+    print(f"{done.labelled} boxes of {done.images} images labelled into {done.out_json} "
+          f"({'student' if args.model else 'teacher'} masks); {done.empty} empty, {done.outside} leaving their box "
+          f"(listed in {where})" + (f"; {done.crowd} crowd annotations copied unchanged" if done.crowd else ""))
     return 0
 
 

@@ -32,17 +32,17 @@ def run(args) -> int:
     postprocess = replace(model.postprocess, **overrides)
     tile = None if args.tile == "auto" else args.tile == "on"
     scale_note(model, args)
-    run = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
+    done = predict_files(model, args.inputs, args.out, formats, overwrite=args.overwrite,
                         pixel_size_um=args.pixel_size, tile=tile, overlap=args.overlap, progress=not args.quiet,
                         postprocess=postprocess, slide_options=slide_options, shard=parse_shard(args.shard),
                         nucleus_size=args.nucleus_size)
-    print(f"{len(run.written)} images predicted into {args.out}"
-          + (f", {len(run.skipped)} kept existing outputs (use --overwrite)" if run.skipped else ""))
-    if run.failed:
-        print(f"{len(run.failed)} images failed:", file=sys.stderr)
-        for path, message in run.failed:
+    print(f"{len(done.written)} images predicted into {args.out}"
+          + (f", {len(done.skipped)} kept existing outputs (use --overwrite)" if done.skipped else ""))
+    if done.failed:
+        print(f"{len(done.failed)} images failed:", file=sys.stderr)
+        for path, message in done.failed:
             print(f"  {path}: {message}", file=sys.stderr)
-    return run.exit_status
+    return done.exit_status
 
 
 def add_parser(sub) -> None:
