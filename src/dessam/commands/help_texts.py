@@ -37,6 +37,8 @@ def shown(value) -> str:
     """A default as help shows it."""
     if value is None:
         return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(item) for item in value)
     return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .help_texts import FromConfig, constant_default, model_default
+from .help_texts import constant_default, model_default
 from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_scale_options, input_size, load,
                      model_path, scale_note)
 
@@ -50,8 +50,8 @@ def add_parser(sub) -> None:
     add_model_options(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--formats", help=FromConfig(lambda: "comma-separated outputs (default all: {})".format(
-        ",".join(__import__("dessam.outputs.files", fromlist=["FORMATS"]).FORMATS))))
+    p.add_argument("--formats", help=constant_default("comma-separated outputs (default all: {default})",
+                                                       "outputs.files", "FORMATS"))
     p.add_argument("--tile", choices=("auto", "on", "off"), default="auto",
                    help="cut large fields into tiles at the training scale (default: auto)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default %(default)s)")

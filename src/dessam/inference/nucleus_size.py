@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry.inputs import prepare_image
-from ..geometry.scale import SIZE_RANGE, estimate_crop
+from ..geometry.scale import SIZE_RANGE, estimate_crop, median_box_side
 
 MAX_CROPS = 4
 REFINE_TOLERANCE = 1.05   # a refined size within this factor of the last one ends the refinement
@@ -66,11 +66,8 @@ def nucleus_side(log_sides: np.ndarray) -> float:
 def detected_side(boxes: np.ndarray) -> "float | None":
     """The median side, sqrt(w x h), of detected `boxes` (N, 4) within `SIZE_RANGE`; None when fewer than
     `MIN_DETECTED`."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(boxes) < MIN_DETECTED:
-        return None
-    sides = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
-    return float(np.clip(np.median(sides), *SIZE_RANGE))
+    side = median_box_side(boxes, at_least=MIN_DETECTED)
+    return None if side is None else float(np.clip(side, *SIZE_RANGE))
 
 
 def settled(previous: float, refined: float) -> bool:
