@@ -52,6 +52,7 @@ def _sources() -> dict:
     from dessam.inference.loading import load_teacher
     from dessam.labeling.label import label_dataset
     from dessam.pretrain.model import pretrain_model
+    from dessam.pretrain.size_head import FURTHER_LR
     from dessam.pretrain.teacher import Recipe
 
     cpu, patchseg = Config.compose("cpu"), Config.compose("patchseg")
@@ -77,6 +78,7 @@ def _sources() -> dict:
     sources[("label", "--outside-margin")] = {_parameter_default(label_dataset, "outside_margin")}
     sources[("label", "--input-scale")] = {_parameter_default(load_teacher, "input_scale")}
     sources[("pretrain-model", "--size-steps")] = {_parameter_default(pretrain_model, "size_steps")}
+    sources[("train-size-head", "--lr")] = {FURTHER_LR}
     return sources
 
 

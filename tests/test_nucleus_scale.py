@@ -110,6 +110,14 @@ def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_
     assert estimate is not None and 5 <= estimate <= 100
     used = predictor.nucleus_size(image)  # the estimate, corrected by what the detector finds there
     assert 5 <= used <= 100 and predictor.plan(image).factor == pytest.approx(20 / used)
+    from dessam.inference import windowed
+    from dessam.inference.pipeline import STUDENT, student_masks
+
+    sources = {STUDENT: windowed.MaskSource(student_masks)}
+    planned = windowed.image_instances(predictor, image, sources, plan=predictor.plan(image))[STUDENT]
+    direct = predictor.sized_instances(image, sources)[STUDENT]  # without the pass that planning repeats
+    assert np.array_equal(direct.boxes, planned.boxes) and len(direct.crops) == len(planned.crops)
+    assert all(np.array_equal(a, b) for a, b in zip(direct.crops, planned.crops))
     refining = predictor.config
     predictor.config = refining.replace({"model.nucleus_refinements": 0})
     assert predictor.nucleus_size(image) == estimate
@@ -132,28 +140,37 @@ def test_a_nucleus_scaled_model_trains_learns_its_size_head_and_predicts_by_the_
 
 class _SizedPipeline:
     """A stand-in engine whose head reads `estimate` and whose detector finds `count` nuclei of `found`
-    pixels (image pixels) at any size it is run at; it records the sizes it was run at."""
+    pixels (image pixels) at any size it is run at; it records the sizes it was run at, and whether
+    each pass decoded masks."""
+
+    image_size = 512
 
     def __init__(self, estimate, found, count=20, refinements=3):
         from dessam.inference.pipeline import Pipeline
 
-        self.nucleus_size = Pipeline.nucleus_size.__get__(self)
+        for name in ("nucleus_size", "refines_size", "plan", "plan_at", "sized_instances"):
+            setattr(self, name, getattr(Pipeline, name).__get__(self))
         self.scale = ModelScale("nucleus", nucleus_px=24.0)
         self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements))
-        self.estimate, self.found, self.count, self.runs = estimate, found, count, []
+        self.postprocess = None
+        self.estimate, self.found, self.count, self.runs, self.decoded = estimate, found, count, [], []
 
     def estimate_nucleus_size(self, image):
         return self.estimate
 
-    def detected(self, predictor, image, sources, nucleus_size):
-        self.runs.append(nucleus_size)
+    def detected(self, predictor, image, sources, postprocess=None, nucleus_size=None, plan=None, read_if=None,
+                 **ignored):
+        size = nucleus_size if plan is None else self.scale.nucleus_px / plan.factor
+        self.runs.append(size)
         boxes = np.array([[i * 30.0, 0.0, i * 30.0 + self.found, self.found] for i in range(self.count)])
-        return {"boxes": SimpleNamespace(boxes=boxes)}
+        reading = read_if is None or read_if([boxes * plan.factor])
+        self.decoded.append(reading and any(s.decodes for s in sources.values()))
+        return {name: SimpleNamespace(boxes=boxes) for name, source in sources.items() if reading or not source.decodes}
 
 
 @pytest.mark.parametrize("estimate, found, count, refinements, expected, runs", [
     (30.0, 12.0, 20, 3, 12.0, [30.0, 12.0]),   # the head 2.5x too large: one pass corrects it, the next agrees
-    (12.5, 12.0, 20, 3, 12.0, [12.5]),         # within 5 %: the measured size, no further pass
+    (12.5, 12.0, 20, 3, 12.5, [12.5]),         # within 5 %: the size detected at, no further pass
     (30.0, 12.0, 3, 3, 30.0, [30.0]),          # too few nuclei found to say: the head's estimate
     (30.0, 12.0, 20, 0, 30.0, []),             # no refinement asked: the head alone
 ])
@@ -169,6 +186,25 @@ def test_an_estimated_nucleus_size_is_corrected_by_the_nuclei_detected_at_it(mon
     assert engine.nucleus_size(image, nucleus_size=9.0) == 9.0 and engine.runs == pytest.approx(runs)  # given: kept
 
 
+@pytest.mark.parametrize("side, passes", [
+    (64, [(30.0, False), (12.0, True)]),                 # one window: the pass that settles is the result
+    (2000, [(30.0, False), (12.0, False), (12.0, True)]),  # several windows: detections first, then the masks
+])
+def test_the_pass_that_settles_the_size_of_one_window_is_the_prediction(monkeypatch, side, passes):
+    from dessam.inference import pipeline
+    from dessam.inference.windowed import MaskSource
+
+    engine = _SizedPipeline(30.0, 12.0)
+    monkeypatch.setattr(pipeline.windowed, "image_instances", engine.detected)
+    image = np.zeros((side, side, 3), np.uint8)
+    found = engine.sized_instances(image, {"masks": MaskSource(lambda *a: None)})
+    assert set(found) == {"masks"}
+    assert list(zip(engine.runs, engine.decoded)) == [(pytest.approx(s, rel=0.01), d) for s, d in passes]
+    engine.runs.clear()
+    assert engine.nucleus_size(image) == pytest.approx(12.0)  # what planning first gives: the same size
+    assert engine.runs == pytest.approx([30.0, 12.0], rel=0.01)
+
+
 def test_refinement_stops_after_its_passes_even_when_the_size_keeps_moving(monkeypatch):
     from dessam.inference import pipeline
 
@@ -176,6 +212,6 @@ def test_refinement_stops_after_its_passes_even_when_the_size_keeps_moving(monke
     sizes = iter([20.0, 10.0, 5.0])
     monkeypatch.setattr(pipeline.windowed, "image_instances", lambda *a, nucleus_size: (
         engine.runs.append(nucleus_size),
-        {"boxes": SimpleNamespace(boxes=np.array([[0, 0, s, s] for s in [next(sizes)] * 6]))})[1])
+        {pipeline.SIZE_PASS: SimpleNamespace(boxes=np.array([[0, 0, s, s] for s in [next(sizes)] * 6]))})[1])
     assert engine.nucleus_size(np.zeros((8, 8, 3), np.uint8)) == pytest.approx(10.0)
     assert engine.runs == pytest.approx([40.0, 20.0])

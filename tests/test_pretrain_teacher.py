@@ -133,3 +133,22 @@ def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, cor
 
     model = load_model(result.model_path, sam_checkpoint=teacher)
     assert model.config.model.neck_finest_stride == 4 and model.config.train.init == "scratch"
+
+    # the size head trained further: a new file in which the head alone changed, with the corpus's terms
+    further = tmp_path / "further" / "model.pt"
+    assert main(["train-size-head", str(result.model_path), "--corpus", str(corpus), "--out", str(further),
+                 "--steps", "2", "--teacher", str(teacher), "--quiet"]) == 0
+    before, after = (torch.load(p, map_location="cpu", weights_only=False) for p in (result.model_path, further))
+    changed = {k for k in before["state_dict"] if not torch.equal(before["state_dict"][k], after["state_dict"][k])}
+    assert changed and all(k.startswith("size_head.") for k in changed)
+    assert after["config"] == before["config"] and after["licence"]["licence"] == "Apache-2.0"
+    assert any("size head's corpus" in source for source in after["licence"]["sources"])
+    assert main(["train-size-head", str(result.model_path), "--corpus", str(corpus), "--out",
+                 str(result.model_path), "--steps", "2"]) == 2   # never over the model itself
+    assert main(["train-size-head", str(result.model_path), "--corpus", str(corpus), "--out", str(further),
+                 "--steps", "0"]) == 2
+
+    fixed = dict(before, config={**before["config"], "model": {**before["config"]["model"], "input_scaling": "fit"}})
+    torch.save(fixed, tmp_path / "fixed.pt")   # a model at its own scale has no size head to train
+    assert main(["train-size-head", str(tmp_path / "fixed.pt"), "--corpus", str(corpus), "--out",
+                 str(tmp_path / "m.pt"), "--steps", "2"]) == 2 and not (tmp_path / "m.pt").exists()

@@ -19,7 +19,8 @@ from .help_texts import Parser
 # each sub-command and its module, in the order `dessam --help` lists them
 COMMANDS = {"train": "train", "label": "label", "predict": "predict", "eval": "evaluate", "compare": "compare",
             "synth": "synth", "convert": "convert", "validate": "validate", "fetch-sam": "fetch_sam", "demo": "demo",
-            "pretrain-teacher": "pretrain_teacher", "pretrain-model": "pretrain_model", "export": "export",
+            "pretrain-teacher": "pretrain_teacher", "pretrain-model": "pretrain_model",
+            "train-size-head": "train_size_head", "export": "export",
             "bench": "bench"}
 
 

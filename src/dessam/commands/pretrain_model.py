@@ -10,7 +10,8 @@ NAME = "pretrain-model"
 
 def run(args) -> int:
     from ..config import parse_set
-    from ..pretrain.model import SIZE_STEPS, pretrain_model
+    from ..pretrain.model import pretrain_model
+    from ..pretrain.size_head import SIZE_STEPS
 
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting on top of the cpu preset and --config (repeatable), e.g. train.copies=4")
     p.add_argument("--size-steps", type=int, help=constant_default(
-        "steps of the nucleus-size head's training, none when zero (nucleus scaling; default {default})", "pretrain.model",
+        "steps of the nucleus-size head's training, none when zero (nucleus scaling; default {default})", "pretrain.size_head",
         "SIZE_STEPS"))
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     add_quiet(p)

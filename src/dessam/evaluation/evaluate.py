@@ -266,7 +266,7 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     csv_rows, worst, oversized, sizes = [], [], 0, []
     for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
         image = read_record_image(record)
-        plan = model.plan(image, pixel_size_um, nucleus_size=nucleus_size)
+        plan = model.plan(image, pixel_size_um, nucleus_size=nucleus_size, postprocess=postprocess)
         oversized += plan.tiled
         true_size, used_size = median_box_side(record.boxes, at_least=1), _nucleus_side(model, plan)
         sizes.append((true_size, used_size))

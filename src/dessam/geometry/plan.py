@@ -72,6 +72,11 @@ class WindowPlan:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         return boxes * np.float32([self.shape[1] / self.source_hw[1], self.shape[0] / self.source_hw[0]] * 2)
 
+    def to_source(self, boxes) -> np.ndarray:
+        """Boxes (N, 4, x1y1x2y2) in the working image's pixels, in source pixels."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return boxes * np.float32([self.source_hw[1] / self.shape[1], self.source_hw[0] / self.shape[0]] * 2)
+
     def owners(self, working_boxes: np.ndarray) -> np.ndarray:
         """The window each box (working pixels) is prompted in: where it lies farthest from the inner edges."""
         return best_windows(working_boxes, list(self.windows))

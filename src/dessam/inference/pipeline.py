@@ -82,33 +82,79 @@ class Pipeline:
 
     config: Config
 
+    def refines_size(self, nucleus_size: Optional[float] = None, pixel_size_um: Optional[float] = None) -> bool:
+        """Whether an image's nucleus size is estimated and corrected before it is predicted: a model with
+        `nucleus` scaling, given no nucleus size, and no pixel size that decides instead."""
+        return (self.scale.mode == "nucleus" and nucleus_size is None
+                and not (pixel_size_um is not None and self.scale.pixel_size_um))
+
     def nucleus_size(self, image: np.ndarray, nucleus_size: Optional[float] = None,
-                     pixel_size_um: Optional[float] = None) -> Optional[float]:
+                     pixel_size_um: Optional[float] = None, postprocess: Optional[Postprocess] = None) -> Optional[float]:
         """The typical nucleus side (pixels) by which `image` is brought to a model with `nucleus`
         scaling: `nucleus_size` when given, else none when the image's and the model's pixel sizes
-        decide, else the model's estimate corrected by its detections (`dessam.inference.nucleus_size`;
-        None when it has no size head)."""
-        if self.scale.mode != "nucleus" or nucleus_size is not None:
-            return nucleus_size
-        if pixel_size_um is not None and self.scale.pixel_size_um:
-            return None
+        decide, else the model's estimate corrected by its detections under `postprocess` (the model's
+        own by default): the last size detected at, once the nuclei found there agree with it or the
+        passes are done (`dessam.inference.nucleus_size`; None when the model has no size head)."""
+        if not self.refines_size(nucleus_size, pixel_size_um):
+            return nucleus_size if self.scale.mode != "nucleus" or nucleus_size is not None else None
         image = as_rgb(image)
         size = self.estimate_nucleus_size(image)
         for _ in range(self.config.model.nucleus_refinements if size is not None else 0):
-            found = windowed.image_instances(self, image, {"boxes": BOXES_ONLY}, nucleus_size=size)["boxes"]
-            refined = detected_side(found.boxes)
-            if refined is None:
+            found = windowed.image_instances(self, image, {SIZE_PASS: BOXES_ONLY}, postprocess, nucleus_size=size)
+            refined = detected_side(found[SIZE_PASS].boxes)
+            if refined is None or settled(size, refined):
                 break
-            size, done = refined, settled(size, refined)
-            if done:
-                break
+            size = refined
         return size
 
     def plan(self, image: np.ndarray, pixel_size_um: Optional[float] = None, tile: Optional[bool] = None,
-             overlap: int = 64, nucleus_size: Optional[float] = None) -> WindowPlan:
+             overlap: int = 64, nucleus_size: Optional[float] = None,
+             postprocess: Optional[Postprocess] = None) -> WindowPlan:
         """How `image` is brought to the model (`dessam.geometry.plan`)."""
-        size = self.nucleus_size(image, nucleus_size, pixel_size_um)
-        return WindowPlan.for_image(image.shape, self.image_size, self.scale, pixel_size_um, tile, overlap, size)
+        size = self.nucleus_size(image, nucleus_size, pixel_size_um, postprocess)
+        return self.plan_at(image, size, pixel_size_um, tile, overlap)
+
+    def plan_at(self, image: np.ndarray, nucleus_size: Optional[float], pixel_size_um: Optional[float] = None,
+                tile: Optional[bool] = None, overlap: int = 64) -> WindowPlan:
+        """How `image` is brought to the model at a nucleus size already known."""
+        return WindowPlan.for_image(image.shape, self.image_size, self.scale, pixel_size_um, tile, overlap, nucleus_size)
+
+    def sized_instances(self, image: np.ndarray, sources: dict, postprocess: Optional[Postprocess] = None,
+                        tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
+                        progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None,
+                        nucleus_size: Optional[float] = None) -> dict:
+        """`windowed.image_instances` of `sources` at the size `plan` gives, in one pass fewer: a pass of
+        the size's correction that covers one window decodes its masks at once when its nuclei settle
+        the size (or are too few to say), and is then the result, as the same pass after planning would
+        be. Images in several windows are corrected on detections alone, then predicted."""
+        postprocess = postprocess or self.postprocess
+        image = as_rgb(image)
+
+        def run(chosen: dict, plan: WindowPlan, read_if=None, shown: bool = True) -> dict:
+            return windowed.image_instances(self, image, chosen, postprocess, tile=tile, overlap=overlap,
+                                            pixel_size_um=pixel_size_um, progress=progress and shown,
+                                            on_window=on_window if shown else None, plan=plan, read_if=read_if)
+
+        if not self.refines_size(nucleus_size, pixel_size_um):
+            return run(sources, self.plan(image, pixel_size_um, tile, overlap, nucleus_size, postprocess))
+        size = self.estimate_nucleus_size(image)
+        for _ in range(self.config.model.nucleus_refinements if size is not None else 0):
+            plan = self.plan_at(image, size, pixel_size_um, tile, overlap)
+            one_window, measured = len(plan.windows) == 1, {}
+
+            def read_if(boxes: list, plan=plan, size=size) -> bool:
+                measured["side"] = detected_side(plan.to_source(boxes[0]))
+                return measured["side"] is None or settled(size, measured["side"])
+
+            found = run({**sources, SIZE_PASS: BOXES_ONLY} if one_window else {SIZE_PASS: BOXES_ONLY}, plan,
+                        read_if if one_window else None, shown=one_window)
+            if all(name in found for name in sources):
+                return {name: found[name] for name in sources}
+            refined = measured["side"] if one_window else detected_side(found[SIZE_PASS].boxes)
+            if refined is None or settled(size, refined):
+                return run(sources, plan)
+            size = refined
+        return run(sources, self.plan_at(image, size, pixel_size_um, tile, overlap))
 
     def scale_note(self, pixel_size_um: Optional[float] = None, nucleus_size: Optional[float] = None) -> Optional[str]:
         """One line for the user when a given pixel size cannot bring images to this model (it was
@@ -180,9 +226,10 @@ class Pipeline:
         postprocess = postprocess or self.postprocess
         images = [as_rgb(image) for image in images]
         sources = {STUDENT: windowed.MaskSource(student_masks)}
-        plans = [self.plan(image, pixel_size_um, tile, overlap, nucleus_size) for image in images]
+        sized = self.refines_size(nucleus_size, pixel_size_um)  # each image its own size: no batch of images
+        plans = [None if sized else self.plan(image, pixel_size_um, tile, overlap, nucleus_size) for image in images]
         raw = [None] * len(images)
-        together = [i for i, plan in enumerate(plans) if not plan.tiled and plan.factor == 1.0]
+        together = [i for i, plan in enumerate(plans) if plan is not None and not plan.tiled and plan.factor == 1.0]
         found = windowed.window_instances(self, [images[i] for i in together], postprocess, sources,
                                           n_images=len(images))
         for index, result in zip(together, found):
@@ -190,9 +237,8 @@ class Pipeline:
         if together and on_window is not None:
             on_window(len(together), len(together))
         for index in (i for i in range(len(images)) if raw[i] is None):
-            raw[index] = windowed.image_instances(self, images[index], sources, postprocess, tile=tile, overlap=overlap,
-                                                  pixel_size_um=pixel_size_um, progress=progress,
-                                                  on_window=on_window, plan=plans[index])[STUDENT]
+            raw[index] = self.sized_instances(images[index], sources, postprocess, tile, overlap, pixel_size_um,
+                                              progress, on_window, nucleus_size)[STUDENT]
         return [Prediction.from_instances(instances.postprocessed(postprocess), postprocess.overlap_winner, image)
                 for instances, image in zip(raw, images)]
 
@@ -206,7 +252,8 @@ def filled_boxes(predictor: Pipeline, encoded: Encoded, images: list, boxes: lis
     return [Instances.from_boxes(b, s, item.original_hw) for b, s, item in zip(boxes, scores, encoded.inputs)]
 
 
-BOXES_ONLY = windowed.MaskSource(filled_boxes)
+BOXES_ONLY = windowed.MaskSource(filled_boxes, decodes=False)
+SIZE_PASS = "size pass"  # the boxes-only source of a pass that measures an image's nucleus size
 
 
 def student_masks(predictor: Pipeline, encoded: Encoded, images: list, boxes: list, scores: list,

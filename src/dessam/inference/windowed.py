@@ -8,7 +8,8 @@ Several mask sources can be read from one encoding and one detection per window:
 gives the masks of a batch of windows prompted with boxes, either the detector's or, with
 `given_boxes`, boxes given with the image (each prompted in the window where it lies farthest from
 the inner edges). `predict` reads the DES-SAM student; `dessam eval --baselines` reads its baselines
-too (`dessam.evaluation.sources`).
+too (`dessam.evaluation.sources`). With `read_if`, the sources that call the decoder are read only when
+the detections of the batch pass it: a pass can end as a detection only (`Pipeline.sized_instances`).
 """
 
 from __future__ import annotations
@@ -30,29 +31,39 @@ from .instances import Instances, rescale_instances
 class MaskSource:
     """Where masks come from: `masks(predictor, encoded, images, boxes, scores, n_images)` gives the
     `Instances` of each image of an encoded batch prompted with `boxes` (one (N, 4) array per image)
-    and their `scores`: the detections, or with `given_boxes` the boxes given with the images."""
+    and their `scores`: the detections, or with `given_boxes` the boxes given with the images.
+    `decodes`: False for a source that needs no decoder call (filled boxes)."""
 
     masks: Callable
     given_boxes: bool = False
+    decodes: bool = True
 
 
 def window_instances(predictor, images: list, postprocess: Postprocess, sources: Mapping[str, MaskSource],
-                     given: Optional[list] = None, n_images: Optional[int] = None) -> list:
+                     given: Optional[list] = None, n_images: Optional[int] = None,
+                     read_if: Optional[Callable[[list], bool]] = None) -> list:
     """Per image (each fitting one input at the model's scale), {name: raw `Instances`} of each source,
     from one encoding and one detection; `given`: per image the boxes (N, 4) that the sources with
-    `given_boxes` are prompted with. Batched as the predictor's settings say."""
-    detected = {name: source for name, source in sources.items() if not source.given_boxes}
+    `given_boxes` are prompted with. Batched as the predictor's settings say. read_if(detected boxes of
+    a batch, one (N, 4) array per image): when given and False, the sources that decode are not read
+    for that batch (its results hold the others only)."""
     out = []
     for start in range(0, len(images), predictor.settings.batch_size):
         batch = images[start:start + predictor.settings.batch_size]
         encoded = predictor.encode(batch, n_images)
         results = [{} for _ in batch]
+        reading = dict(sources)
+        detected = {name: source for name, source in reading.items() if not source.given_boxes}
         if detected:
             found = predictor.detect(encoded, postprocess)
-            _fill(results, detected, predictor, encoded, batch, [b for b, _ in found], [s for _, s in found], n_images)
-        if given is not None and len(detected) < len(sources):
+            boxes = [b for b, _ in found]
+            if read_if is not None and not read_if(boxes):
+                reading = {name: source for name, source in reading.items() if not source.decodes}
+                detected = {name: source for name, source in reading.items() if not source.given_boxes}
+            _fill(results, detected, predictor, encoded, batch, boxes, [s for _, s in found], n_images)
+        if given is not None and len(detected) < len(reading):
             boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given[start:start + len(batch)]]
-            _fill(results, {name: source for name, source in sources.items() if source.given_boxes}, predictor,
+            _fill(results, {name: source for name, source in reading.items() if source.given_boxes}, predictor,
                   encoded, batch, boxes, [np.ones(len(b)) for b in boxes], n_images)
         out += results
     return out
@@ -70,20 +81,23 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
                     postprocess: Optional[Postprocess] = None, given_boxes: Optional[np.ndarray] = None,
                     tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
                     progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None,
-                    nucleus_size: Optional[float] = None, plan: Optional[WindowPlan] = None) -> dict:
+                    nucleus_size: Optional[float] = None, plan: Optional[WindowPlan] = None,
+                    read_if: Optional[Callable[[list], bool]] = None) -> dict:
     """{name: raw `Instances`} of one image of any size, brought to the model's scale as `predict`
     brings it (see `dessam.geometry.plan`): resampled, then whole, or in overlapping windows whose
     nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where they lie
     farthest from its inner edges. Instances come back in the image's own pixels.
     on_window(done, total): called after each batch of windows (a viewer's progress bar); an
     exception it raises stops the work there. nucleus_size: the image's typical nucleus side in pixels
-    (`nucleus` scaling; None: estimated); plan: the image's `WindowPlan` when already made."""
+    (`nucleus` scaling; None: estimated); plan: the image's `WindowPlan` when already made; read_if:
+    as `window_instances` takes it, for a plan of one window (with several, each batch would decide
+    alone). The names of the sources not read are missing from the result."""
     postprocess = postprocess or predictor.postprocess
     image = as_rgb(image)
-    plan = plan or predictor.plan(image, pixel_size_um, tile, overlap, nucleus_size)
+    plan = plan or predictor.plan(image, pixel_size_um, tile, overlap, nucleus_size, postprocess)
     if plan.fitted:
         given = None if given_boxes is None else [given_boxes]
-        return window_instances(predictor, [image], postprocess, sources, given)[0]
+        return window_instances(predictor, [image], postprocess, sources, given, read_if=read_if)[0]
     working = plan.working(image)
     scaled = None if given_boxes is None else plan.to_working(given_boxes)
     owner = None if scaled is None else plan.owners(scaled)
@@ -95,14 +109,14 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
             given = None if scaled is None else [window_boxes(scaled, owner == index, plan.windows[index])
                                                  for index in batch]
             found += window_instances(predictor, [working[w.rows, w.cols] for w in windows], postprocess, sources,
-                                      given, n_images=len(plan.windows))
+                                      given, n_images=len(plan.windows), read_if=read_if)
             bar.update(len(batch))
             if on_window is not None:
                 on_window(len(found), len(plan.windows))
     finally:
         bar.close()
     out = {}
-    for name, source in sources.items():
+    for name, source in ((n, s) for n, s in sources.items() if all(n in result for result in found)):
         pairs = [(window, result[name]) for window, result in zip(plan.windows, found)]
         if source.given_boxes:
             merged = gather_given(pairs, owner, plan.shape)

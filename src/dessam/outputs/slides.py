@@ -86,7 +86,7 @@ def slide_plan(slide, model, options: SlideOptions, pixel_size: Optional[float],
         roi = parse_roi(roi, slide.dimensions, str(slide.path))
     plan, run = _region_plan(roi, model.scale.factor(pixel_size), model, options, tissue)
     nucleus = options.nucleus_size
-    if model.scale.mode == "nucleus" and nucleus is None and not (pixel_size and model.scale.pixel_size_um):
+    if model.refines_size(nucleus, pixel_size):
         nucleus = slide_nucleus_size(slide, model, plan, run)
     if nucleus is not None and model.scale.mode == "nucleus":
         plan, run = _region_plan(roi, model.scale.factor(pixel_size, nucleus), model, options, tissue)

@@ -30,14 +30,13 @@ from ..atomic import write_text_atomic
 from ..config import Config
 from ..data.coco import label_map_to_annotations, write_coco
 from ..data.corpus import load_dataset, read_manifest, synthetic_scene
-from ..training.size_head import SizeSource
 from ..data.images import write_png
 from ..errors import DessamError
 from ..licences import from_data
 from ..models.model_file import read_model_file
 from ..training.model_card import corpus_table, licence_text, settings_section
+from .size_head import SIZE_STEPS, train_size_head
 
-SIZE_STEPS = 1500                   # steps of the nucleus-size head's training (`--size-steps`)
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
 SUMMARY_METRICS = (("aji", "AJI"), ("pq", "PQ"), ("f1", "Det. F1"), ("precision", "Det. P"), ("recall", "Det. R"))
 
@@ -92,43 +91,6 @@ def pretrained_config(teacher: Path, max_iters: Optional[int], seed: int = 0, in
                 "train.max_iters": max_iters, "train.seed": seed,
                 "train.min_iters": None}  # epochs as asked: the corpus is not small
     return Config.compose("cpu", file, {**settings, **(overrides or {})})
-
-
-def size_sources(datasets: list) -> list:
-    """Where the nucleus-size head's crops come from: each dataset's training images with their
-    instance maps (synthetic ones drawn anew), in the shares the manifest gives."""
-    sources = []
-    for dataset in datasets:
-        if dataset.synthetic:
-            generator = dataset.spec.generator
-            draw = (lambda rng, g=generator: (lambda s: (s.image, s.labels))(synthetic_scene(g, rng)))
-        elif dataset.train:
-            samples = dataset.train
-            draw = (lambda rng, samples=samples: (lambda s: (s.image, s.labels))(samples[int(rng.integers(len(samples)))]))
-        else:
-            continue
-        sources.append(SizeSource(dataset.spec.name, draw, float(dataset.spec.weight)))
-    return sources
-
-
-def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, progress: bool,
-                    teacher: Optional[Path] = None) -> bool:
-    """Fit the nucleus-size head of the model file at `model_path` and write the file again; False when the
-    model has no head (not `nucleus` scaling) or it was trained already."""
-    from ..inference.loading import load_model
-    from ..models.checkpoints import safe_torch_load
-    from ..models.model_file import save_model_file
-    from ..training.size_head import fit_size_head
-
-    predictor = load_model(model_path, device="cpu", sam_checkpoint=teacher)
-    head = predictor.model.size_head
-    if head is None or head.is_trained or steps <= 0:
-        return False
-    fit_size_head(predictor.model, size_sources(datasets), steps=steps, seed=seed, progress=progress)
-    payload = safe_torch_load(model_path)
-    save_model_file(model_path, predictor.model.trainable_state_dict(), predictor.model.config,
-                    payload["sam"], payload["epoch"], payload["iteration"], predictor.scale, payload.get("licence"))
-    return True
 
 
 def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = None, epochs: Optional[int] = None,
