@@ -40,17 +40,6 @@ def test_fixed_scaling_follows_the_pixel_size_and_pads_small_images():
     assert coarse.factor == 2.0 and coarse.shape == (400, 400) and coarse.tiled and len(coarse.windows) > 4
 
 
-def test_an_image_a_little_too_large_at_its_nucleus_size_is_squeezed_into_one_window():
-    scale = ModelScale("nucleus", nucleus_px=24.0)
-    near = WindowPlan.for_image((512, 400), 512, scale, nucleus_size=20.0)   # 614 px at 24 px nuclei: 1.2x
-    assert not near.tiled and near.windows == (whole_window((512, 400)),) and near.factor == pytest.approx(1.0)
-    far = WindowPlan.for_image((512, 400), 512, scale, nucleus_size=16.0)    # 768 px: 1.5x, windows
-    assert far.tiled and far.factor == pytest.approx(1.5)
-    assert WindowPlan.for_image((512, 400), 512, scale, nucleus_size=20.0, tile=True).factor == pytest.approx(1.2)
-    fixed = WindowPlan.for_image((600, 600), 512, ModelScale("fixed", 1.0))   # other scalings: as before
-    assert fixed.tiled and fixed.factor == 1.0
-
-
 def test_boxes_go_to_the_working_image_and_to_the_window_where_they_lie_farthest_from_inner_edges():
     plan = WindowPlan.for_image((400, 400), 128, ModelScale("fixed", 0.5), overlap=32)
     boxes = np.array([[10, 10, 30, 30], [150, 150, 170, 176]], np.float32)

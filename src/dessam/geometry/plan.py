@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .inputs import resize_by
-from .scale import NUCLEUS_SQUEEZE, ModelScale
+from .scale import ModelScale
 from .tiling import best_windows, tile_windows, whole_window
 
 
@@ -44,9 +44,6 @@ class WindowPlan:
         source = tuple(int(v) for v in shape[:2])
         tiled = scale.needs_windows(source, size, pixel_size_um, nucleus_size) if tile is None else bool(tile)
         factor = scale.factor(pixel_size_um, nucleus_size)
-        if (tile is None and scale.mode == "nucleus" and nucleus_size is not None
-                and size < max(source) * factor <= size * NUCLEUS_SQUEEZE):
-            factor, tiled = size / max(source), False   # one window, not four for a few pixels too many
         if not tiled and scale.mode == "fit":
             return cls(source, source, (whole_window(source),), 1.0, fitted=True)
         working = source if factor == 1.0 else tuple(max(int(side * factor + 0.5), 1) for side in source)

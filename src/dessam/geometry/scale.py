@@ -34,8 +34,6 @@ from ..errors import DessamError
 
 MODES = choices(ModelConfig, "input_scaling")
 FIT_TOLERANCE = 1.05        # an image up to 5 % larger than the input at the training scale is still fitted whole
-NUCLEUS_SQUEEZE = 1.25      # `nucleus` scaling: an image up to this much larger than one input at its nucleus size is
-                            # brought in whole, its nuclei at most a fifth smaller (within the detector's training zoom)
 SIZE_RANGE = (5.0, 100.0)   # typical nucleus sides (pixels) a nucleus-size head is trained on, and estimates within
 ESTIMATE_CROP = 256         # side of the crops a nucleus-size head reads, in training and in an estimate
 
