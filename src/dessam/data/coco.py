@@ -111,6 +111,30 @@ def parse_bbox(ann: dict, json_path: Path) -> list[float]:
     return [float(v) for v in bbox]
 
 
+def _image_record(img: dict, json_path: Path, images_dir: Path, index: dict) -> ImageRecord:
+    """One entry of 'images', checked, as a record without annotations yet (`index`: the ids seen)."""
+    _require(img, ("id", "file_name"), "an entry of 'images'", json_path)
+    file_name = str(img["file_name"])
+    if escapes_folder(file_name):
+        raise DessamError(
+            f"{json_path}: image file_name {file_name!r} points outside the images folder; "
+            "use a path relative to --images without '..'"
+        )
+    if img["id"] in index:
+        raise DessamError(f"{json_path}: image id {img['id']} appears twice; give each image a unique id")
+    path = images_dir / file_name
+    if not path.is_file():
+        raise DessamError(
+            f"{json_path}: image {file_name!r} not found in {images_dir}; check --images "
+            "(run `dessam validate` for a full list)"
+        )
+    if "height" in img and "width" in img:
+        height, width = int(img["height"]), int(img["width"])
+    else:
+        height, width = image_shape(path)
+    return ImageRecord(img["id"], file_name, path, height, width, np.zeros((0, 4), np.float32), [], [])
+
+
 def load_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike) -> CocoDataset:
     """Load a COCO file whose ``file_name`` entries are relative to `images_dir`."""
     json_path, images_dir = Path(json_path), Path(images_dir)
@@ -122,27 +146,9 @@ def load_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike) -> Co
     records: list[ImageRecord] = []
     index: dict[int, int] = {}
     for img in data["images"]:
-        _require(img, ("id", "file_name"), "an entry of 'images'", json_path)
-        file_name = str(img["file_name"])
-        if escapes_folder(file_name):
-            raise DessamError(
-                f"{json_path}: image file_name {file_name!r} points outside the images folder; "
-                "use a path relative to --images without '..'"
-            )
-        if img["id"] in index:
-            raise DessamError(f"{json_path}: image id {img['id']} appears twice; give each image a unique id")
-        path = images_dir / file_name
-        if not path.is_file():
-            raise DessamError(
-                f"{json_path}: image {file_name!r} not found in {images_dir}; check --images "
-                "(run `dessam validate` for a full list)"
-            )
-        if "height" in img and "width" in img:
-            height, width = int(img["height"]), int(img["width"])
-        else:
-            height, width = image_shape(path)
-        index[img["id"]] = len(records)
-        records.append(ImageRecord(img["id"], file_name, path, height, width, np.zeros((0, 4), np.float32), [], []))
+        record = _image_record(img, json_path, images_dir, index)
+        index[record.id] = len(records)
+        records.append(record)
 
     boxes: list[list[np.ndarray]] = [[] for _ in records]
     clipped = dropped = crowd = 0

@@ -150,14 +150,7 @@ def write_pyramid_tiff(
     quality: int = 90,
 ) -> Path:
     """Write the image whose level-0 bands `bands` yields (see the module docstring)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
-    if tile % 16 or tile < 16:
-        raise ValueError(f"the tile size must be a multiple of 16; got {tile}")
-    if labels and (channels != 1 or layout != "ome"):
-        raise ValueError("label maps are written with one channel, as OME-TIFF")
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ValueError(f"the pixel size must be positive; got {pixel_size_um}")
+    _check_arguments(channels, labels, tile, layout, pixel_size_um)
     path = Path(path)
     shapes = level_shapes(height, width, tile)
     rgb = channels == 3 and not labels
@@ -177,29 +170,53 @@ def write_pyramid_tiff(
             first = {"shape": pyramid.shape(0), "dtype": dtype, **common, **resolution}
             level1 = {"shape": pyramid.shape(1), "dtype": dtype, **common} if len(shapes) > 1 else None
             if layout == "ome":
-                metadata = {"axes": "YXS" if channels > 1 else "YX"}
-                if pixel_size_um:
-                    metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                                    PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
-                tif.write(pyramid.level0_tiles(bands), subifds=len(shapes) - 1, metadata=metadata, **first)
-                if level1:
-                    tif.write(pyramid.level1_tiles(), subfiletype=1, metadata=None, **level1)
-                for level in pyramid.smaller_levels():
-                    tif.write(_tiles(level, tile), shape=level.shape, dtype=dtype, subfiletype=1, metadata=None,
-                              **common)
+                _write_ome(tif, pyramid, bands, first, level1, common, channels, pixel_size_um)
             else:
                 description = _aperio_description(width, height, tile, quality, pixel_size_um)
-                tif.write(pyramid.level0_tiles(bands), description=description, metadata=None, **first)
-                if level1:
-                    smaller = pyramid.smaller_levels()
-                    thumbnail = next((lv for lv in smaller if max(lv.shape[:2]) <= THUMBNAIL_SIDE), None)
-                    tif.write(pyramid.level1() if thumbnail is None else thumbnail, photometric="rgb",
-                              compression="jpeg", compressionargs={"level": quality},
-                              description="Aperio Image Library dessam\r\nthumbnail", metadata=None)
-                    levels = [(pyramid.level1_tiles(), level1["shape"])] + [(_tiles(lv, tile), lv.shape) for lv in smaller]
-                    for tiles, shape in levels:
-                        tif.write(tiles, shape=shape, dtype=dtype, metadata=None,
-                                  description="Aperio Image Library dessam", **common)
+                _write_aperio(tif, pyramid, bands, first, level1, common, description, quality)
         finally:
             pyramid.close()
     return path
+
+
+def _check_arguments(channels: int, labels: bool, tile: int, layout: str, pixel_size_um: Optional[float]) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if tile % 16 or tile < 16:
+        raise ValueError(f"the tile size must be a multiple of 16; got {tile}")
+    if labels and (channels != 1 or layout != "ome"):
+        raise ValueError("label maps are written with one channel, as OME-TIFF")
+    if pixel_size_um is not None and not pixel_size_um > 0:
+        raise ValueError(f"the pixel size must be positive; got {pixel_size_um}")
+
+
+def _write_ome(tif, pyramid: "_Pyramid", bands, first: dict, level1: Optional[dict], common: dict, channels: int,
+               pixel_size_um: Optional[float]) -> None:
+    """Level 0 with its smaller levels as SubIFDs, the OME-XML metadata in the first page."""
+    metadata = {"axes": "YXS" if channels > 1 else "YX"}
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    tif.write(pyramid.level0_tiles(bands), subifds=len(pyramid.shapes) - 1, metadata=metadata, **first)
+    if level1:
+        tif.write(pyramid.level1_tiles(), subfiletype=1, metadata=None, **level1)
+    for level in pyramid.smaller_levels():
+        tif.write(_tiles(level, pyramid.tile), shape=level.shape, dtype=first["dtype"], subfiletype=1,
+                  metadata=None, **common)
+
+
+def _write_aperio(tif, pyramid: "_Pyramid", bands, first: dict, level1: Optional[dict], common: dict,
+                  description: str, quality: int) -> None:
+    """Aperio SVS order: level 0, a thumbnail, then the smaller levels as pages of their own."""
+    tif.write(pyramid.level0_tiles(bands), description=description, metadata=None, **first)
+    if not level1:
+        return
+    smaller = pyramid.smaller_levels()
+    thumbnail = next((lv for lv in smaller if max(lv.shape[:2]) <= THUMBNAIL_SIDE), None)
+    tif.write(pyramid.level1() if thumbnail is None else thumbnail, photometric="rgb",
+              compression="jpeg", compressionargs={"level": quality},
+              description="Aperio Image Library dessam\r\nthumbnail", metadata=None)
+    levels = [(pyramid.level1_tiles(), level1["shape"])] + [(_tiles(lv, pyramid.tile), lv.shape) for lv in smaller]
+    for tiles, shape in levels:
+        tif.write(tiles, shape=shape, dtype=first["dtype"], metadata=None,
+                  description="Aperio Image Library dessam", **common)

@@ -246,7 +246,72 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     """
     out_dir = Path(out_dir)
     dataset = _load_test_set(data_json, images_dir)
-    model_config = model.config.model
+    postprocess = _checked_postprocess(model, score_threshold, min_size, remove_small, pixel_size_um)
+    threshold = postprocess.score_threshold
+    methods = tuple(METHODS) if baselines else (STUDENT,)
+    scores = _Scores(methods + ((PRETRAINED,) if reference is not None else ()))
+    records = dataset.images
+    for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
+        image = read_record_image(record)
+        plan = model.plan(image, pixel_size_um, nucleus_size=nucleus_size, postprocess=postprocess)
+        scores.oversized += plan.tiled
+        true_size, used_size = median_box_side(record.boxes, at_least=1), _nucleus_side(model, plan)
+        scores.sizes.append((true_size, used_size))
+        gt_labels = record_label_map(record)
+        raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um, plan)
+        for method in scores.rows:
+            if method == PRETRAINED:
+                prediction = reference.predict(image, pixel_size_um=pixel_size_um)
+            else:
+                cut = threshold if threshold > 0 and not METHODS[method].given_boxes else None
+                prediction = Prediction.from_instances(
+                    raw[method].postprocessed(replace(postprocess, score_threshold=cut)), postprocess.overlap_winner)
+            scores.add(method, index, record, image, gt_labels, prediction,
+                       {"nucleus_px_true": _rounded(true_size), "nucleus_px_used": _rounded(used_size)})
+
+    gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
+    summaries = {method: _method_summary(scores.per_image[method], coco_mask_ap(gt_maps, scores.predictions[method]))
+                 for method in scores.rows}
+    for method in scores.rows:
+        summaries[method]["recall_by_size"] = pool_size_counts(scores.by_size[method])
+
+    settings = _settings_report(model, model_path, data_json, images_dir, len(records), scores, reference,
+                                postprocess, remove_small, pixel_size_um)
+    report = {"settings": settings, "methods": summaries}
+    _write_overlays(out_dir / "overlays", scores.worst)
+    _write_csv(out_dir / "per_image.csv", scores.csv_rows)
+    write_text_atomic(out_dir / "metrics.md", _markdown_report(report))
+    write_json(out_dir / "metrics.json", report)
+    return report
+
+
+def _settings_report(model, model_path, data_json, images_dir, n_images: int, scores: "_Scores", reference,
+                     postprocess, remove_small: bool, pixel_size_um: Optional[float]) -> dict:
+    """What was scored and how: the report's "settings"."""
+    model_path = model_path if model_path is not None else getattr(model, "path", None)
+    return {
+        "model": str(model_path) if model_path is not None else None,
+        "sam": dict(model.sam_identity),
+        "data": str(data_json),
+        "images": str(images_dir),
+        "n_images": n_images,
+        "methods": list(scores.rows),
+        "reference": None if reference is None else str(getattr(reference, "path", None)),
+        "score_threshold": postprocess.score_threshold,
+        "remove_small": bool(remove_small),
+        "min_size": postprocess.min_size,
+        **_readout_settings(model, postprocess),
+        "images_in_windows": int(scores.oversized),
+        "pixel_size_um": pixel_size_um,
+        "model_scale": model.scale.to_dict(),
+        "nucleus_size": _size_agreement(scores.sizes) if model.scale.mode == "nucleus" else None,
+        "match_iou": 0.5,
+    }
+
+
+def _checked_postprocess(model, score_threshold: Optional[float], min_size: Optional[int], remove_small: bool,
+                         pixel_size_um: Optional[float]):
+    """The model's post-processing with the options given, each checked (one clear line when wrong)."""
     threshold = float(model.postprocess.score_threshold if score_threshold is None else score_threshold)
     if not 0 <= threshold <= 1:
         raise DessamError(f"--score-threshold {threshold}: use a value between 0 and 1 (0 keeps every detection)")
@@ -254,81 +319,45 @@ def evaluate(model, data_json, images_dir, out_dir, baselines: bool = False, sco
     if min_size < 0:
         raise DessamError(f"--min-size {min_size}: use 0 or a positive number of pixels")
     check_pixel_size(pixel_size_um)
-    methods = tuple(METHODS) if baselines else (STUDENT,)
-    rows = methods + ((PRETRAINED,) if reference is not None else ())
-    records = dataset.images
-    postprocess = replace(model.postprocess, score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
-                          remove_islands=remove_small)
+    return replace(model.postprocess, score_threshold=threshold, min_size=min_size, remove_holes=remove_small,
+                   remove_islands=remove_small)
 
-    per_image = {method: [] for method in rows}
-    by_size = {method: [] for method in rows}
-    predictions = {method: [] for method in rows}  # per image: (RLEs, scores)
-    csv_rows, worst, oversized, sizes = [], [], 0, []
-    for index, record in enumerate(tqdm(records, desc="Evaluating", unit="img", disable=not progress)):
-        image = read_record_image(record)
-        plan = model.plan(image, pixel_size_um, nucleus_size=nucleus_size, postprocess=postprocess)
-        oversized += plan.tiled
-        true_size, used_size = median_box_side(record.boxes, at_least=1), _nucleus_side(model, plan)
-        sizes.append((true_size, used_size))
-        gt_labels = record_label_map(record)
-        raw = method_instances(model, image, record.boxes, methods, postprocess, pixel_size_um, plan)
-        for method in rows:
-            if method == PRETRAINED:
-                prediction = reference.predict(image, pixel_size_um=pixel_size_um)
-            else:
-                cut = threshold if threshold > 0 and not METHODS[method].given_boxes else None
-                prediction = Prediction.from_instances(
-                    raw[method].postprocessed(replace(postprocess, score_threshold=cut)), postprocess.overlap_winner)
-            result = evaluate_pair(gt_labels, prediction.labels)
-            per_image[method].append(result)
-            by_size[method].append(recall_by_size(gt_labels, prediction.labels))
-            instances = prediction.instances
-            predictions[method].append(([instances.rle(k) for k in range(len(instances))], instances.scores))
-            csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method,
-                             "nucleus_px_true": _rounded(true_size), "nucleus_px_used": _rounded(used_size), **result})
-            if method == STUDENT:
-                worst.append((result["aji"], index, record.file_name, image, prediction.labels, gt_labels))
-                worst = sorted(worst, key=lambda item: item[:2])[:N_OVERLAYS]
 
-    gt_maps = _Lazy(len(records), lambda i: record_label_map(records[i]))
-    summaries = {method: _method_summary(per_image[method], coco_mask_ap(gt_maps, predictions[method]))
-                 for method in rows}
-    for method in rows:
-        summaries[method]["recall_by_size"] = pool_size_counts(by_size[method])
-
-    model_path = model_path if model_path is not None else getattr(model, "path", None)
-    report = {
-        "settings": {
-            "model": str(model_path) if model_path is not None else None,
-            "sam": dict(model.sam_identity),
-            "data": str(data_json),
-            "images": str(images_dir),
-            "n_images": len(records),
-            "methods": list(rows),
-            "reference": None if reference is None else str(getattr(reference, "path", None)),
-            "score_threshold": threshold,
-            "remove_small": bool(remove_small),
-            "min_size": min_size,
-            "connectivity": postprocess.connectivity,
-            "fill_border_holes": postprocess.fill_border_holes,
-            "keep_largest_island": postprocess.keep_largest_island,
-            "overlap_winner": postprocess.overlap_winner,
-            "mask_threshold": float(model_config.mask_threshold),
-            "max_detections": int(model.postprocess.max_detections),
-            "image_size": int(model.image_size),
-            "images_in_windows": int(oversized),
-            "pixel_size_um": pixel_size_um,
-            "model_scale": model.scale.to_dict(),
-            "nucleus_size": _size_agreement(sizes) if model.scale.mode == "nucleus" else None,
-            "match_iou": 0.5,
-        },
-        "methods": summaries,
+def _readout_settings(model, postprocess) -> dict:
+    """How masks were read out, as the report records it."""
+    return {
+        "connectivity": postprocess.connectivity,
+        "fill_border_holes": postprocess.fill_border_holes,
+        "keep_largest_island": postprocess.keep_largest_island,
+        "overlap_winner": postprocess.overlap_winner,
+        "mask_threshold": float(model.config.model.mask_threshold),
+        "max_detections": int(model.postprocess.max_detections),
+        "image_size": int(model.image_size),
     }
-    _write_overlays(out_dir / "overlays", worst)
-    _write_csv(out_dir / "per_image.csv", csv_rows)
-    write_text_atomic(out_dir / "metrics.md", _markdown_report(report))
-    write_json(out_dir / "metrics.json", report)
-    return report
+
+
+class _Scores:
+    """Per method: each image's metrics, recall by size and masks (for mask AP); the CSV rows and the
+    worst images (overlays) of the student."""
+
+    def __init__(self, rows: tuple):
+        self.rows = rows
+        self.per_image = {method: [] for method in rows}
+        self.by_size = {method: [] for method in rows}
+        self.predictions = {method: [] for method in rows}  # per image: (RLEs, scores)
+        self.csv_rows, self.worst, self.oversized, self.sizes = [], [], 0, []
+
+    def add(self, method: str, index: int, record, image, gt_labels, prediction, size_columns: dict) -> None:
+        result = evaluate_pair(gt_labels, prediction.labels)
+        self.per_image[method].append(result)
+        self.by_size[method].append(recall_by_size(gt_labels, prediction.labels))
+        instances = prediction.instances
+        self.predictions[method].append(([instances.rle(k) for k in range(len(instances))], instances.scores))
+        self.csv_rows.append({"image": record.file_name, "image_id": record.id, "method": method,
+                              **size_columns, **result})
+        if method == STUDENT:
+            self.worst.append((result["aji"], index, record.file_name, image, prediction.labels, gt_labels))
+            self.worst = sorted(self.worst, key=lambda item: item[:2])[:N_OVERLAYS]
 
 
 def _nucleus_side(model, plan: WindowPlan) -> Optional[float]:

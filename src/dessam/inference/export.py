@@ -98,9 +98,10 @@ def _embedding_shape(predictor: Predictor) -> tuple:
 
 def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Path], has_detector: bool,
                 has_size: bool = False) -> dict:
-    decoder = predictor.model.decoder
-    token = decoder.extra_tokens(True)
-    views = decoder.views
+    """What a host needs besides the graphs: the model it came from, each graph's inputs and outputs,
+    scaling and read-out."""
+    token = predictor.model.decoder.extra_tokens(True)
+    views = predictor.model.decoder.views
     post = predictor.postprocess
     return {
         "format": MANIFEST_FORMAT,
@@ -119,34 +120,9 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
             "encoder": {"file": "encoder.onnx", "inputs": {"images": "float32 (B, 3, S, S): RGB 0-255 minus pixel_mean, "
                                                            "divided by pixel_std, zero-padded bottom and right"},
                         "outputs": {"embeddings": "float32 (B, C, h, w)"}},
-            "detector": None if not has_detector else {
-                "file": "detector.onnx",
-                "inputs": {"embedding": "float32 (1, C, h, w)", "valid_hw": "float32 (2,): the image's height and width "
-                           "inside the S x S input", "score_threshold": "float32 ()", "max_detections": "int64 ()"},
-                "outputs": {"boxes": "float32 (N, 4) x1 y1 x2 y2 in input pixels", "scores": "float32 (N,)"}},
-            "size": None if not has_size else {
-                "file": "size.onnx",
-                "inputs": {"images": "float32 (B, 3, P, P): crops of the image at its own resolution, normalised as the "
-                           "encoder's input and zero-padded to P (a multiple of 16, or fixed_side when not 0)",
-                           "valid_hw": "float32 (B, 2): each crop's height and width inside P x P"},
-                "outputs": {"log_side": "float32 (B,): natural log of the crops' typical nucleus side (box sqrt(w h)) "
-                            "in pixels; the image's is the median of exp(log_side), kept within size_range"},
-                "crop": estimate_crop(int(predictor.model.sam.image_encoder.img_size)
-                                      if getattr(predictor.model.sam.image_encoder, "pos_embed", None) is not None else 0),
-                "max_crops": MAX_CROPS, "size_range": list(SIZE_RANGE),
-                "fixed_side": int(predictor.model.sam.image_encoder.img_size)
-                if getattr(predictor.model.sam.image_encoder, "pos_embed", None) is not None else 0},
-            "decoder": {
-                "file": "decoder.onnx",
-                "reads": "images" if views is not None else "embeddings",
-                "inputs": {"source": "float32 (B, 3, S, S) the encoder's input images" if views is not None
-                           else "float32 (B, C, h, w) the encoder's embeddings",
-                           "boxes": "float32 (N, 4) x1 y1 x2 y2 in input pixels",
-                           "image_index": "int64 (N,): the image of `source` each box lies in",
-                           "tokens": "float32 (T, C): prompt_token (T = 1) for the trained model, (0, C) for the frozen SAM"},
-                "outputs": {"logits": "float32 (N, 1, k, k): mask logits over each box's window of the low-resolution frame",
-                            "iou": "float32 (N, 1): SAM's predicted IoU",
-                            "origins": "int64 (N, 2): row, column of each window in the frame"}},
+            "detector": _detector_graph() if has_detector else None,
+            "size": _size_graph(predictor) if has_size else None,
+            "decoder": _decoder_graph(views is not None),
         },
         "image_size": predictor.image_size,
         "pixel_mean": list(PIXEL_MEAN),
@@ -170,6 +146,43 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
         },
         "config": predictor.config.to_dict(),
     }
+
+
+def _detector_graph() -> dict:
+    return {
+        "file": "detector.onnx",
+        "inputs": {"embedding": "float32 (1, C, h, w)", "valid_hw": "float32 (2,): the image's height and width "
+                   "inside the S x S input", "score_threshold": "float32 ()", "max_detections": "int64 ()"},
+        "outputs": {"boxes": "float32 (N, 4) x1 y1 x2 y2 in input pixels", "scores": "float32 (N,)"}}
+
+
+def _size_graph(predictor: Predictor) -> dict:
+    encoder = predictor.model.sam.image_encoder
+    fixed_side = int(encoder.img_size) if getattr(encoder, "pos_embed", None) is not None else 0
+    return {
+        "file": "size.onnx",
+        "inputs": {"images": "float32 (B, 3, P, P): crops of the image at its own resolution, normalised as the "
+                   "encoder's input and zero-padded to P (a multiple of 16, or fixed_side when not 0)",
+                   "valid_hw": "float32 (B, 2): each crop's height and width inside P x P"},
+        "outputs": {"log_side": "float32 (B,): natural log of the crops' typical nucleus side (box sqrt(w h)) "
+                    "in pixels; the image's is the median of exp(log_side), kept within size_range"},
+        "crop": estimate_crop(fixed_side),
+        "max_crops": MAX_CROPS, "size_range": list(SIZE_RANGE),
+        "fixed_side": fixed_side}
+
+
+def _decoder_graph(reads_images: bool) -> dict:
+    return {
+        "file": "decoder.onnx",
+        "reads": "images" if reads_images else "embeddings",
+        "inputs": {"source": "float32 (B, 3, S, S) the encoder's input images" if reads_images
+                   else "float32 (B, C, h, w) the encoder's embeddings",
+                   "boxes": "float32 (N, 4) x1 y1 x2 y2 in input pixels",
+                   "image_index": "int64 (N,): the image of `source` each box lies in",
+                   "tokens": "float32 (T, C): prompt_token (T = 1) for the trained model, (0, C) for the frozen SAM"},
+        "outputs": {"logits": "float32 (N, 1, k, k): mask logits over each box's window of the low-resolution frame",
+                    "iou": "float32 (N, 1): SAM's predicted IoU",
+                    "origins": "int64 (N, 2): row, column of each window in the frame"}}
 
 
 def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
@@ -234,6 +247,53 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
     return out_dir / "manifest.json"
 
 
+def _check_detector(predictor: Predictor, folder: Path, embedding, item, threads, rows: list) -> np.ndarray:
+    """The detector graph against PyTorch on the same embedding (rows appended); returns PyTorch's
+    boxes, or two fixed boxes when the model has no detector, to prompt the decoder with."""
+    from .onnx_predictor import open_session
+
+    if not (folder / "detector.onnx").is_file():
+        return np.float32([[10, 12, 40, 44], [100, 90, 130, 140]])
+    model, post, size = predictor.model, predictor.postprocess, predictor.image_size
+    threshold = post.score_threshold if post.score_threshold is not None else 0.0
+    boxes, scores = model.detector.detect(model.neck(embedding), [item.resized_hw], size, threshold,
+                                          post.max_detections)
+    boxes, scores = boxes[0].numpy(), scores[0].numpy()
+    detector = open_session(folder / "detector.onnx", threads)
+    got_boxes, got_scores = detector.run(None, {
+        "embedding": embedding.numpy(), "valid_hw": np.float32(item.resized_hw),
+        "score_threshold": np.array(threshold, np.float32), "max_detections": np.array(post.max_detections, np.int64)})
+    note = f"{len(got_boxes)} boxes (PyTorch {len(boxes)})"
+    if len(got_boxes) == len(boxes):
+        rows.append(("detector", "boxes (input pixels)", float(np.abs(got_boxes - boxes).max(initial=0)), note))
+        rows.append(("detector", "scores", float(np.abs(got_scores - scores).max(initial=0)), ""))
+    else:
+        rows.append(("detector", "boxes", float("nan"), note + ": counts differ"))
+    return boxes
+
+
+def _check_decoder(predictor: Predictor, folder: Path, images, embedding, boxes, threads, rows: list) -> None:
+    """The decoder graph against PyTorch on the same boxes, with the student's token and without."""
+    from .onnx_predictor import open_session
+
+    model = predictor.model
+    prompts = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4))
+    decoder = open_session(folder / "decoder.onnx", threads)
+    source = images if model.decoder.views is not None else embedding
+    for use_token in (True, False):
+        tokens = model.decoder.extra_tokens(use_token)
+        want = DecoderGraph(model.decoder, local_margin(predictor.config, predictor.settings, model.sam)).eval()(
+            source, prompts, torch.zeros(len(prompts), dtype=torch.int64), tokens)
+        got = decoder.run(None, {"source": source.numpy(), "boxes": prompts.numpy(),
+                                 "image_index": np.zeros(len(prompts), np.int64), "tokens": tokens.numpy()})
+        name = "student" if use_token and tokens.shape[0] else "teacher"
+        rows.append(("decoder", f"{name} logits, {len(prompts)} boxes",
+                     float(np.abs(got[0] - want[0].numpy()).max(initial=0)), ""))
+        rows.append(("decoder", f"{name} predicted IoU", float(np.abs(got[1] - want[1].numpy()).max(initial=0)), ""))
+        if not np.array_equal(got[2], want[2].numpy()):
+            raise DessamError(f"{folder}: the decoder graph places its windows elsewhere than PyTorch; re-export")
+
+
 def check_export(predictor: Predictor, folder, image: np.ndarray, threads: Optional[int] = None) -> list:
     """Each graph of `folder` against PyTorch on `image` (its top-left input window): rows of
     (graph, what is compared, largest absolute difference, note). The detector and the decoder are
@@ -252,40 +312,8 @@ def check_export(predictor: Predictor, folder, image: np.ndarray, threads: Optio
         encoder = open_session(folder / "encoder.onnx", threads)
         got = encoder.run(None, {"images": images.numpy()})[0]
         rows.append(("encoder", f"embedding {tuple(got.shape)}", float(np.abs(got - embedding.numpy()).max()), ""))
-        post = predictor.postprocess
-        threshold = post.score_threshold if post.score_threshold is not None else 0.0
-        if (folder / "detector.onnx").is_file():
-            boxes, scores = model.detector.detect(model.neck(embedding), [item.resized_hw], size, threshold,
-                                                  post.max_detections)
-            boxes, scores = boxes[0].numpy(), scores[0].numpy()
-            detector = open_session(folder / "detector.onnx", threads)
-            got_boxes, got_scores = detector.run(None, {
-                "embedding": embedding.numpy(), "valid_hw": np.float32(item.resized_hw),
-                "score_threshold": np.array(threshold, np.float32), "max_detections": np.array(post.max_detections, np.int64)})
-            note = f"{len(got_boxes)} boxes (PyTorch {len(boxes)})"
-            if len(got_boxes) == len(boxes):
-                rows.append(("detector", "boxes (input pixels)", float(np.abs(got_boxes - boxes).max(initial=0)), note))
-                rows.append(("detector", "scores", float(np.abs(got_scores - scores).max(initial=0)), ""))
-            else:
-                rows.append(("detector", "boxes", float("nan"), note + ": counts differ"))
-        else:
-            boxes = np.float32([[10, 12, 40, 44], [100, 90, 130, 140]])
-        prompts = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4))
-        decoder = open_session(folder / "decoder.onnx", threads)
-        views = model.decoder.views is not None
-        source = images if views else embedding
-        for use_token in (True, False):
-            tokens = model.decoder.extra_tokens(use_token)
-            want = DecoderGraph(model.decoder, local_margin(predictor.config, predictor.settings, model.sam)).eval()(
-                source, prompts, torch.zeros(len(prompts), dtype=torch.int64), tokens)
-            got = decoder.run(None, {"source": source.numpy(), "boxes": prompts.numpy(),
-                                     "image_index": np.zeros(len(prompts), np.int64), "tokens": tokens.numpy()})
-            name = "student" if use_token and tokens.shape[0] else "teacher"
-            rows.append(("decoder", f"{name} logits, {len(prompts)} boxes",
-                         float(np.abs(got[0] - want[0].numpy()).max(initial=0)), ""))
-            rows.append(("decoder", f"{name} predicted IoU", float(np.abs(got[1] - want[1].numpy()).max(initial=0)), ""))
-            if not np.array_equal(got[2], want[2].numpy()):
-                raise DessamError(f"{folder}: the decoder graph places its windows elsewhere than PyTorch; re-export")
+        boxes = _check_detector(predictor, folder, embedding, item, threads, rows)
+        _check_decoder(predictor, folder, images, embedding, boxes, threads, rows)
         if (folder / "size.onnx").is_file():
             want = predictor.estimate_nucleus_size(tile)
             got = open_session(folder / "size.onnx", threads)

@@ -25,6 +25,21 @@ OWN_STAGE_PREFIXES = ("size_head.",)  # trained on its own (`dessam.training.siz
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
 
 
+def positive_proposals(rois, max_prompts: int) -> tuple:
+    """The detector's positive proposals (at most `max_prompts` per image), each with the annotated box
+    it matched, that box's index in its image and the image's index: the student's and the teacher's
+    prompts."""
+    proposals, matched, matched_index, image_index = [], [], [], []
+    for i, (props, labels, gts, idx) in enumerate(zip(rois.proposals, rois.labels, rois.matched_gt_boxes,
+                                                      rois.matched_index)):
+        positive = torch.where(labels > 0)[0][:max_prompts]
+        proposals.append(props[positive])
+        matched.append(gts[positive])
+        matched_index.append(idx[positive])
+        image_index.append(torch.full((len(positive),), i, dtype=torch.long, device=props.device))
+    return torch.cat(proposals).detach(), torch.cat(matched), torch.cat(matched_index), torch.cat(image_index)
+
+
 class DESSAM(nn.Module):
     def __init__(self, sam: Sam, config: Config):
         super().__init__()
@@ -83,18 +98,7 @@ class DESSAM(nn.Module):
         features = self.neck(embeddings)
         losses, rois = self.detector.forward_train(features, image_sizes, self.image_size, gt_boxes)
 
-        proposals, matched, matched_index, image_index = [], [], [], []
-        for i, (props, labels, gts, idx) in enumerate(zip(rois.proposals, rois.labels, rois.matched_gt_boxes,
-                                                          rois.matched_index)):
-            positive = torch.where(labels > 0)[0][: loss_config.distill_max_prompts]
-            proposals.append(props[positive])
-            matched.append(gts[positive])
-            matched_index.append(idx[positive])
-            image_index.append(torch.full((len(positive),), i, dtype=torch.long, device=props.device))
-        proposals = torch.cat(proposals).detach()
-        matched = torch.cat(matched)
-        matched_index = torch.cat(matched_index)
-        image_index = torch.cat(image_index)
+        proposals, matched, matched_index, image_index = positive_proposals(rois, loss_config.distill_max_prompts)
 
         zero = embeddings.sum() * 0
         if len(proposals) == 0:

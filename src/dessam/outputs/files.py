@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Postprocess
@@ -163,6 +164,28 @@ def writable_folder(out_dir, keep: bool = True) -> Path:
     return out_dir
 
 
+def _check_distinct_stems(paths: list) -> None:
+    """Two inputs of the same name would write the same outputs: refuse before any work."""
+    stems = {}
+    for path in paths:
+        if path.stem in stems:
+            raise DessamError(f"{path}: has the same name as {stems[path.stem]}; outputs would collide, "
+                              f"predict them into separate --out folders")
+        stems[path.stem] = path
+
+
+def _write_image_outputs(wanted: dict, image: np.ndarray, labels: np.ndarray, rows: list) -> None:
+    """One image's label TIFF, overlay, GeoJSON and measurements, those of `wanted` (format -> path)."""
+    if "labels" in wanted:
+        write_label_tiff(wanted["labels"], labels)
+    if "overlay" in wanted:
+        write_overlay_png(wanted["overlay"], image, labels)
+    if "geojson" in wanted:
+        write_geojson(wanted["geojson"], labels, rows)
+    if "csv" in wanted:
+        write_measurements_csv(wanted["csv"], rows)
+
+
 def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwrite: bool = False,
                   pixel_size_um: Optional[float] = None, tile: Optional[bool] = None, overlap: int = 64,
                   progress: bool = True, postprocess: Optional[Postprocess] = None,
@@ -181,12 +204,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
         paths = sorted(paths)[shard[0] - 1::shard[1]]
     check_options(model.image_size, paths, pixel_size_um, overlap, slide_options)
     out_dir = writable_folder(out_dir)
-    stems = {}
-    for path in paths:
-        if path.stem in stems:
-            raise DessamError(f"{path}: has the same name as {stems[path.stem]}; outputs would collide, "
-                              f"predict them into separate --out folders")
-        stems[path.stem] = path
+    _check_distinct_stems(paths)
 
     run = PredictRun()
     results, summary = [], []
@@ -210,14 +228,7 @@ def predict_files(model, inputs: Iterable[str], out_dir, formats=FORMATS, overwr
             prediction = model.predict(image, postprocess, tile=tile, overlap=overlap, pixel_size_um=pixel_size_um,
                                        nucleus_size=nucleus_size)
             rows = prediction.measurements(pixel_size_um, image=without_alpha(raw))
-            if "labels" in wanted:
-                write_label_tiff(wanted["labels"], prediction.labels)
-            if "overlay" in wanted:
-                write_overlay_png(wanted["overlay"], image, prediction.labels)
-            if "geojson" in wanted:
-                write_geojson(wanted["geojson"], prediction.labels, rows)
-            if "csv" in wanted:
-                write_measurements_csv(wanted["csv"], rows)
+            _write_image_outputs(wanted, image, prediction.labels, rows)
         except DessamError as exc:
             run.failed.append((path, str(exc)))
             summary.append({"image": path.name, "status": f"failed: {exc}"})

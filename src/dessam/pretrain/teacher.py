@@ -153,18 +153,59 @@ class PretrainResult:
     validation: dict = field(default_factory=dict)
 
 
+def _resume_state(out_dir: Path) -> dict:
+    """The checkpoint a resumed run continues (its stale temporary files removed first)."""
+    last = out_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise DessamError(f"{last}: nothing to resume from; run without --resume")
+    remove_stale_temporaries(out_dir, last.parent)
+    return safe_torch_load(last)
+
+
+def _teacher_network(recipe: Recipe, device) -> tuple:
+    """The network to train and its architecture: new, or per-box views on a trained teacher."""
+    if recipe.views_from is not None:
+        base_arch, base_state = views_base(recipe)
+        arch = full_arch(base_arch)
+        sam = build_default_architecture(arch["image_size"], arch)
+        start_views(sam, base_state)
+        return sam.to(device), arch
+    arch = full_arch(ARCH_SIZES[recipe.arch])
+    return build_default_architecture(arch["image_size"], arch).to(device), arch
+
+
+def _step_loss(decoder: PromptedMaskDecoder, images: torch.Tensor, labels, prompts, rng, margin: int) -> tuple:
+    """One step's loss, averaged over its prompts, and the IoU of each prompted mask."""
+    if decoder.views is not None:
+        total, iou = view_losses(decoder, images, labels, prompts)
+        return total / max(len(iou), 1), [iou]
+    embeddings = decoder.sam.image_encoder(images)  # the crops alone, unpadded
+    total, count, ious = 0.0, 0, []
+    free = decoder.grid - embeddings.shape[-1]  # where a crop may sit in the input frame
+    for index, (crop_labels, prompted) in enumerate(zip(labels, prompts)):
+        offset = (int(rng.integers(free + 1)), int(rng.integers(free + 1)))
+        loss, iou = crop_losses(decoder, embeddings[index:index + 1], crop_labels, prompted, margin, offset)
+        total, count = total + loss, count + len(prompted.ids)
+        ious.append(iou)
+    return total / max(count, 1), ious
+
+
+def _teacher_datasets(corpus, progress: bool) -> tuple:
+    """The corpus's datasets for the teacher and the share of crops each is drawn for."""
+    datasets = [load_dataset(spec, progress) for spec in corpus.datasets if "teacher" in spec.use]
+    if not datasets:
+        raise DessamError(f"{corpus.path}: no dataset is for the teacher; give one with use: [teacher]")
+    weights = np.array([d.spec.weight for d in datasets], np.float64)
+    return datasets, weights / weights.sum()
+
+
 def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resume: bool = False, device: str = "cpu",
                      threads: Optional[int] = None, command: str = "", progress: bool = True) -> PretrainResult:
     """Pre-train the default teacher on the corpus at `corpus_path` into `out_dir` (see the module
     docstring); `resume` continues from `out_dir/checkpoints/last.pt` with its recipe."""
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / "last.pt"
-    state = None
-    if resume:
-        if not last.is_file():
-            raise DessamError(f"{last}: nothing to resume from; run without --resume")
-        remove_stale_temporaries(out_dir, last.parent)
-        state = safe_torch_load(last)
+    state = _resume_state(out_dir) if resume else None
+    if state is not None:
         recipe = Recipe(**{**state["recipe"], "margins": tuple(state["recipe"]["margins"])})
     recipe = recipe or Recipe()
     corpus = read_manifest(corpus_path)
@@ -174,84 +215,82 @@ def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resu
         raise DessamError(f"{out_dir}: cannot create the run folder ({exc.strerror}); choose another --out") from None
     if threads:
         torch.set_num_threads(int(threads))
-    datasets = [load_dataset(spec, progress) for spec in corpus.datasets if "teacher" in spec.use]
-    if not datasets:
-        raise DessamError(f"{corpus.path}: no dataset is for the teacher; give one with use: [teacher]")
-    weights = np.array([d.spec.weight for d in datasets], np.float64)
-    weights /= weights.sum()
+    datasets, weights = _teacher_datasets(corpus, progress)
 
     torch.manual_seed(recipe.seed)
-    if recipe.views_from is not None:
-        base_arch, base_state = views_base(recipe)
-        arch = full_arch(base_arch)
-        sam = build_default_architecture(arch["image_size"], arch)
-        start_views(sam, base_state)
-        sam = sam.to(device)
-    else:
-        arch = full_arch(ARCH_SIZES[recipe.arch])
-        sam = build_default_architecture(arch["image_size"], arch).to(device)
+    sam, arch = _teacher_network(recipe, device)
     if recipe.crop > arch["image_size"]:
         raise DessamError(f"--crop {recipe.crop}: at most the model's input size, {arch['image_size']}")
-    decoder = PromptedMaskDecoder(sam, prompt_token=False)
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    step, history = 0, []
+    run = _TeacherRun(out_dir, recipe, corpus, datasets, weights, sam, arch, optimizer, device, command)
     if state is not None:
         sam.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-    log = _open_log(out_dir / "log.csv", [d.spec.name for d in datasets if d.val], keep_until=step if state else None)
-    started = time.monotonic()
-    bar = tqdm(total=recipe.steps, initial=step, desc="pretrain teacher", unit="step", disable=not progress)
-    running = None
+        run.step, run.history = int(state["step"]), list(state["history"])
+    log = _open_log(out_dir / "log.csv", [d.spec.name for d in datasets if d.val],
+                    keep_until=run.step if state else None)
+    bar = tqdm(total=recipe.steps, initial=run.step, desc="pretrain teacher", unit="step", disable=not progress)
     try:
         sam.train()
-        while step < recipe.steps:
-            rng = np.random.default_rng([recipe.seed, step])
-            images, labels, prompts, _ = draw_crops(rng, datasets, weights, recipe)
-            margin = int(rng.integers(recipe.margins[0], recipe.margins[1] + 1))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, recipe)
-            if decoder.views is not None:
-                total, iou = view_losses(decoder, normalise(sam, images.to(device)), labels, prompts)
-                count, ious = len(iou), [iou]
-            else:
-                embeddings = sam.image_encoder(normalise(sam, images.to(device)))  # the crops alone, unpadded
-                total, count, ious = 0.0, 0, []
-                free = decoder.grid - embeddings.shape[-1]  # where a crop may sit in the input frame
-                for index, (crop_labels, prompted) in enumerate(zip(labels, prompts)):
-                    offset = (int(rng.integers(free + 1)), int(rng.integers(free + 1)))
-                    loss, iou = crop_losses(decoder, embeddings[index:index + 1], crop_labels, prompted, margin, offset)
-                    total, count = total + loss, count + len(prompted.ids)
-                    ious.append(iou)
-            loss = total / max(count, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            step += 1
-            value, iou = float(loss.detach()), float(torch.cat(ious).mean())
-            running = (value, iou) if running is None else (0.98 * running[0] + 0.02 * value, 0.98 * running[1] + 0.02 * iou)
-            row = {"step": step, "lr": f"{learning_rate(step - 1, recipe):.6g}", "loss": f"{value:.5f}",
-                   "train_iou": f"{iou:.4f}"}
-            if step % recipe.eval_every == 0 or step == recipe.steps:
-                scores = validate(sam, datasets, recipe)
+        while run.step < recipe.steps:
+            row = run.train_step()
+            if run.step % recipe.eval_every == 0 or run.step == recipe.steps:
+                scores = run.checkpoint()
                 sam.train()
-                history.append({"step": step, **{k: round(v, 4) for k, v in scores.items()}})
                 row.update({f"val_{k}": f"{v:.4f}" for k, v in scores.items()})
-                _save(out_dir, sam, arch, recipe, corpus, datasets, history, step, optimizer, command, started)
             log.write(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{running[0]:.3f}", iou=f"{running[1]:.3f}")
+            bar.set_postfix(loss=f"{run.running[0]:.3f}", iou=f"{run.running[1]:.3f}")
     finally:
         bar.close()
         log.close()
-    if not history or history[-1]["step"] != step:  # 0 steps, or a finished run resumed
-        scores = validate(sam, datasets, recipe)
-        history.append({"step": step, **{k: round(v, 4) for k, v in scores.items()}})
-        _save(out_dir, sam, arch, recipe, corpus, datasets, history, step, optimizer, command, started)
-    return PretrainResult(out_dir / "teacher.pt", out_dir / "teacher.md", step,
-                          {k: v for k, v in history[-1].items() if k != "step"})
+    if not run.history or run.history[-1]["step"] != run.step:  # 0 steps, or a finished run resumed
+        run.checkpoint()
+    return PretrainResult(out_dir / "teacher.pt", out_dir / "teacher.md", run.step,
+                          {k: v for k, v in run.history[-1].items() if k != "step"})
+
+
+class _TeacherRun:
+    """A teacher's training under way: its network, optimizer, step and held-out history."""
+
+    def __init__(self, out_dir: Path, recipe: Recipe, corpus, datasets: list, weights: np.ndarray, sam: Sam,
+                 arch: dict, optimizer, device, command: str):
+        self.out_dir, self.recipe, self.corpus, self.datasets, self.weights = out_dir, recipe, corpus, datasets, weights
+        self.sam, self.arch, self.optimizer, self.device, self.command = sam, arch, optimizer, device, command
+        self.decoder = PromptedMaskDecoder(sam, prompt_token=False)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.step, self.history, self.running = 0, [], None
+        self.started = time.monotonic()
+
+    def train_step(self) -> dict:
+        """One step on crops drawn for it (the same crops for the same seed and step); its log row."""
+        recipe, step = self.recipe, self.step
+        rng = np.random.default_rng([recipe.seed, step])
+        images, labels, prompts, _ = draw_crops(rng, self.datasets, self.weights, recipe)
+        margin = int(rng.integers(recipe.margins[0], recipe.margins[1] + 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        loss, ious = _step_loss(self.decoder, normalise(self.sam, images.to(self.device)), labels, prompts, rng, margin)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.step = step = step + 1
+        value, iou = float(loss.detach()), float(torch.cat(ious).mean())
+        running = self.running
+        self.running = (value, iou) if running is None else (0.98 * running[0] + 0.02 * value,
+                                                             0.98 * running[1] + 0.02 * iou)
+        return {"step": step, "lr": f"{learning_rate(step - 1, recipe):.6g}", "loss": f"{value:.5f}",
+                "train_iou": f"{iou:.4f}"}
+
+    def checkpoint(self) -> dict:
+        """Score the held-out sets, record them and save the run (teacher.pt, its card, last.pt)."""
+        scores = validate(self.sam, self.datasets, self.recipe)
+        self.history.append({"step": self.step, **{k: round(v, 4) for k, v in scores.items()}})
+        _save(self.out_dir, self.sam, self.arch, self.recipe, self.corpus, self.datasets, self.history, self.step,
+              self.optimizer, self.command, self.started)
+        return scores
 
 
 def _open_log(path: Path, val_names: list, keep_until: Optional[int]):

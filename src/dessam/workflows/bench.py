@@ -240,103 +240,32 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
     stages = tqdm(total=7, desc="Benchmarking", unit="stage", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="dessam-bench-") as workdir:
         workdir = Path(workdir)
-        vit = model is None and cuda
-        model_note = "ViT-B SAM at 1024 x 1024, random weights, official detector (speed only)" if vit else None
-        if model is None and not vit and bundled_models().get(PRETRAINED_NAME) is not None:
-            model = bundled_models()[PRETRAINED_NAME]  # a model that finds nuclei: the checks compare its masks
-        if model is None and not vit:
-            model = quick_model(workdir / "model", device, progress=False)
-            model_note = "a model trained by `dessam demo --quick`'s settings (one epoch on 12 synthetic fields)"
+        model, model_note, vit = _bench_model(model, device, cuda, workdir)
         reference, quick_path = load_pair(Path(model) if model else None, device, fast, vit)
         model_note = model_note or f"`{model}` ({reference.sam_identity['name']} SAM at {reference.image_size} px)"
-        size = reference.image_size
         stages.update(1)
-
-        n_fields = 2 if quick else 8
-        fields = demo_fields(n_fields, 256 if not vit else 1024)
-        rows = []
-        encoder = measure_alternating([lambda m=m: m.encode(fields) for m in (reference, quick_path)], device, repeats)
-        rows.append(Row(f"Encoder, {n_fields} fields (img/s)", n_fields / encoder[0].seconds,
-                        n_fields / encoder[1].seconds, "img/s", *encoder))
-        stages.update(1)
-
-        encoded = reference.encode(fields[:1])
-        boxes = [random_boxes(DECODER_BOXES, *fields[0].shape[:2])]
-        decoder = measure_alternating([lambda m=m: decode(m, encoded, boxes) for m in (reference, quick_path)],
-                                      device, repeats)
-        rows.append(targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", decoder[0].seconds * 1e3,
-                                  decoder[1].seconds * 1e3, "ms", *decoder), ">= 4x", 4))
-        stages.update(1)
-
-        rows.append(targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
-                                           reference, quick_path, fields, device, repeats), ">= 4x", 4))
-        large_paths = user_image_paths(images, 2 if quick else 8)
-        large = [read_image(path) for path in large_paths]
-        large_note = f"{len(large)} of the user's images from {images}"
-        if not large:
-            large = demo_fields(1 if quick else 4, 2 * size if not vit else 2048, scene="mixed")
-            large_note = f"{len(large)} synthetic fields of {large[0].shape[0]} px"
-            large_paths = [write_png(workdir / f"field_{i}.png", image) for i, image in enumerate(large)]
-        rows.append(targeted(_predict_row(f"End-to-end predict, larger fields: {large_note} (img/s)",
-                                           reference, quick_path, large, device, repeats), ">= 4x", 4))
-        stages.update(1)
-
-        train_image, train_boxes, train_note = training_field(data, images, 2 * size)
-        *iteration, boxes_seen = time_training_iteration(reference, train_image, train_boxes, workdir / "train", repeats)
-        rows.append(targeted(Row(f"Training iteration on {train_note}, {boxes_seen} of its boxes in the model's input (s)",
-                                  iteration[0].seconds, iteration[1].seconds, "s", *iteration), ">= 3x", 3))
-        stages.update(1)
-
-        agreement = mask_agreement(reference, quick_path, fields + large)
+        run = _BenchRun(reference, quick_path, device, repeats, quick, vit, workdir, stages)
+        run.measure_speed(data, images)
+        agreement = mask_agreement(reference, quick_path, run.fields + run.large)
         split_aji = {} if vit else demo_split_aji(reference, quick_path, 2 if quick else 12, workdir / "splits")
         stages.update(1)
         engine_lines, engine_agreement = [], None
         if not cuda and not vit and importlib.util.find_spec("onnxruntime") is not None:
-            engine_lines, engine_agreement = compare_engines(Path(model), quick_path, large, large_paths,
+            engine_lines, engine_agreement = compare_engines(Path(model), quick_path, run.large, run.large_paths,
                                                              workdir, repeats)
 
     metrics_result = time_metrics(quick)
     if metrics_result is not None:
-        rows.append(Row(f"Metrics (AJI, PQ, F1, object Dice and IoU), {metrics_result['n_gt']} nuclei: "
-                        f"per-instance loop / dessam.metrics (s)", metrics_result["reference_s"],
-                        metrics_result["fast_s"], "s", target=">= 20x"))
-        rows[-1].met = rows[-1].speedup >= 20
+        run.rows.append(Row(f"Metrics (AJI, PQ, F1, object Dice and IoU), {metrics_result['n_gt']} nuclei: "
+                            f"per-instance loop / dessam.metrics (s)", metrics_result["reference_s"],
+                            metrics_result["fast_s"], "s", target=">= 20x"))
+        run.rows[-1].met = run.rows[-1].speedup >= 20
     stages.update(1)
     stages.close()
-    margin = local_margin(quick_path.config, quick_path.settings, quick_path.model.sam)
-    memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
-                   "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
-    lines = [
-        f"# dessam bench: {device.type}{' (quick)' if quick else ''}",
-        "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}",
-        f"- Model: {model_note}; its post-processing (score threshold, detection limit, minimum size)",
-        f"- Reference path: {reference_settings().describe(device)} (as the authors' test code)",
-        f"- Fast path: {quick_path.settings.describe(device)}: "
-        + (f"local decoding, {margin} tokens around each box" if margin is not None
-           else "full decoding (the model is not configured for local decoding)"),
-        "- Training iteration: reference = the encoder run and every prompt decoded over the whole embedding "
-        "(the authors'); fast = the embedding from the cache and local decoding",
-        f"- Each time is the median of {repeats} timed repeat(s) after one warm-up call; reference and fast calls "
-        f"alternate; peak memory is the {memory_note}, in the worst call",
-        "",
-        format_table(rows),
-        "",
-        f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement.iou:.4f} over "
-        f"{agreement.masks} masks: {agreement.verdict()}.",
-    ]
-    if split_aji:
-        worst = max(abs(a - b) for a, b in split_aji.values())
-        parts = ", ".join(f"{name} {a:.4f} / {b:.4f}" for name, (a, b) in split_aji.items())
-        lines.append(f"AJI on the demo's test splits, reference / fast: {parts}; largest difference {worst:.4f} "
-                     f"(required <= 0.005).")
-    if quick_path.settings.compile:
-        lines.append(f"Fast-path warm-up (includes torch.compile): encoder {encoder[1].warmup_s:.1f} s, "
-                     f"decoder {decoder[1].warmup_s:.1f} s.")
-    if metrics_result is None:
-        lines.append(f"Metrics: not measured ({BENCH_METRICS} is only in a source checkout).")
+    lines = _report_head(run, model_note)
+    lines += _agreement_lines(run, agreement, split_aji, metrics_result)
     if engine_lines:
-        lines += ["", f"## Engines: PyTorch (the fast path above) and ONNX Runtime, on {large_note}", ""] + engine_lines
+        lines += ["", f"## Engines: PyTorch (the fast path above) and ONNX Runtime, on {run.large_note}", ""] + engine_lines
     elif not cuda:
         lines += ["", 'Engines: ONNX Runtime is not installed (pip install "dessam[onnx]"): only PyTorch was measured.']
     checks = [agreement] + ([engine_agreement] if engine_agreement is not None else [])
@@ -346,6 +275,127 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
     if out is not None:
         write_text_atomic(out, text)
     return BenchReport(text, passed)
+
+
+def _bench_model(model, device: torch.device, cuda: bool, workdir: Path) -> tuple:
+    """The model the bench measures, how the report names it (None: by its file), and whether it is a
+    random ViT-B SAM (on CUDA without a model: speed only)."""
+    vit = model is None and cuda
+    model_note = "ViT-B SAM at 1024 x 1024, random weights, official detector (speed only)" if vit else None
+    if model is None and not vit and bundled_models().get(PRETRAINED_NAME) is not None:
+        model = bundled_models()[PRETRAINED_NAME]  # a model that finds nuclei: the checks compare its masks
+    if model is None and not vit:
+        model = quick_model(workdir / "model", device, progress=False)
+        model_note = "a model trained by `dessam demo --quick`'s settings (one epoch on 12 synthetic fields)"
+    return model, model_note, vit
+
+
+@dataclass
+class _BenchRun:
+    """One bench's two paths, its images and the speed rows measured on them."""
+    reference: Predictor
+    quick_path: Predictor
+    device: torch.device
+    repeats: int
+    quick: bool
+    vit: bool
+    workdir: Path
+    stages: tqdm
+    rows: list = None
+    fields: list = None         # the demo's fields (encoder, decoder, end-to-end)
+    large: list = None          # larger fields: the user's images or synthetic ones
+    large_paths: list = None
+    large_note: str = ""
+    encoder: list = None        # the encoder's two Timings (warm-up of the fast path in the report)
+    decoder: list = None
+
+    def measure_speed(self, data, images) -> None:
+        """Encoder, decoder, end-to-end prediction and a training iteration, reference against fast."""
+        reference, quick_path, device, repeats = self.reference, self.quick_path, self.device, self.repeats
+        size = reference.image_size
+        n_fields = 2 if self.quick else 8
+        self.fields = fields = demo_fields(n_fields, 256 if not self.vit else 1024)
+        self.rows = rows = []
+        self.encoder = measure_alternating([lambda m=m: m.encode(fields) for m in (reference, quick_path)],
+                                           device, repeats)
+        rows.append(Row(f"Encoder, {n_fields} fields (img/s)", n_fields / self.encoder[0].seconds,
+                        n_fields / self.encoder[1].seconds, "img/s", *self.encoder))
+        self.stages.update(1)
+
+        encoded = reference.encode(fields[:1])
+        boxes = [random_boxes(DECODER_BOXES, *fields[0].shape[:2])]
+        self.decoder = measure_alternating([lambda m=m: decode(m, encoded, boxes) for m in (reference, quick_path)],
+                                           device, repeats)
+        rows.append(targeted(Row(f"Decoder, {DECODER_BOXES} boxes on one image (ms)", self.decoder[0].seconds * 1e3,
+                                  self.decoder[1].seconds * 1e3, "ms", *self.decoder), ">= 4x", 4))
+        self.stages.update(1)
+
+        rows.append(targeted(_predict_row(f"End-to-end predict, {n_fields} demo fields of 256 px (img/s)",
+                                           reference, quick_path, fields, device, repeats), ">= 4x", 4))
+        self._read_large(images, size)
+        rows.append(targeted(_predict_row(f"End-to-end predict, larger fields: {self.large_note} (img/s)",
+                                           reference, quick_path, self.large, device, repeats), ">= 4x", 4))
+        self.stages.update(1)
+
+        train_image, train_boxes, train_note = training_field(data, images, 2 * size)
+        *iteration, boxes_seen = time_training_iteration(reference, train_image, train_boxes,
+                                                         self.workdir / "train", repeats)
+        rows.append(targeted(Row(f"Training iteration on {train_note}, {boxes_seen} of its boxes in the model's input (s)",
+                                  iteration[0].seconds, iteration[1].seconds, "s", *iteration), ">= 3x", 3))
+        self.stages.update(1)
+
+    def _read_large(self, images, size: int) -> None:
+        """The user's images when given, otherwise synthetic fields written as PNG (the ONNX engine reads files)."""
+        self.large_paths = user_image_paths(images, 2 if self.quick else 8)
+        self.large = [read_image(path) for path in self.large_paths]
+        self.large_note = f"{len(self.large)} of the user's images from {images}"
+        if not self.large:
+            self.large = demo_fields(1 if self.quick else 4, 2 * size if not self.vit else 2048, scene="mixed")
+            self.large_note = f"{len(self.large)} synthetic fields of {self.large[0].shape[0]} px"
+            self.large_paths = [write_png(self.workdir / f"field_{i}.png", image)
+                                for i, image in enumerate(self.large)]
+
+
+def _report_head(run: _BenchRun, model_note: str) -> list:
+    """The report's title, what was measured and how, and the table of speed rows."""
+    quick_path, device, cuda = run.quick_path, run.device, run.device.type == "cuda"
+    margin = local_margin(quick_path.config, quick_path.settings, quick_path.model.sam)
+    memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
+                   "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
+    return [
+        f"# dessam bench: {device.type}{' (quick)' if run.quick else ''}",
+        "",
+        f"- Device: {device_name(device)}; torch {torch.__version__}",
+        f"- Model: {model_note}; its post-processing (score threshold, detection limit, minimum size)",
+        f"- Reference path: {reference_settings().describe(device)} (as the authors' test code)",
+        f"- Fast path: {quick_path.settings.describe(device)}: "
+        + (f"local decoding, {margin} tokens around each box" if margin is not None
+           else "full decoding (the model is not configured for local decoding)"),
+        "- Training iteration: reference = the encoder run and every prompt decoded over the whole embedding "
+        "(the authors'); fast = the embedding from the cache and local decoding",
+        f"- Each time is the median of {run.repeats} timed repeat(s) after one warm-up call; reference and fast calls "
+        f"alternate; peak memory is the {memory_note}, in the worst call",
+        "",
+        format_table(run.rows),
+        "",
+    ]
+
+
+def _agreement_lines(run: _BenchRun, agreement, split_aji: dict, metrics_result: Optional[dict]) -> list:
+    """Masks and AJI of the two paths side by side, the compile warm-up and what was not measured."""
+    lines = [f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement.iou:.4f} over "
+             f"{agreement.masks} masks: {agreement.verdict()}."]
+    if split_aji:
+        worst = max(abs(a - b) for a, b in split_aji.values())
+        parts = ", ".join(f"{name} {a:.4f} / {b:.4f}" for name, (a, b) in split_aji.items())
+        lines.append(f"AJI on the demo's test splits, reference / fast: {parts}; largest difference {worst:.4f} "
+                     f"(required <= 0.005).")
+    if run.quick_path.settings.compile:
+        lines.append(f"Fast-path warm-up (includes torch.compile): encoder {run.encoder[1].warmup_s:.1f} s, "
+                     f"decoder {run.decoder[1].warmup_s:.1f} s.")
+    if metrics_result is None:
+        lines.append(f"Metrics: not measured ({BENCH_METRICS} is only in a source checkout).")
+    return lines
 
 
 @dataclass
