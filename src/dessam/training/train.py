@@ -107,7 +107,7 @@ class TrainResult:
     skipped_nonfinite: int
     clipped_boxes: int
     dropped_boxes: int
-    encoder_runs: int
+    encoder_runs: int            # images encoded (the embedding cache's misses): once per image, however many epochs
     mask_annotations: int = 0    # annotations supervised with their given masks
     box_annotations: int = 0     # ... and with their boxes (the teacher's pseudo-masks)
     stopped: bool = False        # `on_iteration` asked to stop before the schedule's end
@@ -156,7 +156,7 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
         return TrainResult(self.out_dir / "model.pt", self.iteration, self.epoch, self.skipped_total,
-                           self.dataset.clipped_boxes, self.dataset.dropped_boxes, self.encoder_runs(),
+                           self.dataset.clipped_boxes, self.dataset.dropped_boxes, self.cache.misses,
                            self.mask_annotations, self.box_annotations, self.stopped, self.start.note, self.terms)
 
     def prepare(self) -> None:
@@ -217,7 +217,6 @@ class Trainer:
         self.terms = (Terms.from_dict(state["licence"]) if state is not None and state.get("licence") else
                       training_terms(sam_terms(self.identity["name"], config.model.sam_checkpoint), self.start.terms,
                                      self.data_terms))
-        self.encoder_runs = _count_calls(self.model.sam.image_encoder)
         self.encode_images()
         self.batches_per_epoch = math.ceil(len(self.items) / config.train.batch_size)
         self.config = config = stretched_schedule(config, self.batches_per_epoch)
@@ -354,14 +353,3 @@ class Trainer:
                                     else (self.val_json, self.images_dir))
             write_validation_losses(self.model, self.config, val_json, val_images, self.cache, self.device,
                                     self.out_dir / "val.csv", self.progress)
-
-
-def _count_calls(module: torch.nn.Module):
-    """Count forward calls of `module`; returns a function giving the count so far."""
-    count = [0]
-
-    def hook(*_):
-        count[0] += 1
-
-    module.register_forward_hook(hook)
-    return lambda: count[0]
