@@ -109,8 +109,8 @@ def test_non_commercial_weights_are_named_before_and_after_segmenting(viewer, qt
     widget = dock(viewer, SegmentWidget(viewer))
     assert widget.model.source.value == "bundled: pretrained"     # the default
     note = widget.model.licence.value
-    assert "non-commercial (CC BY-NC-SA 4.0)" in note and "bundled: pretrained-permissive" in note
+    assert "non-commercial (CC BY-NC-SA 4.0" in note and "bundled: pretrained-permissive" in note
     status = run(qtbot, widget)
-    assert "nuclei found in" in status and "non-commercial (CC BY-NC-SA 4.0)" in status
+    assert "nuclei found in" in status and "non-commercial (CC BY-NC-SA 4.0" in status
     widget.model.source.value = "bundled: pretrained-permissive"
     assert widget.model.licence.value == "" and not widget.model.licence.visible
