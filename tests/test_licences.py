@@ -14,7 +14,7 @@ from dessam.training.train import train
 
 NC = "non-commercial (CC BY-NC-SA 4.0)"
 # the bundled pretrained model's detector also learnt from CoNSeP, whose source states no licence
-PRETRAINED_NC = "non-commercial (CC BY-NC-SA 4.0 and unclear; research use only, NC)"
+PRETRAINED_NC = "non-commercial (CC BY-NC-SA 4.0 and unstated terms)"
 
 
 def test_non_commercial_terms_pass_on_and_permissive_ones_leave_apache():
@@ -27,6 +27,8 @@ def test_non_commercial_terms_pass_on_and_permissive_ones_leave_apache():
     assert inherited(mixed, permissive).licence == "CC-BY-NC-SA-4.0"
     assert inherited(permissive, permissive).licence == PERMISSIVE
     assert Terms.from_dict(mixed.to_dict()) == mixed
+    unstated = from_data({"consep": "LicenseRef-unstated-NC"}, "the model")
+    assert unstated.non_commercial and unstated.words == "non-commercial (unstated terms)"
 
 
 @pytest.mark.skipif(not all(path.is_file() for path in BUNDLED_MODEL_FILES.values()), reason="no bundled models")

@@ -20,6 +20,9 @@ from typing import Mapping
 
 PERMISSIVE = "Apache-2.0"
 NON_COMMERCIAL = "NC"   # the part of a licence id that forbids commercial use (CC-BY-NC-4.0, CC-BY-NC-SA-4.0)
+# Terms that have no SPDX id get a `LicenseRef-` id (SPDX's own way), said in words here. Data whose
+# source states no licence is taken as research use only, non-commercial.
+REFERENCES = {"LicenseRef-unstated-NC": "unstated terms"}
 
 
 def is_non_commercial(licence: str) -> bool:
@@ -28,7 +31,10 @@ def is_non_commercial(licence: str) -> bool:
 
 
 def spoken(licence: str) -> str:
-    """A licence id as people write it: 'CC-BY-NC-SA-4.0' -> 'CC BY-NC-SA 4.0'; others unchanged."""
+    """A licence id as people write it: 'CC-BY-NC-SA-4.0' -> 'CC BY-NC-SA 4.0', a `REFERENCES` id in its
+    words; others unchanged."""
+    if licence in REFERENCES:
+        return REFERENCES[licence]
     parts = str(licence).split("-")
     if len(parts) >= 3 and parts[0].upper() == "CC" and parts[-1][:1].isdigit():
         return f"CC {'-'.join(parts[1:-1])} {parts[-1]}"
