@@ -173,16 +173,22 @@ def main(argv=None) -> int:
                         help="score each model's detections at these score thresholds instead (one detection per image)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--padded", action="store_true", help="encode small images with the input's zero padding "
+                        "(the authors' way), not trimmed to the image (dessam's default)")
     args = parser.parse_args(argv)
 
     import torch
 
+    from dataclasses import replace
+
+    from dessam.config.runtime import fast_settings
     from dessam.evaluation.evaluate import evaluate
     from dessam.inference.loading import load_model
     from dessam.models.bundled import resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    settings = replace(fast_settings(args.device), trim_inputs=not args.padded)
     sets = read_sets(args.manifest)
     names = args.sets or list(sets)
     unknown = [name for name in names if name not in sets]
@@ -195,7 +201,7 @@ def main(argv=None) -> int:
         thresholds = sorted(args.sweep)
         swept = {}
         for model_name in args.models:
-            model = load_model(resolve_model(model_name), device=args.device)
+            model = load_model(resolve_model(model_name), device=args.device, settings=settings)
             swept[model_label(model_name)] = {name: sweep(model, set_files[name], thresholds) for name in names}
         text = sweep_table(swept, names, thresholds)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +211,7 @@ def main(argv=None) -> int:
 
     rows, baseline_rows, results = [], [], {}
     for model_name in args.models:
-        model = load_model(resolve_model(model_name), device=args.device)
+        model = load_model(resolve_model(model_name), device=args.device, settings=settings)
         label = model_label(model_name)
         for name in names:
             started = time.perf_counter()

@@ -5,7 +5,9 @@
 Each model predicts every image as `dessam predict` does (the fast path of the device, the model's
 own scale and windows); the models take turns image by image, so that whatever else the machine
 does weighs on all of them alike. Prints megapixels per second for each model and its ratio to
-the first. "pretrained" and "pretrained-permissive" name the bundled models.
+the first. `--padded` adds each model encoding small images with the input's zero padding, the way
+before dessam trimmed them (`InferenceSettings.trim_inputs`). "pretrained" and
+"pretrained-permissive" name the bundled models.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -25,8 +28,11 @@ def main(argv=None) -> int:
                         help="model.pt files, or the bundled models' names (pretrained, pretrained-permissive)")
     parser.add_argument("--limit", type=int, default=20, help="images used (the first, by name; default 20)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--padded", action="store_true", help="also run each model with small images encoded "
+                        "with the input's zero padding (the authors' way), as rows 'MODEL (padded)'")
     args = parser.parse_args(argv)
 
+    from dessam.config.runtime import fast_settings
     from dessam.data.images import read_image
     from dessam.inference.loading import load_model
     from dessam.models.bundled import resolve_model
@@ -34,8 +40,12 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = [resolve_model(m) for m in args.models]
-    models = [load_model(path, device="cpu") for path in paths]
+    runs = [(resolve_model(m), True) for m in args.models]
+    if args.padded:
+        runs += [(path, False) for path, _ in list(runs)]
+    paths = [str(path) if trimmed else f"{path} (padded)" for path, trimmed in runs]
+    models = [load_model(path, device="cpu", settings=replace(fast_settings("cpu"), trim_inputs=trimmed))
+              for path, trimmed in runs]
     images = [read_image(p) for p in expand_inputs([args.images])[:args.limit]]
     for model in models:  # the first call builds what later calls reuse
         model.predict(images[0])

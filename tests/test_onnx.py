@@ -87,6 +87,30 @@ def test_exported_graphs_agree_with_pytorch(kind, tmp_path):
     assert abs(len(first) - len(second)) <= max(1, len(first) // 100)
 
 
+def test_a_small_image_is_encoded_only_as_far_as_it_reaches_on_both_engines(tmp_path):
+    """The bundled kind of model (a convolutional encoder, a decoder of per-box views) encodes the
+    square that holds a small image, not the input's zero padding; both engines alike."""
+    predictor = _view_model()
+    assert predictor.trim_multiple == 32 and _model().trim_multiple is None  # a ViT reads whole inputs
+    small = _scene(128, 6)[:70, :90]
+    seen = []
+    hook = predictor.model.sam.image_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    encoded = predictor.encode([small])
+    hook.remove()
+    assert seen == [(1, 3, 96, 96)] and encoded.side == 96
+    assert tuple(encoded.embeddings.shape[-2:]) == (32, 32) and not encoded.embeddings[..., 24:, :].any()
+    assert predictor.encode([_scene(128, 6)]).side is None  # an image that fills the input
+    predictor.settings = replace(predictor.settings, trim_inputs=False)  # the authors' padded input
+    assert predictor.trim_multiple is None and predictor.encode([small]).side is None
+    predictor.settings = replace(predictor.settings, trim_inputs=True)
+    manifest = json.loads(export_model(predictor, tmp_path / "export").read_text())
+    assert manifest["graphs"]["encoder"]["trim_multiple"] == 32
+    onnx_engine = OnnxPredictor(tmp_path / "export", threads=1)
+    assert onnx_engine.encode([small]).side == 96
+    assert OnnxPredictor(tmp_path / "export", replace(onnx_engine.settings, trim_inputs=False)).encode([small]).side is None
+    _agree(predictor, onnx_engine, [small], replace(predictor.postprocess, **KEEP_ALL))
+
+
 def test_sam_alone_segments_given_boxes_on_both_engines(tmp_path):
     teacher = load_teacher("tiny", image_size=128, settings=fast_settings("cpu"))
     export_model(teacher, tmp_path / "teacher")

@@ -1,4 +1,5 @@
-"""How inference runs: precision, batching, prompt chunks, local decoding, proposals, compilation.
+"""How inference runs: precision, batching, prompt chunks, local decoding, proposals, compilation,
+trimmed inputs.
 
 None of these change what the model is; they change how it is run. `reference_settings()`
 reproduces how the authors run inference (fp32, one image at a time, 50 prompts per decoder call
@@ -40,6 +41,10 @@ class InferenceSettings:
         was configured; False: the whole embedding, as the authors).
     test_proposals: proposals the RPN keeps per image after NMS at test time, before the box head
         (None: the model's `rpn_post_nms_test`, officially 1000).
+    trim_inputs: encode an image smaller than the input without the input's zero padding, where the
+        model allows it (`dessam.inference.pipeline.Encoded`). Unlike the settings above this moves
+        detections, not only float rounding: the encoder's per-image normalisation then sees the
+        image alone (measured in docs/detection.md). False: the authors' padded input.
     """
 
     precision: str = "auto"
@@ -49,6 +54,7 @@ class InferenceSettings:
     decoder_precision: str = "auto"
     local_decoding: Optional[bool] = None   # None: the model's own setting (model.local_decoding)
     test_proposals: Optional[int] = None    # RPN proposals kept per image at test time; None: the model's (1000)
+    trim_inputs: bool = True                # a small image encoded without the input's padding, where the model allows
 
     def __post_init__(self):
         for name in (self.precision, self.decoder_precision):
@@ -101,7 +107,9 @@ def device_type(device) -> str:
 
 def reference_settings() -> InferenceSettings:
     """The authors' way: fp32, one image per encoder call, 50 prompts per decoder call on the whole
-    embedding, 1000 test proposals, eager."""
+    embedding, 1000 test proposals, eager. Small images are trimmed as on the fast path
+    (`trim_inputs`): trimming moves detections, and the reference is there to check that the fast
+    path's speed-ups do not."""
     return InferenceSettings(precision="fp32", decoder_chunk=REFERENCE_DECODER_CHUNK, compile=False, batch_size=1,
                              decoder_precision="fp32", local_decoding=False, test_proposals=REFERENCE_TEST_PROPOSALS)
 

@@ -40,6 +40,15 @@ def resize_by(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def encoded_side(resized_hws: list, size: int, multiple: int) -> int:
+    """The side of the square, from the top left of S x S inputs, that holds every input's image
+    (`resized_hws`, (h, w) each), rounded up to `multiple` (what the encoder and the detector's
+    coarsest level divide) and at most `size`: what a fully convolutional encoder needs to read of
+    a batch whose images are smaller than its input."""
+    largest = max((max(int(h), int(w)) for h, w in resized_hws), default=size)
+    return int(min(size, -(-largest // multiple) * multiple))
+
+
 def box_scale(original_hw: tuple, resized_hw: tuple) -> np.ndarray:
     """Factors (sx, sy, sx, sy) that map x1y1x2y2 boxes from the original to the resized frame."""
     sy = resized_hw[0] / original_hw[0]

@@ -27,7 +27,7 @@ from ..home import dessam_home
 from .onnx_predictor import INSTALL_HINT, MANIFEST_NAME, OnnxPredictor
 
 ENGINES = ("auto", "torch", "onnx")
-EXPORT_VERSION = 2  # bump when the graphs or the manifest change (2: a nucleus-size graph); older exports are made again
+EXPORT_VERSION = 3  # bump when the graphs or the manifest change (2: a nucleus-size graph, 3: trimmed inputs); older exports are made again
 
 
 def onnx_installed() -> bool:

@@ -119,7 +119,12 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
         "graphs": {
             "encoder": {"file": "encoder.onnx", "inputs": {"images": "float32 (B, 3, S, S): RGB 0-255 minus pixel_mean, "
                                                            "divided by pixel_std, zero-padded bottom and right"},
-                        "outputs": {"embeddings": "float32 (B, C, h, w)"}},
+                        "outputs": {"embeddings": "float32 (B, C, h, w)"},
+                        "trim_multiple": predictor.trimmable,
+                        "trimmed": "when trim_multiple is set, give only the top-left square of side T that holds "
+                                   "the batch's images (T: their longest side rounded up to trim_multiple, at most S), "
+                                   "pad the embeddings with zeros to (h, w) and give the detector their top-left "
+                                   "T/stride square"},
             "detector": _detector_graph() if has_detector else None,
             "size": _size_graph(predictor) if has_size else None,
             "decoder": _decoder_graph(views is not None),
@@ -202,8 +207,9 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
         os.umask(umask)
         work.chmod(0o777 & ~umask)  # as a folder made by mkdir (mkdtemp's is private to its owner)
         try:
+            trims = {2: "side", 3: "side"} if predictor.trimmable else {}
             _export(EncoderGraph(model.sam.image_encoder), (torch.zeros(1, 3, size, size),), work / "encoder.onnx",
-                    ["images"], ["embeddings"], {"images": {0: "batch"}, "embeddings": {0: "batch"}})
+                    ["images"], ["embeddings"], {"images": {0: "batch", **trims}, "embeddings": {0: "batch"}})
             generator = torch.Generator().manual_seed(0)
             if has_detector:
                 sample = torch.randn((1,) + embedding, generator=generator)
@@ -211,7 +217,7 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
                         (sample, torch.tensor([size, size], dtype=torch.float32), torch.tensor(0.0),
                          torch.tensor(5, dtype=torch.int64)), work / "detector.onnx",
                         ["embedding", "valid_hw", "score_threshold", "max_detections"], ["boxes", "scores"],
-                        {"boxes": {0: "detections"}, "scores": {0: "detections"}})
+                        {"embedding": {2: "grid", 3: "grid"}, "boxes": {0: "detections"}, "scores": {0: "detections"}})
             views = model.decoder.views is not None
             source = (torch.randn(1, 3, size, size, generator=generator) if views
                       else torch.randn((1,) + embedding, generator=generator))

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import Config, Postprocess
 from ..errors import DessamError
-from ..geometry.inputs import as_rgb, prepare_image
+from ..geometry.inputs import as_rgb, encoded_side, prepare_image
 from ..geometry.scale import ModelScale
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import DecodedChunk, Encoded, Pipeline, decoding_order
@@ -135,19 +135,28 @@ class OnnxPredictor(Pipeline):
         fit = self.scale.mode == "fit"
         inputs = [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
         batch = np.stack([item.normalised for item in inputs])
-        pieces = [self.encoder.run(None, {"images": batch[start:start + self.settings.batch_size]})[0]
-                  for start in range(0, len(batch), self.settings.batch_size)]
-        return Encoded(inputs, np.concatenate(pieces), batch)
+        multiple = self.manifest["graphs"]["encoder"].get("trim_multiple") if self.settings.trim_inputs else None
+        side = encoded_side([item.resized_hw for item in inputs], self.image_size, multiple) if multiple else self.image_size
+        read = np.ascontiguousarray(batch[:, :, :side, :side])
+        pieces = [self.encoder.run(None, {"images": read[start:start + self.settings.batch_size]})[0]
+                  for start in range(0, len(read), self.settings.batch_size)]
+        embeddings = np.concatenate(pieces)
+        if side == self.image_size:
+            return Encoded(inputs, embeddings, batch)
+        grid = int(self.manifest["embedding"]["grid"])
+        embeddings = np.pad(embeddings, ((0, 0), (0, 0), (0, grid - embeddings.shape[-2]), (0, grid - embeddings.shape[-1])))
+        return Encoded(inputs, embeddings, batch, side)
 
     def detect(self, encoded: Encoded, postprocess: Optional[Postprocess] = None) -> list:
         if self.detector is None:
             raise DessamError(f"{self.folder}: this export holds a SAM without a detector; it segments given boxes only")
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
+        embedded = encoded.detector_embeddings(int(self.manifest["embedding"]["stride"]))
         out = []
         for index, item in enumerate(encoded.inputs):
             boxes, scores = self.detector.run(None, {
-                "embedding": encoded.embeddings[index:index + 1], "valid_hw": np.float32(item.resized_hw),
+                "embedding": np.ascontiguousarray(embedded[index:index + 1]), "valid_hw": np.float32(item.resized_hw),
                 "score_threshold": np.array(threshold, np.float32), "max_detections": np.array(postprocess.max_detections, np.int64)})
             out.append(((boxes / item.scale).astype(np.float32), scores.astype(np.float64)))
         return out

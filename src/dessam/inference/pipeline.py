@@ -38,11 +38,26 @@ class Encoded:
     """Images as the model took them (`ModelInput`s: the original sizes, how they were resized),
     their SAM embeddings (B, C, h, w), float32, and the normalised images (B, 3, S, S) themselves
     (which a SAM that decodes on per-box views reads); torch tensors or numpy arrays, as the engine
-    keeps them."""
+    keeps them.
+
+    A model whose encoder takes any input size and whose decoder reads per-box views, not the
+    embeddings (the bundled models), encodes only the square that holds the batch's images
+    (`side`, `dessam.geometry.inputs.encoded_side`), not the zero padding around a small image: the
+    work then follows the image's size, and the encoder's per-image normalisation sees the image
+    only (it measured better on the held-out sets than with the padding, docs/detection.md)."""
 
     inputs: list
     embeddings: Any
     images: Any = None
+    side: Optional[int] = None   # the top-left square of the inputs the encoder read (None: all of it)
+
+    def detector_embeddings(self, stride: int):
+        """The embeddings of the square the encoder read: what the detector reads (beyond it the
+        embeddings are zeros, which no decoder of per-box views reads)."""
+        if self.side is None:
+            return self.embeddings
+        grid = self.side // stride
+        return self.embeddings[:, :, :grid, :grid]
 
 
 @dataclass

@@ -18,13 +18,15 @@ given per call (default: the model's configuration, `predictor.postprocess`); ho
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import Config, Postprocess
-from ..geometry.inputs import as_rgb, prepare_image
+from ..geometry.inputs import as_rgb, encoded_side, prepare_image
 from ..geometry.scale import ModelScale
 from ..models.graphs import SizeGraph
 from ..models.prompted_decoder import decoding_margin
@@ -32,6 +34,8 @@ from .acceleration import autocast_for, maybe_compile
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, decoding_order, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
 from ..config.runtime import InferenceSettings, fast_settings
+
+ENCODER_MULTIPLE = 16  # the bundled encoders' coarsest stride: a trimmed input's side divides by it
 
 
 class Predictor(Pipeline):
@@ -66,19 +70,43 @@ class Predictor(Pipeline):
                                              torch.from_numpy(valid_hw).to(self.device))
         return nucleus_side(log_sides.cpu().numpy())
 
+    @property
+    def trimmable(self) -> Optional[int]:
+        """What the side of a trimmed input must divide by, or None when the encoder must read whole
+        inputs: a fixed-size encoder (a ViT), `fit` scaling (every image fills the input), or a
+        decoder that reads the embeddings (see `Encoded`)."""
+        encoder = self.model.sam.image_encoder
+        if (self.scale.mode == "fit" or getattr(encoder, "pos_embed", None) is not None
+                or self.model.decoder.views is None or getattr(self.model, "detector", None) is None):
+            return None
+        return math.lcm(ENCODER_MULTIPLE, *self.model.neck.strides)
+
+    @property
+    def trim_multiple(self) -> Optional[int]:
+        """`trimmable`, when `settings.trim_inputs` asks for trimmed inputs; else None."""
+        return self.trimmable if self.settings.trim_inputs else None
+
     @torch.no_grad()
     def encode(self, images: list, n_images: Optional[int] = None) -> Encoded:
         """`images` (each fitting one input at the model's scale) prepared as SAM takes them and
-        encoded, `settings.batch_size` images per encoder call."""
+        encoded, `settings.batch_size` images per encoder call (only the square that holds them
+        where `trim_multiple` allows, zeros beyond it)."""
         fit = self.scale.mode == "fit"
         inputs = [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
         batch = torch.from_numpy(np.stack([item.normalised for item in inputs])).to(self.device)
+        multiple = self.trim_multiple
+        side = None if multiple is None else encoded_side([item.resized_hw for item in inputs], self.image_size, multiple)
+        read = batch if side is None else batch[:, :, :side, :side]
         encoder = maybe_compile(self.model.sam.image_encoder, self.settings, self.device, n_images)
         pieces = []
         with autocast_for(self.settings, self.device):
-            for start in range(0, len(batch), self.settings.batch_size):
-                pieces.append(encoder(batch[start:start + self.settings.batch_size]).float())
-        return Encoded(inputs, torch.cat(pieces), batch)
+            for start in range(0, len(read), self.settings.batch_size):
+                pieces.append(encoder(read[start:start + self.settings.batch_size]).float())
+        embeddings = torch.cat(pieces)
+        if side is not None and side < self.image_size:
+            grid = self.image_size * embeddings.shape[-1] // side
+            embeddings = F.pad(embeddings, (0, grid - embeddings.shape[-1], 0, grid - embeddings.shape[-2]))
+        return Encoded(inputs, embeddings, batch, side if side is not None and side < self.image_size else None)
 
     @torch.no_grad()
     def detect(self, encoded: Encoded, postprocess: Optional[Postprocess] = None) -> list:
@@ -86,9 +114,10 @@ class Predictor(Pipeline):
         lose pixels in bf16): scores above the threshold, NMS, at most `max_detections`."""
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
+        stride = self.image_size // encoded.embeddings.shape[-1]
         boxes, scores = self.model.detector.detect(
-            self.model.neck(encoded.embeddings), [item.resized_hw for item in encoded.inputs], self.image_size,
-            threshold, postprocess.max_detections,
+            self.model.neck(encoded.detector_embeddings(stride)), [item.resized_hw for item in encoded.inputs],
+            encoded.side or self.image_size, threshold, postprocess.max_detections,
         )
         return [((b / torch.from_numpy(item.scale).to(b.device)).cpu().numpy().astype(np.float32),
                  s.cpu().numpy().astype(np.float64)) for item, b, s in zip(encoded.inputs, boxes, scores)]

@@ -8,7 +8,8 @@ that tracing records what runs for every input:
 - `DetectorGraph`: one embedding (1, C, h, w), the valid (unpadded) height and width of its image
   in the input, a score threshold and a detection limit -> the detector's boxes (N, 4, x1y1x2y2 in
   the input frame) and scores (N,). Everything `BoxDetector.detect` does is in the graph: the
-  neck, the RPN head, its anchors (constants: the input size is fixed), box decoding, the best
+  neck, the RPN head, its anchors (constants of the full input, of which the embedding of a
+  trimmed input, `dessam.inference.pipeline.Encoded`, takes the top left), box decoding, the best
   proposals of each level, NMS per level, the RoI level of each proposal, RoIAlign, the box head,
   the final boxes, the score threshold and NMS. What differs from the PyTorch engine is float
   rounding and the order of exact ties.
@@ -30,6 +31,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.rpn import permute_and_flatten
 from torchvision.ops import nms, roi_align
 
@@ -70,11 +72,13 @@ class DetectorGraph(nn.Module):
             features = list(by_name.values())
             anchors = rpn.anchor_generator(detector.image_list(by_name, [(image_size, image_size)], image_size),
                                            features)[0]
-        sizes = [int(f.shape[-2] * f.shape[-1]) * rpn.anchor_generator.num_anchors_per_location()[0] for f in features]
-        for level, level_anchors in enumerate(anchors.split(sizes)):
-            self.register_buffer(f"anchors_{level}", level_anchors.clone(), persistent=False)
+        per_place = rpn.anchor_generator.num_anchors_per_location()[0]
+        sizes = [int(f.shape[-2] * f.shape[-1]) * per_place for f in features]
+        for level, (feature, level_anchors) in enumerate(zip(features, anchors.split(sizes))):
+            grid = tuple(feature.shape[-2:]) + (per_place, 4)  # (h, w, anchors, 4): a smaller map takes its top left
+            self.register_buffer(f"anchors_{level}", level_anchors.reshape(grid).clone(), persistent=False)
         self.levels = len(sizes)
-        self.pre_nms = [min(int(rpn._pre_nms_top_n["testing"]), size) for size in sizes]
+        self.pre_nms = int(rpn._pre_nms_top_n["testing"])
         self.post_nms = int(rpn._post_nms_top_n["testing"])
 
     def forward(self, embedding: torch.Tensor, valid_hw: torch.Tensor, score_threshold: torch.Tensor,
@@ -87,9 +91,9 @@ class DetectorGraph(nn.Module):
             n, ac, h, w = objectness[level].shape
             logits = permute_and_flatten(objectness[level], n, ac, 1, h, w).reshape(-1)
             level_deltas = permute_and_flatten(deltas[level], n, ac, 4, h, w).reshape(-1, 4)
-            top, index = logits.topk(self.pre_nms[level])
-            level_boxes = _clip(rpn.box_coder.decode_single(level_deltas[index], getattr(self, f"anchors_{level}")[index]),
-                                valid_hw)
+            top, index = logits.topk(_topk_min(logits, self.pre_nms, 0))
+            anchors = getattr(self, f"anchors_{level}")[:h, :w].reshape(-1, 4)
+            level_boxes = _clip(rpn.box_coder.decode_single(level_deltas[index], anchors[index]), valid_hw)
             level_scores = torch.sigmoid(top)
             keep = torch.where(_not_small(level_boxes, rpn.min_size) & (level_scores >= rpn.score_thresh))[0]
             level_boxes, level_scores = level_boxes[keep], level_scores[keep]
