@@ -7,6 +7,7 @@ import pytest
 import torch
 from scenes import label_boxes, make_nuclei_scene, tiny_config
 
+from dessam.config import Config, Postprocess
 from dessam.data.coco import label_map_to_annotations, load_coco, record_label_map, write_coco
 from dessam.data.images import write_png
 from dessam.errors import DessamError
@@ -148,11 +149,11 @@ class _SizedPipeline:
     def __init__(self, estimate, found, count=20, refinements=3):
         from dessam.inference.pipeline import Pipeline
 
-        for name in ("nucleus_size", "refines_size", "plan", "plan_at", "sized_instances"):
+        for name in ("nucleus_size", "refines_size", "plan", "plan_at", "sized_instances", "size_threshold"):
             setattr(self, name, getattr(Pipeline, name).__get__(self))
         self.scale = ModelScale("nucleus", nucleus_px=24.0)
-        self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements))
-        self.postprocess = None
+        self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements, nucleus_score_threshold=None))
+        self.postprocess = Postprocess()
         self.estimate, self.found, self.count, self.runs, self.decoded = estimate, found, count, [], []
 
     def estimate_nucleus_size(self, image):
@@ -210,8 +211,54 @@ def test_refinement_stops_after_its_passes_even_when_the_size_keeps_moving(monke
 
     engine = _SizedPipeline(40.0, 12.0, refinements=2)
     sizes = iter([20.0, 10.0, 5.0])
-    monkeypatch.setattr(pipeline.windowed, "image_instances", lambda *a, nucleus_size: (
+    monkeypatch.setattr(pipeline.windowed, "image_instances", lambda *a, nucleus_size, **kw: (
         engine.runs.append(nucleus_size),
         {pipeline.SIZE_PASS: SimpleNamespace(boxes=np.array([[0, 0, s, s] for s in [next(sizes)] * 6]))})[1])
     assert engine.nucleus_size(np.zeros((8, 8, 3), np.uint8)) == pytest.approx(10.0)
     assert engine.runs == pytest.approx([40.0, 20.0])
+
+
+class _ScoredDetector:
+    """A stand-in engine whose detector finds four boxes of scores 0.9, 0.5, 0.4 and 0.3, keeping those
+    above the threshold it is asked for, as `Predictor.detect` does."""
+
+    settings = SimpleNamespace(batch_size=4)
+    scores = np.array([0.9, 0.5, 0.4, 0.3])
+
+    def encode(self, images, n_images=None):
+        return SimpleNamespace(inputs=[SimpleNamespace(original_hw=image.shape[:2]) for image in images])
+
+    def detect(self, encoded, postprocess):
+        keep = self.scores > postprocess.score_threshold
+        boxes = np.float32([[i * 10, 0, i * 10 + 8, 8] for i in range(4)])
+        return [(boxes[keep], self.scores[keep]) for _ in encoded.inputs]
+
+
+def test_the_size_passes_read_nuclei_above_their_own_lower_threshold_and_the_result_only_the_read_outs():
+    from dessam.inference.pipeline import SIZE_BOXES, SIZE_PASS, filled_boxes
+    from dessam.inference.windowed import MaskSource, window_instances
+
+    masks = MaskSource(lambda predictor, encoded, images, boxes, scores, n: [np.asarray(s) for s in scores])
+    sources = {SIZE_PASS: SIZE_BOXES, "masks": masks}
+    seen = []
+    image = np.zeros((32, 48, 3), np.uint8)
+    found = window_instances(_ScoredDetector(), [image], Postprocess(score_threshold=0.45), sources,
+                             read_if=lambda boxes: seen.append(len(boxes[0])) or True, size_threshold=0.35)[0]
+    assert seen == [3] and len(found[SIZE_PASS].boxes) == 3  # 0.9, 0.5, 0.4 measure the size
+    assert found["masks"].tolist() == [0.9, 0.5]              # only the read-out's nuclei are segmented
+    plain = window_instances(_ScoredDetector(), [image], Postprocess(score_threshold=0.45), sources)[0]
+    assert len(plain[SIZE_PASS].boxes) == 2 and plain["masks"].tolist() == [0.9, 0.5]
+    assert filled_boxes is SIZE_BOXES.masks
+
+
+def test_a_model_reads_its_size_passes_at_its_nucleus_score_threshold_only_below_the_read_outs():
+    from dessam.inference.pipeline import Pipeline
+
+    engine = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(nucleus_score_threshold=0.35)))
+    threshold = Pipeline.size_threshold.__get__(engine)
+    assert threshold(Postprocess(score_threshold=0.45)) == 0.35
+    assert threshold(Postprocess(score_threshold=0.3)) is None and threshold(Postprocess(score_threshold=None)) is None
+    engine.config.model.nucleus_score_threshold = None
+    assert threshold(Postprocess(score_threshold=0.45)) is None
+    with pytest.raises(DessamError, match="nucleus_score_threshold"):
+        Config.compose("cpu").replace({"model.nucleus_score_threshold": 1.5})

@@ -64,7 +64,8 @@ def recording(windows: list = None):
     """A `window_instances` replacement (the detector + decoder of whole windows): `dark_nuclei` on each
     window, whose shape it records."""
 
-    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None, read_if=None):
+    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None, read_if=None,
+                         size_threshold=None):
         if windows is not None:
             windows.extend(image.shape[:2] for image in images)
         return [{name: Instances.from_masks(*dark_nuclei(image)) for name in sources or ("des-sam",)}

@@ -54,9 +54,10 @@ def stand_in(model, delay: float = 0.0):
 def dark_windows(real):
     """A `window_instances` that runs `dark_blobs` on the windows of stand-in predictors, `real` on others'."""
 
-    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None, read_if=None):
+    def window_instances(predictor, images, postprocess=None, sources=None, given=None, n_images=None, read_if=None,
+                         size_threshold=None):
         if id(predictor) not in STAND_INS:
-            return real(predictor, images, postprocess, sources, given, n_images, read_if)
+            return real(predictor, images, postprocess, sources, given, n_images, read_if, size_threshold)
         time.sleep(STAND_INS[id(predictor)] * len(images))
         return [{name: dark_blobs(image) for name in sources or ("des-sam",)} for image in images]
 

@@ -112,6 +112,7 @@ class ModelConfig:
     input_scaling: Literal["fit", "fixed", "nucleus"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows | nucleus: every image resampled to nucleus_px nuclei, then as fixed
     nucleus_px: float = 24.0           # nucleus scaling: the typical nucleus side (box sqrt(w x h)) every image is brought to
     nucleus_refinements: int = 3       # nucleus scaling: detection passes that correct an estimated nucleus size by the median side of the nuclei found there (0: the size head's estimate alone)
+    nucleus_score_threshold: Optional[float] = None  # nucleus scaling: the score above which the correcting passes' nuclei measure the size (null: the read-out's score threshold; the lower of the two is used)
     pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
     neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
@@ -126,6 +127,8 @@ class ModelConfig:
 
     def __post_init__(self):
         check_choices(self, "model")
+        if self.nucleus_score_threshold is not None and not 0 <= self.nucleus_score_threshold <= 1:
+            raise DessamError(f"model.nucleus_score_threshold {self.nucleus_score_threshold}: use a value between 0 and 1")
 
 
 @dataclass(frozen=True)

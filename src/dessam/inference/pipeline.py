@@ -113,14 +113,24 @@ class Pipeline:
         if not self.refines_size(nucleus_size, pixel_size_um):
             return nucleus_size if self.scale.mode != "nucleus" or nucleus_size is not None else None
         image = as_rgb(image)
+        postprocess = postprocess or self.postprocess
+        threshold = self.size_threshold(postprocess)
         size = self.estimate_nucleus_size(image)
         for _ in range(self.config.model.nucleus_refinements if size is not None else 0):
-            found = windowed.image_instances(self, image, {SIZE_PASS: BOXES_ONLY}, postprocess, nucleus_size=size)
+            found = windowed.image_instances(self, image, {SIZE_PASS: SIZE_BOXES}, postprocess, nucleus_size=size,
+                                             size_threshold=threshold)
             refined = detected_side(found[SIZE_PASS].boxes)
             if refined is None or settled(size, refined):
                 break
             size = refined
         return size
+
+    def size_threshold(self, postprocess: Postprocess) -> Optional[float]:
+        """The score above which the passes that correct a nucleus size read their nuclei:
+        `model.nucleus_score_threshold` when it is below `postprocess`'s threshold, else None (the
+        read-out's own). Only the nuclei above the read-out's threshold are segmented and kept."""
+        chosen, read_out = self.config.model.nucleus_score_threshold, postprocess.score_threshold
+        return chosen if chosen is not None and read_out is not None and chosen < read_out else None
 
     def plan(self, image: np.ndarray, pixel_size_um: Optional[float] = None, tile: Optional[bool] = None,
              overlap: int = 64, nucleus_size: Optional[float] = None,
@@ -143,12 +153,14 @@ class Pipeline:
         the size (or are too few to say), and is then the result, as the same pass after planning would
         be. Images in several windows are corrected on detections alone, then predicted."""
         postprocess = postprocess or self.postprocess
+        threshold = self.size_threshold(postprocess)
         image = as_rgb(image)
 
         def run(chosen: dict, plan: WindowPlan, read_if=None, shown: bool = True) -> dict:
             return windowed.image_instances(self, image, chosen, postprocess, tile=tile, overlap=overlap,
                                             pixel_size_um=pixel_size_um, progress=progress and shown,
-                                            on_window=on_window if shown else None, plan=plan, read_if=read_if)
+                                            on_window=on_window if shown else None, plan=plan, read_if=read_if,
+                                            size_threshold=threshold if SIZE_PASS in chosen else None)
 
         if not self.refines_size(nucleus_size, pixel_size_um):
             return run(sources, self.plan(image, pixel_size_um, tile, overlap, nucleus_size, postprocess))
@@ -161,7 +173,7 @@ class Pipeline:
                 measured["side"] = detected_side(plan.to_source(boxes[0]))
                 return measured["side"] is None or settled(size, measured["side"])
 
-            found = run({**sources, SIZE_PASS: BOXES_ONLY} if one_window else {SIZE_PASS: BOXES_ONLY}, plan,
+            found = run({**sources, SIZE_PASS: SIZE_BOXES} if one_window else {SIZE_PASS: SIZE_BOXES}, plan,
                         read_if if one_window else None, shown=one_window)
             if all(name in found for name in sources):
                 return {name: found[name] for name in sources}
@@ -267,8 +279,8 @@ def filled_boxes(predictor: Pipeline, encoded: Encoded, images: list, boxes: lis
     return [Instances.from_boxes(b, s, item.original_hw) for b, s, item in zip(boxes, scores, encoded.inputs)]
 
 
-BOXES_ONLY = windowed.MaskSource(filled_boxes, decodes=False)
 SIZE_PASS = "size pass"  # the boxes-only source of a pass that measures an image's nucleus size
+SIZE_BOXES = windowed.MaskSource(filled_boxes, decodes=False, measures_size=True)
 
 
 def student_masks(predictor: Pipeline, encoded: Encoded, images: list, boxes: list, scores: list,

@@ -14,7 +14,7 @@ the detections of the batch pass it: a pass can end as a detection only (`Pipeli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -32,22 +32,27 @@ class MaskSource:
     """Where masks come from: `masks(predictor, encoded, images, boxes, scores, n_images)` gives the
     `Instances` of each image of an encoded batch prompted with `boxes` (one (N, 4) array per image)
     and their `scores`: the detections, or with `given_boxes` the boxes given with the images.
-    `decodes`: False for a source that needs no decoder call (filled boxes)."""
+    `decodes`: False for a source that needs no decoder call (filled boxes). `measures_size`: a source
+    of the passes that measure an image's nucleus size (`Pipeline.sized_instances`)."""
 
     masks: Callable
     given_boxes: bool = False
     decodes: bool = True
+    measures_size: bool = False  # with `size_threshold`: sees every detection above it, not only the read-out's
 
 
 def window_instances(predictor, images: list, postprocess: Postprocess, sources: Mapping[str, MaskSource],
                      given: Optional[list] = None, n_images: Optional[int] = None,
-                     read_if: Optional[Callable[[list], bool]] = None) -> list:
+                     read_if: Optional[Callable[[list], bool]] = None, size_threshold: Optional[float] = None) -> list:
     """Per image (each fitting one input at the model's scale), {name: raw `Instances`} of each source,
     from one encoding and one detection; `given`: per image the boxes (N, 4) that the sources with
     `given_boxes` are prompted with. Batched as the predictor's settings say. read_if(detected boxes of
     a batch, one (N, 4) array per image): when given and False, the sources that decode are not read
-    for that batch (its results hold the others only)."""
+    for that batch (its results hold the others only). size_threshold: detect above this lower score;
+    read_if and the sources that `measures_size` see those detections, the others only the ones above
+    `postprocess.score_threshold`."""
     out = []
+    detecting = postprocess if size_threshold is None else replace(postprocess, score_threshold=size_threshold)
     for start in range(0, len(images), predictor.settings.batch_size):
         batch = images[start:start + predictor.settings.batch_size]
         encoded = predictor.encode(batch, n_images)
@@ -55,18 +60,29 @@ def window_instances(predictor, images: list, postprocess: Postprocess, sources:
         reading = dict(sources)
         detected = {name: source for name, source in reading.items() if not source.given_boxes}
         if detected:
-            found = predictor.detect(encoded, postprocess)
-            boxes = [b for b, _ in found]
-            if read_if is not None and not read_if(boxes):
+            found = predictor.detect(encoded, detecting)
+            if read_if is not None and not read_if([b for b, _ in found]):
                 reading = {name: source for name, source in reading.items() if not source.decodes}
                 detected = {name: source for name, source in reading.items() if not source.given_boxes}
-            _fill(results, detected, predictor, encoded, batch, boxes, [s for _, s in found], n_images)
+            measuring = {name: source for name, source in detected.items() if source.measures_size}
+            read_out = found if size_threshold is None else [above(b, s, postprocess.score_threshold) for b, s in found]
+            for chosen, pairs in ((measuring, found), ({n: s for n, s in detected.items() if n not in measuring}, read_out)):
+                _fill(results, chosen, predictor, encoded, batch, [b for b, _ in pairs], [s for _, s in pairs], n_images)
         if given is not None and len(detected) < len(reading):
             boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given[start:start + len(batch)]]
             _fill(results, {name: source for name, source in reading.items() if source.given_boxes}, predictor,
                   encoded, batch, boxes, [np.ones(len(b)) for b in boxes], n_images)
         out += results
     return out
+
+
+def above(boxes: np.ndarray, scores: np.ndarray, threshold: Optional[float]) -> tuple:
+    """The detections (boxes, scores) whose score is above `threshold` (None: all), as the detector
+    keeps them."""
+    if threshold is None:
+        return boxes, scores
+    keep = np.asarray(scores) > threshold
+    return boxes[keep], scores[keep]
 
 
 def _fill(results: list, sources: Mapping[str, MaskSource], predictor, encoded, images: list, boxes: list,
@@ -82,7 +98,7 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
                     tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
                     progress: bool = False, on_window: Optional[Callable[[int, int], None]] = None,
                     nucleus_size: Optional[float] = None, plan: Optional[WindowPlan] = None,
-                    read_if: Optional[Callable[[list], bool]] = None) -> dict:
+                    read_if: Optional[Callable[[list], bool]] = None, size_threshold: Optional[float] = None) -> dict:
     """{name: raw `Instances`} of one image of any size, brought to the model's scale as `predict`
     brings it (see `dessam.geometry.plan`): resampled, then whole, or in overlapping windows whose
     nuclei are merged; `given_boxes` (image pixels) are each prompted in the window where they lie
@@ -91,13 +107,15 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
     exception it raises stops the work there. nucleus_size: the image's typical nucleus side in pixels
     (`nucleus` scaling; None: estimated); plan: the image's `WindowPlan` when already made; read_if:
     as `window_instances` takes it, for a plan of one window (with several, each batch would decide
-    alone). The names of the sources not read are missing from the result."""
+    alone); size_threshold: as `window_instances` takes it. The names of the sources not read are
+    missing from the result."""
     postprocess = postprocess or predictor.postprocess
     image = as_rgb(image)
     plan = plan or predictor.plan(image, pixel_size_um, tile, overlap, nucleus_size, postprocess)
     if plan.fitted:
         given = None if given_boxes is None else [given_boxes]
-        return window_instances(predictor, [image], postprocess, sources, given, read_if=read_if)[0]
+        return window_instances(predictor, [image], postprocess, sources, given, read_if=read_if,
+                                size_threshold=size_threshold)[0]
     working = plan.working(image)
     scaled = None if given_boxes is None else plan.to_working(given_boxes)
     owner = None if scaled is None else plan.owners(scaled)
@@ -109,7 +127,7 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
             given = None if scaled is None else [window_boxes(scaled, owner == index, plan.windows[index])
                                                  for index in batch]
             found += window_instances(predictor, [working[w.rows, w.cols] for w in windows], postprocess, sources,
-                                      given, n_images=len(plan.windows), read_if=read_if)
+                                      given, n_images=len(plan.windows), read_if=read_if, size_threshold=size_threshold)
             bar.update(len(batch))
             if on_window is not None:
                 on_window(len(found), len(plan.windows))
