@@ -8,6 +8,7 @@ units) is defined here once, for every SAM and for input preparation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -40,13 +41,17 @@ def resize_by(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def encoded_side(resized_hws: list, size: int, multiple: int) -> int:
+def trimmed_side(resized_hws: list, size: int, multiple: Optional[int]) -> Optional[int]:
     """The side of the square, from the top left of S x S inputs, that holds every input's image
     (`resized_hws`, (h, w) each), rounded up to `multiple` (what the encoder and the detector's
-    coarsest level divide) and at most `size`: what a fully convolutional encoder needs to read of
-    a batch whose images are smaller than its input."""
+    coarsest level divide): what a fully convolutional encoder needs to read of a batch whose images
+    are smaller than its input. None when there is nothing to trim (no `multiple`, or the square is
+    the whole input)."""
+    if not multiple:
+        return None
     largest = max((max(int(h), int(w)) for h, w in resized_hws), default=size)
-    return int(min(size, -(-largest // multiple) * multiple))
+    side = -(-largest // multiple) * multiple
+    return int(side) if side < size else None
 
 
 def box_scale(original_hw: tuple, resized_hw: tuple) -> np.ndarray:

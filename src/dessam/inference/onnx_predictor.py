@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import Config, Postprocess
 from ..errors import DessamError
-from ..geometry.inputs import as_rgb, encoded_side, prepare_image
+from ..geometry.inputs import as_rgb, prepare_image, trimmed_side
 from ..geometry.scale import ModelScale
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import DecodedChunk, Encoded, Pipeline, decoding_order
@@ -136,15 +136,14 @@ class OnnxPredictor(Pipeline):
         inputs = [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
         batch = np.stack([item.normalised for item in inputs])
         multiple = self.manifest["graphs"]["encoder"].get("trim_multiple") if self.settings.trim_inputs else None
-        side = encoded_side([item.resized_hw for item in inputs], self.image_size, multiple) if multiple else self.image_size
-        read = np.ascontiguousarray(batch[:, :, :side, :side])
+        side = trimmed_side([item.resized_hw for item in inputs], self.image_size, multiple)
+        read = batch if side is None else np.ascontiguousarray(batch[:, :, :side, :side])
         pieces = [self.encoder.run(None, {"images": read[start:start + self.settings.batch_size]})[0]
                   for start in range(0, len(read), self.settings.batch_size)]
         embeddings = np.concatenate(pieces)
-        if side == self.image_size:
-            return Encoded(inputs, embeddings, batch)
-        grid = int(self.manifest["embedding"]["grid"])
-        embeddings = np.pad(embeddings, ((0, 0), (0, 0), (0, grid - embeddings.shape[-2]), (0, grid - embeddings.shape[-1])))
+        if side is not None:
+            grid = int(self.manifest["embedding"]["grid"])
+            embeddings = np.pad(embeddings, ((0, 0), (0, 0), (0, grid - embeddings.shape[-2]), (0, grid - embeddings.shape[-1])))
         return Encoded(inputs, embeddings, batch, side)
 
     def detect(self, encoded: Encoded, postprocess: Optional[Postprocess] = None) -> list:
@@ -152,7 +151,7 @@ class OnnxPredictor(Pipeline):
             raise DessamError(f"{self.folder}: this export holds a SAM without a detector; it segments given boxes only")
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        embedded = encoded.detector_embeddings(int(self.manifest["embedding"]["stride"]))
+        embedded = encoded.detector_embeddings()
         out = []
         for index, item in enumerate(encoded.inputs):
             boxes, scores = self.detector.run(None, {

@@ -42,7 +42,7 @@ class Encoded:
 
     A model whose encoder takes any input size and whose decoder reads per-box views, not the
     embeddings (the bundled models), encodes only the square that holds the batch's images
-    (`side`, `dessam.geometry.inputs.encoded_side`), not the zero padding around a small image: the
+    (`side`, `dessam.geometry.inputs.trimmed_side`), not the zero padding around a small image: the
     work then follows the image's size, and the encoder's per-image normalisation sees the image
     only (it measured better on the held-out sets than with the padding, docs/detection.md)."""
 
@@ -51,12 +51,12 @@ class Encoded:
     images: Any = None
     side: Optional[int] = None   # the top-left square of the inputs the encoder read (None: all of it)
 
-    def detector_embeddings(self, stride: int):
+    def detector_embeddings(self):
         """The embeddings of the square the encoder read: what the detector reads (beyond it the
         embeddings are zeros, which no decoder of per-box views reads)."""
         if self.side is None:
             return self.embeddings
-        grid = self.side // stride
+        grid = self.side * self.embeddings.shape[-1] // self.images.shape[-1]
         return self.embeddings[:, :, :grid, :grid]
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, Postprocess
-from ..geometry.inputs import as_rgb, encoded_side, prepare_image
+from ..geometry.inputs import as_rgb, prepare_image, trimmed_side
 from ..geometry.scale import ModelScale
 from ..models.graphs import SizeGraph
 from ..models.prompted_decoder import decoding_margin
@@ -94,8 +94,7 @@ class Predictor(Pipeline):
         fit = self.scale.mode == "fit"
         inputs = [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
         batch = torch.from_numpy(np.stack([item.normalised for item in inputs])).to(self.device)
-        multiple = self.trim_multiple
-        side = None if multiple is None else encoded_side([item.resized_hw for item in inputs], self.image_size, multiple)
+        side = trimmed_side([item.resized_hw for item in inputs], self.image_size, self.trim_multiple)
         read = batch if side is None else batch[:, :, :side, :side]
         encoder = maybe_compile(self.model.sam.image_encoder, self.settings, self.device, n_images)
         pieces = []
@@ -103,10 +102,10 @@ class Predictor(Pipeline):
             for start in range(0, len(read), self.settings.batch_size):
                 pieces.append(encoder(read[start:start + self.settings.batch_size]).float())
         embeddings = torch.cat(pieces)
-        if side is not None and side < self.image_size:
+        if side is not None:
             grid = self.image_size * embeddings.shape[-1] // side
             embeddings = F.pad(embeddings, (0, grid - embeddings.shape[-1], 0, grid - embeddings.shape[-2]))
-        return Encoded(inputs, embeddings, batch, side if side is not None and side < self.image_size else None)
+        return Encoded(inputs, embeddings, batch, side)
 
     @torch.no_grad()
     def detect(self, encoded: Encoded, postprocess: Optional[Postprocess] = None) -> list:
@@ -114,9 +113,8 @@ class Predictor(Pipeline):
         lose pixels in bf16): scores above the threshold, NMS, at most `max_detections`."""
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        stride = self.image_size // encoded.embeddings.shape[-1]
         boxes, scores = self.model.detector.detect(
-            self.model.neck(encoded.detector_embeddings(stride)), [item.resized_hw for item in encoded.inputs],
+            self.model.neck(encoded.detector_embeddings()), [item.resized_hw for item in encoded.inputs],
             encoded.side or self.image_size, threshold, postprocess.max_detections,
         )
         return [((b / torch.from_numpy(item.scale).to(b.device)).cpu().numpy().astype(np.float32),

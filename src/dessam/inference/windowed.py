@@ -65,9 +65,10 @@ def window_instances(predictor, images: list, postprocess: Postprocess, sources:
                 reading = {name: source for name, source in reading.items() if not source.decodes}
                 detected = {name: source for name, source in reading.items() if not source.given_boxes}
             measuring = {name: source for name, source in detected.items() if source.measures_size}
+            kept = {name: source for name, source in detected.items() if not source.measures_size}
             read_out = found if size_threshold is None else [above(b, s, postprocess.score_threshold) for b, s in found]
-            for chosen, pairs in ((measuring, found), ({n: s for n, s in detected.items() if n not in measuring}, read_out)):
-                _fill(results, chosen, predictor, encoded, batch, [b for b, _ in pairs], [s for _, s in pairs], n_images)
+            _fill(results, measuring, predictor, encoded, batch, [b for b, _ in found], [s for _, s in found], n_images)
+            _fill(results, kept, predictor, encoded, batch, [b for b, _ in read_out], [s for _, s in read_out], n_images)
         if given is not None and len(detected) < len(reading):
             boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given[start:start + len(batch)]]
             _fill(results, {name: source for name, source in reading.items() if source.given_boxes}, predictor,
