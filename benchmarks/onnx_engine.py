@@ -147,7 +147,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from dessam.workflows.bench import device_name
+    from dessam.workflows.bench_report import device_name
     from dessam.inference.engines import onnx_model
     from dessam.inference.loading import load_model
     from dessam.outputs.files import expand_inputs

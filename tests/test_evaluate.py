@@ -14,10 +14,9 @@ import pytest
 from dessam.data.coco import load_coco, record_label_map
 from dessam.data.images import read_image
 from dessam.evaluation.compare import compare_reports
+from dessam.evaluation.report import COUNT_COLUMNS, METRIC_COLUMNS
 from dessam.evaluation.evaluate import (
-    COUNT_COLUMNS,
     METHODS,
-    METRIC_COLUMNS,
     STUDENT,
     evaluate,
     evaluate_label_maps,

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ..atomic import write_text_atomic
 from ..data.coco import read_json
 from ..errors import DessamError
-from .evaluate import COUNT_COLUMNS, METRIC_COLUMNS, markdown_table
+from .report import COUNT_COLUMNS, METRIC_COLUMNS, markdown_table
 
 REPORT_FILE = "metrics.json"
 

@@ -201,11 +201,7 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
     try:
         embedding = _embedding_shape(predictor)
         size = predictor.image_size
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        work.chmod(0o777 & ~umask)  # as a folder made by mkdir (mkdtemp's is private to its owner)
+        work = _work_folder(out_dir)
         try:
             trims = {2: "side", 3: "side"} if predictor.trimmable else {}
             _export(EncoderGraph(model.sam.image_encoder), (torch.zeros(1, 3, size, size),), work / "encoder.onnx",
@@ -228,17 +224,7 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
                     {"source": {0: "batch"}, "boxes": {0: "prompts"}, "image_index": {0: "prompts"},
                      "tokens": {0: "extra_tokens"}, "logits": {0: "prompts", 2: "window", 3: "window"},
                      "iou": {0: "prompts"}, "origins": {0: "prompts"}})
-            head = getattr(model, "size_head", None)
-            has_size = head is not None and head.is_trained
-            if has_size:
-                encoder = model.sam.image_encoder
-                fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
-                side = fixed or estimate_crop()
-                spatial = {} if fixed else {2: "height", 3: "width"}
-                _export(SizeGraph(encoder, head), (torch.randn(2, 3, side, side, generator=generator),
-                                                   torch.tensor([[side, side], [side // 2, side]], dtype=torch.float32)),
-                        work / "size.onnx", ["images", "valid_hw"], ["log_side"],
-                        {"images": {0: "crops", **spatial}, "valid_hw": {0: "crops"}, "log_side": {0: "crops"}})
+            has_size = _export_size(model, work / "size.onnx", generator)
             manifest = manifest_of(predictor, embedding, None if model_path is None else Path(model_path), has_detector,
                                    has_size)
             write_text_atomic(work / "manifest.json", json.dumps(manifest, indent=1))
@@ -251,6 +237,33 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
     finally:
         model.to(device)
     return out_dir / "manifest.json"
+
+
+def _work_folder(out_dir: Path) -> Path:
+    """A new temporary folder beside `out_dir`, with the permissions a folder made by mkdir gets
+    (mkdtemp's is private to its owner)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)
+    return work
+
+
+def _export_size(model, path: Path, generator: torch.Generator) -> bool:
+    """The size head's graph (with the encoder it reads) at `path`, when the model has a trained one."""
+    head = getattr(model, "size_head", None)
+    if head is None or not head.is_trained:
+        return False
+    encoder = model.sam.image_encoder
+    fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
+    side = fixed or estimate_crop()
+    spatial = {} if fixed else {2: "height", 3: "width"}
+    _export(SizeGraph(encoder, head), (torch.randn(2, 3, side, side, generator=generator),
+                                       torch.tensor([[side, side], [side // 2, side]], dtype=torch.float32)),
+            path, ["images", "valid_hw"], ["log_side"],
+            {"images": {0: "crops", **spatial}, "valid_hw": {0: "crops"}, "log_side": {0: "crops"}})
+    return True
 
 
 def _check_detector(predictor: Predictor, folder: Path, embedding, item, threads, rows: list) -> np.ndarray:

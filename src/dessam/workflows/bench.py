@@ -32,7 +32,6 @@ weights (speed only: its masks mean nothing).
 from __future__ import annotations
 
 import importlib.util
-import platform
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from ..data.images import read_image, write_png
 from ..data.synth import make_dataset, make_scene
 from ..devices import resolve_device
 from ..inference.loading import load_model
-from ..inference.predictor import Predictor, decode, local_margin
+from ..inference.predictor import Predictor, decode
 from ..config.runtime import fast_settings, reference_settings
 from ..models.bundled import PRETRAINED_NAME, bundled_models
 from ..metrics import evaluate_pair
@@ -57,10 +56,10 @@ from ..training.batches import batch_tensors, encode_training_set
 from ..training.cache import EmbeddingCache
 from ..training.train import build_model, train
 from .agreement import mask_agreement
+from .bench_report import BENCH_METRICS, BenchReport, agreement_lines, report_head
 from .engine_runs import compare_engines
-from .measuring import Row, format_table, measure_alternating, targeted
+from .measuring import Row, measure_alternating, targeted
 
-BENCH_METRICS = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_metrics.py"
 DECODER_BOXES = 100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -203,18 +202,6 @@ def time_metrics(quick: bool) -> Optional[dict]:
     return module.run(size=256 if quick else 1024, repeats=1 if quick else 3)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} torch threads"
-
-
 def _predict_row(label: str, reference: Predictor, fast: Predictor, images: list, device, repeats: int) -> Row:
     timings = measure_alternating([lambda m=m: m.predict_batch(images) for m in (reference, fast)], device, repeats)
     pixels = sum(image.shape[0] * image.shape[1] for image in images) / len(images)
@@ -262,8 +249,8 @@ def run_bench(device="auto", quick: bool = False, out=None, compile: Optional[bo
         run.rows[-1].met = run.rows[-1].speedup >= 20
     stages.update(1)
     stages.close()
-    lines = _report_head(run, model_note)
-    lines += _agreement_lines(run, agreement, split_aji, metrics_result)
+    lines = report_head(run, model_note)
+    lines += agreement_lines(run, agreement, split_aji, metrics_result)
     if engine_lines:
         lines += ["", f"## Engines: PyTorch (the fast path above) and ONNX Runtime, on {run.large_note}", ""] + engine_lines
     elif not cuda:
@@ -354,51 +341,3 @@ class _BenchRun:
             self.large_note = f"{len(self.large)} synthetic fields of {self.large[0].shape[0]} px"
             self.large_paths = [write_png(self.workdir / f"field_{i}.png", image)
                                 for i, image in enumerate(self.large)]
-
-
-def _report_head(run: _BenchRun, model_note: str) -> list:
-    """The report's title, what was measured and how, and the table of speed rows."""
-    quick_path, device, cuda = run.quick_path, run.device, run.device.type == "cuda"
-    margin = local_margin(quick_path.config, quick_path.settings, quick_path.model.sam)
-    memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
-                   "growth of the process's resident set size (sampled every ms from /proc/self/statm, freed heap handed back first)")
-    return [
-        f"# dessam bench: {device.type}{' (quick)' if run.quick else ''}",
-        "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}",
-        f"- Model: {model_note}; its post-processing (score threshold, detection limit, minimum size)",
-        f"- Reference path: {reference_settings().describe(device)} (as the authors' test code)",
-        f"- Fast path: {quick_path.settings.describe(device)}: "
-        + (f"local decoding, {margin} tokens around each box" if margin is not None
-           else "full decoding (the model is not configured for local decoding)"),
-        "- Training iteration: reference = the encoder run and every prompt decoded over the whole embedding "
-        "(the authors'); fast = the embedding from the cache and local decoding",
-        f"- Each time is the median of {run.repeats} timed repeat(s) after one warm-up call; reference and fast calls "
-        f"alternate; peak memory is the {memory_note}, in the worst call",
-        "",
-        format_table(run.rows),
-        "",
-    ]
-
-
-def _agreement_lines(run: _BenchRun, agreement, split_aji: dict, metrics_result: Optional[dict]) -> list:
-    """Masks and AJI of the two paths side by side, the compile warm-up and what was not measured."""
-    lines = [f"Mask agreement, fast vs reference prompted with the same boxes: mean IoU {agreement.iou:.4f} over "
-             f"{agreement.masks} masks: {agreement.verdict()}."]
-    if split_aji:
-        worst = max(abs(a - b) for a, b in split_aji.values())
-        parts = ", ".join(f"{name} {a:.4f} / {b:.4f}" for name, (a, b) in split_aji.items())
-        lines.append(f"AJI on the demo's test splits, reference / fast: {parts}; largest difference {worst:.4f} "
-                     f"(required <= 0.005).")
-    if run.quick_path.settings.compile:
-        lines.append(f"Fast-path warm-up (includes torch.compile): encoder {run.encoder[1].warmup_s:.1f} s, "
-                     f"decoder {run.decoder[1].warmup_s:.1f} s.")
-    if metrics_result is None:
-        lines.append(f"Metrics: not measured ({BENCH_METRICS} is only in a source checkout).")
-    return lines
-
-
-@dataclass
-class BenchReport:
-    text: str       # the Markdown report
-    passed: bool    # every agreement check ran on enough masks and passed
