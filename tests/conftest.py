@@ -55,7 +55,7 @@ def finding_model(box_dataset, tmp_path_factory):
     boxes_json, _, images = box_dataset
     config = Config.compose("cpu", overrides={"model.sam": "default-v1", "train.init": "scratch", "train.max_iters": 50, "train.lr": 3e-3, "train.warmup_iters": 10,
                                               "model.roi_batch_per_image": 64, "loss.distill_max_prompts": 8,
-                                              "model.mask_threshold": 0.5, "train.min_iters": None,  # as the files tests expect
+                                              "model.postprocess.mask_threshold": 0.5, "train.min_iters": None,  # as the files tests expect
                                               # the scenes at their own scale, as the tests that read this model expect
                                               "model.input_scaling": "fixed", "train.copies": 1})
     return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path

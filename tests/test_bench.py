@@ -75,7 +75,7 @@ def test_agreement_checks_need_enough_masks_and_fail_when_paths_disagree():
     assert same.masks >= MIN_MASKS and same.iou == 1.0 and same.passed
     other = _model()
     other.model = first.model
-    other.config = first.config.replace({"model.mask_threshold": 3.0})  # another read-out: smaller masks
+    other.config = first.config.replace({"model.postprocess.mask_threshold": 3.0})  # another read-out: smaller masks
     disagreeing = mask_agreement(first, other, images, keep_all)
     assert disagreeing.masks >= MIN_MASKS and not disagreeing.passed and "FAILED" in disagreeing.verdict()
     few = mask_agreement(first, first, images[:1], replace(keep_all, max_detections=10))

@@ -103,13 +103,17 @@ def test_unknown_settings_and_bad_values_are_one_line_errors(tmp_path):
 
 
 def test_an_earlier_model_file_config_keeps_its_earlier_behaviour():
-    earlier = {"model": {"sam": "default", "rpn_nms": 0.6, "score_threshold": 0.5}, "loss": {"edge_dilation": 1}}
+    earlier = {"model": {"sam": "default", "rpn_nms": 0.6, "score_threshold": 0.5, "nucleus_score_threshold": 0.25},
+               "loss": {"edge_dilation": 1}}
     config = Config.from_dict(with_earlier_behaviour(earlier))
     assert config.model.postprocess.connectivity == 4 and config.model.postprocess.overlap_winner == "higher-score"
-    assert config.model.detector.box_head_norm == "layernorm" and config.model.mask_threshold == 0.0
+    assert config.model.detector.box_head_norm == "layernorm" and config.model.postprocess.mask_threshold == 0.0
     assert config.model.detector.rpn_nms_test == 0.6 and config.model.detector.roi_finest_scale == 28.0
     assert config.loss.edge_mask_dilation == 1 and config.loss.roi_box == 0.1
     assert config.model.postprocess.score_threshold == 0.5
+    # read-out settings that lived in `model` before are read where they live now
+    assert config.model.postprocess.nucleus_score_threshold == 0.25
+    assert Config().replace({"model.mask_threshold": 0.0}).model.postprocess.mask_threshold == 0.0
     today = Config.compose("demo").to_dict()  # a file of today's layout keeps every value it has
     assert Config.from_dict(with_earlier_behaviour(today)).to_dict() == today
 

@@ -25,7 +25,7 @@ from dessam.training.train import build_model
 
 def _model(sam="tiny", image_size=128, device="cpu", settings=None, **model_settings) -> Predictor:
     config = tiny_config().replace({"model.sam": sam, "model.image_size": image_size,
-                                    "model.mask_threshold": 0.0,  # random heads: their logits rarely pass the official 0.5
+                                    "model.postprocess.mask_threshold": 0.0,  # random heads: their logits rarely pass the official 0.5
                                     **{f"model.{key}": value for key, value in model_settings.items()}})
     device = torch.device(device)
     model, identity = build_model(config, device)

@@ -152,7 +152,7 @@ class _SizedPipeline:
         for name in ("nucleus_size", "refines_size", "plan", "plan_at", "sized_instances", "size_threshold"):
             setattr(self, name, getattr(Pipeline, name).__get__(self))
         self.scale = ModelScale("nucleus", nucleus_px=24.0)
-        self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements, nucleus_score_threshold=None))
+        self.config = SimpleNamespace(model=SimpleNamespace(nucleus_refinements=refinements, postprocess=Postprocess()))
         self.postprocess = Postprocess()
         self.estimate, self.found, self.count, self.runs, self.decoded = estimate, found, count, [], []
 
@@ -254,11 +254,11 @@ def test_the_size_passes_read_nuclei_above_their_own_lower_threshold_and_the_res
 def test_a_model_reads_its_size_passes_at_its_nucleus_score_threshold_only_below_the_read_outs():
     from dessam.inference.pipeline import Pipeline
 
-    engine = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(nucleus_score_threshold=0.35)))
+    engine = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(postprocess=Postprocess(nucleus_score_threshold=0.35))))
     threshold = Pipeline.size_threshold.__get__(engine)
     assert threshold(Postprocess(score_threshold=0.45)) == 0.35
     assert threshold(Postprocess(score_threshold=0.3)) is None and threshold(Postprocess(score_threshold=None)) is None
-    engine.config.model.nucleus_score_threshold = None
+    engine.config.model.postprocess = Postprocess()
     assert threshold(Postprocess(score_threshold=0.45)) is None
     with pytest.raises(DessamError, match="nucleus_score_threshold"):
-        Config.compose("cpu").replace({"model.nucleus_score_threshold": 1.5})
+        Config.compose("cpu").replace({"model.postprocess.nucleus_score_threshold": 1.5})

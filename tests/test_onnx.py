@@ -41,7 +41,7 @@ def _view_model() -> Predictor:
     a view of its own, as the bundled models do."""
     torch.manual_seed(0)
     sam = build_default_architecture(128, TINY_VIEWS).eval()
-    config = Config.compose("cpu").replace({"model.sam": "default", "model.image_size": 128, "model.mask_threshold": 0.0})
+    config = Config.compose("cpu").replace({"model.sam": "default", "model.image_size": 128, "model.postprocess.mask_threshold": 0.0})
     model = DESSAM(sam, config).eval()
     return Predictor(model, config, {"name": "default", "checkpoint": None, "sha256": "0" * 64}, torch.device("cpu"),
                      ModelScale("fixed", 1.0), fast_settings("cpu"))

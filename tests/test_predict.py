@@ -54,7 +54,7 @@ def test_python_api_returns_boxes_scores_instances_and_labels(trained_tiny):
     model = dessam.load_model(trained_tiny)
     model.config = model.config.replace({"model.score_threshold": 0.0})  # the barely trained tiny detector scores low: keep everything
     model.config = model.config.replace({"model.min_object_size": 0})
-    model.config = model.config.replace({"model.mask_threshold": 0.0})  # and its random decoder's logits rarely pass 0.5
+    model.config = model.config.replace({"model.postprocess.mask_threshold": 0.0})  # and its random decoder's logits rarely pass 0.5
     image = _scene(110, 140)
     prediction = model.predict(image)
     n = len(prediction)

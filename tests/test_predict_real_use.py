@@ -181,7 +181,7 @@ def test_score_threshold_set_on_the_model_reaches_the_detector(trained_tiny):
     trained_threshold = model.postprocess.score_threshold
     model.config = model.config.replace({"model.score_threshold": 0.0})
     model.config = model.config.replace({"model.min_object_size": 0})
-    model.config = model.config.replace({"model.mask_threshold": 0.0})  # the tiny random decoder's logits rarely pass 0.5
+    model.config = model.config.replace({"model.postprocess.mask_threshold": 0.0})  # the tiny random decoder's logits rarely pass 0.5
     image, _ = mosaic(1, 1, seed=3)
     prediction = model.predict(image)
     assert len(prediction) > 0

@@ -87,7 +87,7 @@ def test_a_fixed_scale_model_records_its_scale(fixed_model):
 
 def test_predict_and_eval_bring_an_image_to_the_model_scale_the_same_way(fixed_model, monkeypatch):
     model = fixed_model
-    model.config = model.config.replace({"model.mask_threshold": 0.0})
+    model.config = model.config.replace({"model.postprocess.mask_threshold": 0.0})
     post = replace(model.postprocess, score_threshold=0.0, min_size=0, max_detections=8)
     rng = np.random.default_rng(1)
     image, labels = make_nuclei_scene(rng, 200)

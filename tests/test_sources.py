@@ -18,7 +18,7 @@ from dessam.training.train import build_model
 
 @pytest.fixture(scope="module")
 def predictor():
-    config = tiny_config().replace({"model.mask_threshold": 0.0, "model.score_threshold": 0.0})
+    config = tiny_config().replace({"model.postprocess.mask_threshold": 0.0, "model.score_threshold": 0.0})
     model, identity = build_model(config, torch.device("cpu"))
     return Predictor(model, model.config, identity, "cpu", ModelScale("fit", 1.0))
 

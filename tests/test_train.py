@@ -172,7 +172,7 @@ def test_default_config_is_the_authors_patchseg_config():
     default, patch = Config(), Config.compose("patchseg")
     assert default.to_dict() == {**patch.to_dict(), "preset": None}
     assert (default.loss.roi_box == 1.0 and default.model.detector.detection_nms == 0.5
-            and default.model.mask_threshold == 0.5)
+            and default.model.postprocess.mask_threshold == 0.5)
     with pytest.raises(DessamError, match="unknown preset 'vit'"):
         Config.compose("vit")
     cluster = Config.compose("clusterseg")

@@ -30,6 +30,7 @@ ALIASES = {f"model.{f.name}": f"model.detector.{f.name}" for f in dataclasses.fi
 ALIASES.update({f"model.{name}": f"model.postprocess.{name}" for name in (
     "score_threshold", "max_detections", "connectivity", "fill_border_holes", "keep_largest_island", "overlap_winner")})
 ALIASES["model.min_object_size"] = "model.postprocess.min_size"
+ALIASES.update({f"model.{name}": f"model.postprocess.{name}" for name in ("mask_threshold", "nucleus_score_threshold")})
 
 # Settings that older model files carry and that are now chosen at prediction time: read, then ignored.
 RETIRED = {"model.decoder_chunk"}

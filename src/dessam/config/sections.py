@@ -47,6 +47,8 @@ class Postprocess:
     fill_border_holes: bool = True     # official: background pieces cut off by the image border are holes too
     keep_largest_island: bool = True   # official: when every island is small, the largest stays
     overlap_winner: Literal["lower-score", "higher-score"] = "lower-score"  # official: masks painted by descending score, the lower overwrites
+    mask_threshold: float = 0.5        # test-time masks: logit > this (official 0.5; SAM's own is 0)
+    nucleus_score_threshold: Optional[float] = None  # nucleus scaling: the score above which the passes that correct the size read their nuclei (null: score_threshold; the lower of the two is used)
 
     def __post_init__(self):
         check_choices(self, "model.postprocess")
@@ -56,6 +58,11 @@ class Postprocess:
             raise DessamError(f"max detections {self.max_detections}: keep at least 1 detection per image")
         if int(self.min_size) < 0:
             raise DessamError(f"minimum size {self.min_size}: use 0 or a positive number of pixels")
+        if self.nucleus_score_threshold is not None and not 0 <= self.nucleus_score_threshold <= 1:
+            error = DessamError(f"model.postprocess.nucleus_score_threshold {self.nucleus_score_threshold}: use a value "
+                                "between 0 and 1")
+            error.setting = "model.postprocess.nucleus_score_threshold"
+            raise error
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,6 @@ class ModelConfig:
     input_scaling: Literal["fit", "fixed", "nucleus"] = "fit"  # fit: every image resized to S (official) | fixed: one scale, large images in windows | nucleus: every image resampled to nucleus_px nuclei, then as fixed
     nucleus_px: float = 24.0           # nucleus scaling: the typical nucleus side (box sqrt(w x h)) every image is brought to
     nucleus_refinements: int = 3       # nucleus scaling: detection passes that correct an estimated nucleus size by the median side of the nuclei found there (0: the size head's estimate alone)
-    nucleus_score_threshold: Optional[float] = None  # nucleus scaling: the score above which the correcting passes' nuclei measure the size (null: the read-out's score threshold; the lower of the two is used)
     pixel_size_um: Optional[float] = None  # fixed scaling: the pixel size the model works at (null: the training images')
     neck_channels: int = 256
     neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
@@ -110,14 +116,11 @@ class ModelConfig:
     prompt_token_init: Literal["not-a-point", "normal"] = "not-a-point"  # not-a-point (SAM's padding token; dessam: measured far better on the demo) | normal (official N(0, 1))
     local_decoding: bool = False       # decode each box on a window of the embedding around it (training and prediction)
     local_margin: int = 10             # the window: the box plus this many embedding tokens on every side
-    mask_threshold: float = 0.5        # test-time masks: logit > this (official 0.5; SAM's own is 0)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     postprocess: Postprocess = field(default_factory=Postprocess)
 
     def __post_init__(self):
         check_choices(self, "model")
-        if self.nucleus_score_threshold is not None and not 0 <= self.nucleus_score_threshold <= 1:
-            raise DessamError(f"model.nucleus_score_threshold {self.nucleus_score_threshold}: use a value between 0 and 1")
 
 
 @dataclass(frozen=True)

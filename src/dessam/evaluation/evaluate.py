@@ -224,7 +224,7 @@ def _readout_settings(model, postprocess) -> dict:
         "fill_border_holes": postprocess.fill_border_holes,
         "keep_largest_island": postprocess.keep_largest_island,
         "overlap_winner": postprocess.overlap_winner,
-        "mask_threshold": float(model.config.model.mask_threshold),
+        "mask_threshold": float(model.config.model.postprocess.mask_threshold),
         "max_detections": int(model.postprocess.max_detections),
         "image_size": int(model.image_size),
     }

@@ -61,7 +61,7 @@ def box_masks(predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool =
     owner = plan.owners(scaled)
     crops, origins = [np.zeros((0, 0), bool)] * len(boxes), np.zeros((len(boxes), 2), np.int64)
     iou, stability = np.zeros(len(boxes)), np.zeros(len(boxes))
-    threshold = predictor.config.model.mask_threshold
+    threshold = predictor.config.model.postprocess.mask_threshold
     used = [index for index in range(len(plan.windows)) if (owner == index).any()]
     done = 0
     for chosen in plan.batches(predictor.settings.batch_size, used):

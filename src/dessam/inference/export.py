@@ -141,7 +141,7 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
         "decoder_chunk": predictor.settings.decoder_chunk,
         "prompt_token": None if token.shape[0] == 0 else [float(v) for v in token[0].detach().cpu().tolist()],
         "readout": {
-            "mask_threshold": predictor.config.model.mask_threshold,
+            "mask_threshold": predictor.config.model.postprocess.mask_threshold,
             "how": "upsample each window's logits bilinearly (half-pixel centres) to S x S / frame pixels per logit, "
                    "cut the image's valid part, resize it bilinearly to the image's size, keep logit > mask_threshold",
             "score_threshold": post.score_threshold,

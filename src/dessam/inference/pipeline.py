@@ -127,9 +127,9 @@ class Pipeline:
 
     def size_threshold(self, postprocess: Postprocess) -> Optional[float]:
         """The score above which the passes that correct a nucleus size read their nuclei:
-        `model.nucleus_score_threshold` when it is below `postprocess`'s threshold, else None (the
-        read-out's own). Only the nuclei above the read-out's threshold are segmented and kept."""
-        chosen, read_out = self.config.model.nucleus_score_threshold, postprocess.score_threshold
+        the model's `model.postprocess.nucleus_score_threshold` when it is below `postprocess`'s threshold, else
+        None (the read-out's own). Only the nuclei above the read-out's threshold are segmented and kept."""
+        chosen, read_out = self.config.model.postprocess.nucleus_score_threshold, postprocess.score_threshold
         return chosen if chosen is not None and read_out is not None and chosen < read_out else None
 
     def plan(self, image: np.ndarray, pixel_size_um: Optional[float] = None, tile: Optional[bool] = None,
@@ -212,7 +212,7 @@ class Pipeline:
         original pixels): the DES-SAM student with `use_token`, the frozen SAM without."""
         scores = scores if scores is not None else [np.ones(len(b)) for b in boxes]
         crops = [None] * sum(len(b) for b in boxes)
-        threshold = self.config.model.mask_threshold
+        threshold = self.config.model.postprocess.mask_threshold
         for chunk in self.decode(encoded, boxes, use_token, n_images):
             origins = chunk.origins.tolist()
             for position, (index, image) in enumerate(zip(chunk.indices, chunk.owners)):

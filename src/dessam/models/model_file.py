@@ -98,7 +98,7 @@ class ModelFile:
 # behaviour before the setting existed, so that such a model predicts as it did.
 EARLIER_BEHAVIOUR = {
     "model.detector.box_head_norm": "layernorm", "model.detector.roi_align_aligned": False,
-    "model.detector.rpn_min_pos_iou": 0.0, "model.detector.roi_min_pos_iou": None, "model.mask_threshold": 0.0,
+    "model.detector.rpn_min_pos_iou": 0.0, "model.detector.roi_min_pos_iou": None, "model.postprocess.mask_threshold": 0.0,
     "model.postprocess.connectivity": 4, "model.postprocess.fill_border_holes": False,
     "model.postprocess.keep_largest_island": False, "model.postprocess.overlap_winner": "higher-score",
     "model.prompt_token_init": "not-a-point", "model.local_decoding": False,

@@ -24,7 +24,8 @@ if TYPE_CHECKING:   # the card's statement is read by `--help`, which should not
 
 # What `dessam predict`, `eval` and `label` read from a model file unless told otherwise.
 STATED_SETTINGS = ("model.postprocess.score_threshold", "model.postprocess.max_detections",
-                   "model.postprocess.min_size", "model.mask_threshold", "model.nucleus_score_threshold")
+                   "model.postprocess.min_size", "model.postprocess.mask_threshold",
+                   "model.postprocess.nucleus_score_threshold")
 _STATED_ROW = re.compile(r"^\| `(model\.[a-z_.]+)` \| ([^|]+?) \|", re.MULTILINE)
 
 
