@@ -152,3 +152,35 @@ def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, cor
     torch.save(fixed, tmp_path / "fixed.pt")   # a model at its own scale has no size head to train
     assert main(["train-size-head", str(tmp_path / "fixed.pt"), "--corpus", str(corpus), "--out",
                  str(tmp_path / "m.pt"), "--steps", "2"]) == 2 and not (tmp_path / "m.pt").exists()
+
+
+def test_a_recipe_is_composed_from_a_file_then_set_then_flags_and_saved_with_the_run(tmp_path, corpus, tiny_arch):
+    from dessam.errors import DessamError
+    from dessam.pretrain.recipe import compose_recipe
+
+    file = tmp_path / "recipe.yaml"
+    file.write_text("steps: 4\nbatch_size: 2\ncrop: 32\nmax_prompts: 3\nwarmup: 2\narch: tiny\neval_every: 2\n"
+                    "val_limit: 2\nmargins: [1, 3]\nlr: 0.01\n")
+    recipe = compose_recipe(file, {"lr": "0.005", "seed": 3})
+    assert recipe.steps == 4 and recipe.margins == (1, 3) and recipe.lr == 0.005 and recipe.seed == 3
+    with pytest.raises(DessamError, match="unknown recipe setting 'stepz'; known: steps"):
+        compose_recipe(None, {"stepz": 1})
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("steps: many\n")
+    with pytest.raises(DessamError, match=f"{wrong}: steps: expected a int"):
+        compose_recipe(wrong)
+    with pytest.raises(Exception):  # composed once, never edited
+        recipe.steps = 5
+    file.write_text(yaml.safe_dump({**{k: v for k, v in vars(recipe).items()}, "margins": [1, 3]}))
+    out = tmp_path / "run"
+    assert main(["pretrain-teacher", "--corpus", str(corpus), "--out", str(out), "--config", str(file),
+                 "--set", "lr=0.002", "--seed", "5", "--quiet"]) == 0
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["lr"] == 0.002 and saved["seed"] == 5 and saved["steps"] == 4 and saved["margins"] == [1, 3]
+    assert compose_recipe(out / "recipe.yaml") == compose_recipe(file, {"lr": 0.002, "seed": 5})
+
+
+def test_resume_refuses_a_recipe_given_again(tmp_path, corpus, capsys):
+    assert main(["pretrain-teacher", "--corpus", str(corpus), "--out", str(tmp_path / "r"), "--resume",
+                 "--set", "lr=0.1"]) == 2
+    assert "leave out --set" in capsys.readouterr().err

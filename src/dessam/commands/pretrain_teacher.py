@@ -9,15 +9,21 @@ from .shared import add_quiet, command_line
 NAME = "pretrain-teacher"
 
 
-def run(args) -> int:
-    from ..pretrain.teacher import Recipe, pretrain_teacher
+FLAGS = ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch", "eval_every", "nucleus_px", "views_from",
+         "view_size", "view_context")
 
-    options = {key: getattr(args, key) for key in ("steps", "batch_size", "crop", "max_prompts", "lr", "seed", "arch",
-                                                   "eval_every", "nucleus_px", "views_from", "view_size", "view_context")
-               if getattr(args, key) is not None}
-    if args.resume and options:
-        raise DessamError(f"--resume continues {args.out} with its own recipe; leave out {', '.join(sorted(options))}")
-    result = pretrain_teacher(args.corpus, args.out, None if args.resume else Recipe(**options), resume=args.resume,
+
+def run(args) -> int:
+    from ..config import parse_set
+    from ..pretrain.recipe import compose_recipe
+    from ..pretrain.teacher import pretrain_teacher
+
+    options = {key: getattr(args, key) for key in FLAGS if getattr(args, key) is not None}
+    if args.resume and (options or args.config or args.set):
+        given = sorted(options) + (["--config"] if args.config else []) + (["--set"] if args.set else [])
+        raise DessamError(f"--resume continues {args.out} with its own recipe; leave out {', '.join(given)}")
+    recipe = None if args.resume else compose_recipe(args.config, {**parse_set(args.set), **options})
+    result = pretrain_teacher(args.corpus, args.out, recipe, resume=args.resume,
                               device=args.device, threads=args.threads, command=command_line(),
                               progress=not args.quiet)
     scores = ", ".join(f"{name} {value:.3f}" for name, value in result.validation.items())
@@ -53,6 +59,9 @@ def add_parser(sub) -> None:
         "pixels across each box's view, a multiple of 16 (default {default})", "view_size"))
     p.add_argument("--view-context", type=float, help=recipe_default(
         "each view spans this many times its box's longer side (default {default})", "view_context"))
+    p.add_argument("--config", help="YAML file of recipe settings (any of OUT/recipe.yaml's keys; the flags go on top)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one recipe setting on top of --config (repeatable), e.g. warmup=100; the flags go on top")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt with its recipe")
     p.add_argument("--threads", type=int, help="CPU threads (1 gives bit-identical results across machines)")
     p.add_argument("--device", default="cpu")

@@ -22,7 +22,7 @@ from ..errors import DessamError
 from .sections import DetectorConfig, LossConfig, ModelConfig, Postprocess, TrainConfig, choices
 
 __all__ = ["ALIASES", "Config", "DetectorConfig", "LossConfig", "ModelConfig", "Postprocess", "TrainConfig", "choices",
-           "load_config", "parse_set", "save_config", "settings_by_key"]
+           "coerce_setting", "load_config", "parse_set", "save_config", "settings_by_key"]
 
 
 # Keys of earlier layouts, where each setting lives now.
@@ -167,7 +167,7 @@ class _Composer:
             return
         if key not in section:
             raise DessamError(f"{source}: unknown setting '{dotted}'; known: {', '.join(sorted(section))}")
-        section[key] = _coerce(value, section[key], f"{source}: {dotted}")
+        section[key] = coerce_setting(value, section[key], f"{source}: {dotted}")
         self.sources[dotted] = source
 
     def build(self) -> Config:
@@ -192,7 +192,8 @@ def _build(cls, values: dict):
                   for name, value in values.items()})
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
+def coerce_setting(value: Any, default: Any, where: str) -> Any:
+    """`value` (from YAML or `--set`) as the type of the `default` it replaces; `where` names it in errors."""
     if value is None or default is None:
         return value
     if isinstance(default, tuple):

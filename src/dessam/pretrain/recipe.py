@@ -1,11 +1,18 @@
-"""What a teacher pre-training run depends on, besides its corpus: the `Recipe` (`dessam pretrain-teacher`'s
-flags) and the encoders it may choose from."""
+"""What a teacher pre-training run depends on, besides its corpus: the `Recipe` and the encoders it may
+choose from.
+
+A recipe is composed once, as a run's `Config` is (`compose_recipe`): the defaults, then a YAML file of
+recipe settings (`dessam pretrain-teacher --config`, any subset of keys), then single settings (`--set
+KEY=VALUE` and the flags); it is saved with the run and never edited.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
+from ..config import coerce_setting
 from ..errors import DessamError
 
 
@@ -16,7 +23,7 @@ ARCH_SIZES = {          # encoders to choose from (`--arch`); all keep SAM's dec
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
     """Everything a teacher pre-training run depends on, besides the corpus."""
 
@@ -55,4 +62,25 @@ class Recipe:
             raise DessamError(f"--view-size {self.view_size}: give a multiple of 16")
         if self.views_from is not None and self.arch == "conv":
             raise DessamError("--views-from: the view encoder is a U-Net; choose --arch small or medium")
-        self.margins = tuple(int(m) for m in self.margins)
+        object.__setattr__(self, "margins", tuple(int(m) for m in self.margins))
+
+
+def compose_recipe(file=None, overrides: Optional[Mapping[str, Any]] = None) -> Recipe:
+    """The defaults, then the YAML `file`'s settings, then `overrides` ({"key": value}, in order), each
+    value read as the type of the default it replaces; an unknown key is an error naming the known ones."""
+    values = {f.name: getattr(Recipe(), f.name) for f in dataclasses.fields(Recipe)}
+    layers = []
+    if file is not None:
+        from ..yaml_file import read_yaml
+
+        layers.append((read_yaml(file, "recipe file") or {}, str(file)))
+    layers.append((overrides or {}, "command line"))
+    for data, source in layers:
+        if not isinstance(data, Mapping):
+            raise DessamError(f"{source}: expected a mapping of recipe settings, e.g. steps: 6000")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in values:
+                raise DessamError(f"{source}: unknown recipe setting '{key}'; known: {', '.join(values)}")
+            values[name] = coerce_setting(value, getattr(Recipe(), name), f"{source}: {name}")
+    return Recipe(**values)

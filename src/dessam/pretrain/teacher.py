@@ -11,8 +11,8 @@ decoder call get. Losses, on the logits of each window (one per input pixel): bi
 near the box and away from it (weighing the same, so that small nuclei are not drowned by the
 background) plus Dice, and the mean squared error of SAM's IoU head against the IoU it achieved.
 
-A run writes into its folder: `teacher.pt` (a default-teacher file, loadable with
-`--sam default --sam-checkpoint`), `teacher.md` (its model card), `log.csv` (loss and IoU per step,
+A run writes into its folder: `recipe.yaml` (its composed recipe: `--config` reads it back), `teacher.pt`
+(a default-teacher file, loadable with `--sam default --sam-checkpoint`), `teacher.md` (its model card), `log.csv` (loss and IoU per step,
 the validation IoU of every dataset at each evaluation), and `checkpoints/last.pt` to resume. The
 crops of step k depend only on (seed, k), so a resumed run is the run that was not interrupted.
 """
@@ -29,10 +29,11 @@ from typing import Optional
 
 import numpy as np
 import torch
+import yaml
 from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, remove_stale_temporaries
+from ..atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from ..data.corpus import Corpus, load_dataset, read_manifest
 from ..errors import DessamError
 from ..models.checkpoints import safe_torch_load, save_torch_atomic
@@ -221,6 +222,8 @@ def pretrain_teacher(corpus_path, out_dir, recipe: Optional[Recipe] = None, resu
     sam, arch = _teacher_network(recipe, device)
     if recipe.crop > arch["image_size"]:
         raise DessamError(f"--crop {recipe.crop}: at most the model's input size, {arch['image_size']}")
+    write_text_atomic(out_dir / "recipe.yaml", yaml.safe_dump({**asdict(recipe), "margins": list(recipe.margins)},
+                                                              sort_keys=False))
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     run = _TeacherRun(out_dir, recipe, corpus, datasets, weights, sam, arch, optimizer, device, command)
