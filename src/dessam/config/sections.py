@@ -35,8 +35,9 @@ def _literal_fields(cls) -> dict:
 
 @dataclass(frozen=True)
 class Postprocess:
-    """How raw instance masks become the label map that is scored and written (the authors' way by
-    default: see `dessam.inference.instances`)."""
+    """How results are read: which detections are kept, where their masks are cut (`mask_threshold`), how
+    the raw instance masks become the label map that is scored and written (the authors' way by default:
+    see `dessam.inference.instances`), and above which score the passes that size an image read nuclei."""
 
     score_threshold: Optional[float] = 0.55  # official test threshold; None keeps every detection
     max_detections: int = 120          # per image (or window); official; dense clusters need more
