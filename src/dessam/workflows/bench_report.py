@@ -30,7 +30,8 @@ def device_name(device: torch.device) -> str:
 
 
 def report_head(run, model_note: str) -> list:
-    """The report's title, what was measured and how, and the table of speed rows."""
+    """The report's title, what was measured and how, and the table of speed rows of `run` (the bench's
+    `_BenchRun`, in `dessam.workflows.bench`)."""
     quick_path, device, cuda = run.quick_path, run.device, run.device.type == "cuda"
     margin = local_margin(quick_path.config, quick_path.settings, quick_path.model.sam)
     memory_note = ("torch.cuda.max_memory_allocated above the start" if cuda else
