@@ -263,6 +263,14 @@ def predict_negative_pixel_size(w, tmp):
     return _predict(w, tmp) + ["--pixel-size", "-1"], ["--pixel-size -1", "positive"]
 
 
+def predict_score_threshold_above_one(w, tmp):
+    return _predict(w, tmp) + ["--score-threshold", "1.5"], ["--score-threshold 1.5", "between 0 and 1"]
+
+
+def predict_no_detection_allowed(w, tmp):
+    return _predict(w, tmp) + ["--max-detections", "0"], ["--max-detections 0", "at least 1"]
+
+
 def label_overlap_larger_than_the_window(w, tmp):
     argv = ["label", "--model", str(w.model), "--sam-checkpoint", str(w.sam), "--data", str(w.boxes_json),
             "--images", str(w.images), "--out", str(tmp / "masks.json"), "--overlap", "5000", "--quiet"]
@@ -333,6 +341,8 @@ ERROR_CASES: dict[str, Callable] = {
     "predict --roi on a plain image": predict_roi_inside_on_a_plain_image,
     "predict --overlap 5000": predict_overlap_larger_than_the_window,
     "predict --pixel-size -1": predict_negative_pixel_size,
+    "predict --score-threshold 1.5": predict_score_threshold_above_one,
+    "predict --max-detections 0": predict_no_detection_allowed,
     "label --overlap 5000": label_overlap_larger_than_the_window,
     "--resume without a checkpoint": resume_without_checkpoint,
     "unknown --set key": unknown_setting,

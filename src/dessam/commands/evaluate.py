@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .help_texts import model_default
-from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_scale_options, model_path,
-                     say_reference_terms, scale_note, torch_settings)
+from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_readout_options, check_scale_options,
+                     model_path, say_reference_terms, scale_note, torch_settings)
 
 NAME = "eval"
 
@@ -16,6 +16,7 @@ def run(args) -> int:
     from ..inference.engines import choose_engine
 
     check_scale_options(args)
+    check_readout_options(args)
     model = model_path(args)
     if args.baselines and args.model:
         say_reference_terms(model)

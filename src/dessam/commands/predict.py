@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from .help_texts import constant_default, model_default
-from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_scale_options, input_size, load,
-                     model_path, scale_note)
+from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_readout_options, check_scale_options,
+                     input_size, load, model_path, scale_note)
 
 NAME = "predict"
 
@@ -19,6 +19,7 @@ def run(args) -> int:
 
     formats = FORMATS if args.formats is None else tuple(f for f in args.formats.split(",") if f)
     check_scale_options(args)
+    check_readout_options(args)
     paths = expand_inputs(args.inputs)  # a wrong input, option, model or output is told before the model loads
     slide_options = SlideOptions(skip_glass=not args.no_skip_glass, compress_geojson=args.gzip, resume=args.resume,
                                  roi=args.roi,

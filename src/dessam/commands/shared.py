@@ -114,6 +114,17 @@ def check_scale_options(args) -> None:
     check_nucleus_size(getattr(args, "nucleus_size", None))
 
 
+def check_readout_options(args) -> None:
+    """--score-threshold, --max-detections and --min-size refused up front, each naming its flag."""
+    threshold, limit, size = (getattr(args, name, None) for name in ("score_threshold", "max_detections", "min_size"))
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise DessamError(f"--score-threshold {threshold}: use a value between 0 and 1 (0 keeps every detection)")
+    if limit is not None and limit < 1:
+        raise DessamError(f"--max-detections {limit}: keep at least 1 detection per image")
+    if size is not None and size < 0:
+        raise DessamError(f"--min-size {size}: use 0 or a positive number of pixels")
+
+
 def scale_note(model, args) -> None:
     """The one line that says how --pixel-size and --nucleus-size bring images to this model."""
     note = model.scale_note(args.pixel_size, getattr(args, "nucleus_size", None))
