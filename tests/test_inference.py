@@ -14,7 +14,7 @@ from dessam.errors import DessamError
 from dessam.geometry.inputs import prepare_image
 from dessam.inference import acceleration
 from dessam.inference.acceleration import autocast_for, maybe_compile
-from dessam.inference.instances import Instances, mask_ious
+from dessam.inference.instances import mask_ious
 from dessam.inference.masks import instance_crop
 from dessam.inference.predictor import STUDENT, Predictor, student_masks
 from dessam.config.runtime import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, fast_settings, reference_settings
@@ -329,3 +329,26 @@ def test_compiled_fast_path_agrees_with_eager_on_cuda(nuclei):
         warnings.simplefilter("error", RuntimeWarning)  # a torch.compile failure fails the test
         agreement = _agreement(reference, compiled, *nuclei)
     assert agreement >= 0.99
+
+
+def test_the_predictor_runs_a_model_through_its_own_calls(images, monkeypatch):
+    """Detection is `model.detect` and decoding `model.decode`: the Predictor does not reach into the
+    neck, the detector or the decoder's windows."""
+    predictor = _model()
+    model = predictor.model
+    found = (torch.tensor([[10.0, 12.0, 40.0, 44.0]]), torch.tensor([0.9]))
+    monkeypatch.setattr(model, "detect", lambda embeddings, sizes, side, threshold, limit: ([found[0]] * len(sizes),
+                                                                                           [found[1]] * len(sizes)))
+    decoded = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda *args, **kwargs: decoded.append(len(args[1])) or decode(*args, **kwargs))
+    image = images[0]  # 128 px: the model's own input size, so boxes come back as they were found
+    encoded = predictor.encode([image])
+    (boxes, scores), = predictor.detect(encoded)
+    np.testing.assert_array_equal(boxes, found[0].numpy())
+    np.testing.assert_array_equal(scores, [np.float32(0.9)])
+    result = predictor.predict(image, replace(predictor.postprocess, **KEEP_ALL))
+    np.testing.assert_array_equal(result.boxes, found[0].numpy())
+    assert decoded and sum(decoded) >= 1
+    # a ViT reads whole inputs, so nothing is trimmed
+    assert model.trim_multiple is None and predictor.trimmable is None

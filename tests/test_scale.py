@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from scenes import make_nuclei_scene, tiny_config, write_box_dataset
 
 from dessam.data.coco import ImageRecord

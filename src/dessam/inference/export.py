@@ -275,8 +275,7 @@ def _check_detector(predictor: Predictor, folder: Path, embedding, item, threads
         return np.float32([[10, 12, 40, 44], [100, 90, 130, 140]])
     model, post, size = predictor.model, predictor.postprocess, predictor.image_size
     threshold = post.score_threshold if post.score_threshold is not None else 0.0
-    boxes, scores = model.detector.detect(model.neck(embedding), [item.resized_hw], size, threshold,
-                                          post.max_detections)
+    boxes, scores = model.detect(embedding, [item.resized_hw], size, threshold, post.max_detections)
     boxes, scores = boxes[0].numpy(), scores[0].numpy()
     detector = open_session(folder / "detector.onnx", threads)
     got_boxes, got_scores = detector.run(None, {
@@ -327,7 +326,7 @@ def check_export(predictor: Predictor, folder, image: np.ndarray, threads: Optio
     images = torch.from_numpy(item.normalised[None])
     rows = []
     with torch.no_grad():
-        embedding = model.sam.image_encoder(images)
+        embedding = model.image_encoder(images)
         encoder = open_session(folder / "encoder.onnx", threads)
         got = encoder.run(None, {"images": images.numpy()})[0]
         rows.append(("encoder", f"embedding {tuple(got.shape)}", float(np.abs(got - embedding.numpy()).max()), ""))

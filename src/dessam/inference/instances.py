@@ -134,16 +134,9 @@ def clean_masks(
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if masks.ndim != 3 or masks.shape[0] != scores.shape[0]:
         raise ValueError(f"clean_masks needs masks (N, H, W) and N scores; got {masks.shape} and {scores.shape}")
-    keep = np.arange(masks.shape[0])
-    if settings.score_threshold is not None:
-        keep = keep[scores >= settings.score_threshold]
-    cleaned = np.zeros((keep.size,) + masks.shape[1:], dtype=bool)
-    for row, index in enumerate(keep):
-        crop, y0, x0 = clean_crop(masks[index], 0, 0, masks.shape[1:], settings)
-        cleaned[row, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-    nonempty = cleaned.any(axis=(1, 2))
-    keep = keep[nonempty]
-    return cleaned[nonempty], scores[keep], keep
+    cleaned, keep = Instances.from_masks(np.zeros((len(scores), 4)), scores, masks).postprocessed_with_index(settings)
+    full = np.stack([cleaned.mask(k) for k in range(len(cleaned))]) if len(cleaned) else np.zeros((0,) + masks.shape[1:], bool)
+    return full, cleaned.scores, keep
 
 
 def label_dtype(max_id: int) -> np.dtype:
@@ -181,11 +174,7 @@ def masks_to_labels(masks: np.ndarray, scores: np.ndarray, overlap_winner: str =
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if masks.ndim != 3 or masks.shape[0] != scores.shape[0]:
         raise ValueError(f"masks_to_labels needs masks (N, H, W) and N scores; got {masks.shape} and {scores.shape}")
-    order = score_order(scores)
-    labels = np.zeros(masks.shape[1:], dtype=label_dtype(masks.shape[0]))
-    for rank in paint_ranks(order.size, overlap_winner):
-        labels[masks[order[rank - 1]]] = rank
-    return labels
+    return Instances.from_masks(np.zeros((len(scores), 4)), scores, masks).by_score().paint(overlap_winner)
 
 
 def labels_to_masks(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +250,13 @@ class Instances:
 
     def postprocessed(self, settings: Postprocess) -> "Instances":
         """Score threshold, holes and islands (see the module docstring), then masks left empty
-        dropped; the order is kept."""
+        dropped; the order is kept. The one place where dessam's results are cleaned: full-size
+        masks (`clean_masks`) and a slide's streamed rows (`dessam.inference.slide_stream`) come
+        here too."""
+        return self.postprocessed_with_index(settings)[0]
+
+    def postprocessed_with_index(self, settings: Postprocess) -> tuple:
+        """(`postprocessed(settings)`, the positions of the instances it kept, in order)."""
         keep = np.arange(len(self))
         if settings.score_threshold is not None:
             keep = keep[self.scores >= settings.score_threshold]
@@ -273,7 +268,7 @@ class Instances:
                 origins.append((y0, x0))
                 kept.append(index)
         kept = np.asarray(kept, dtype=np.int64)
-        return Instances(self.boxes[kept], self.scores[kept], crops, origins, self.shape)
+        return Instances(self.boxes[kept], self.scores[kept], crops, origins, self.shape), kept
 
     def paint(self, overlap_winner: str = "lower-score") -> np.ndarray:
         """One label map: id k is instance k - 1, so the instances must be in descending score order

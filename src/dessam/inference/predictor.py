@@ -18,7 +18,6 @@ given per call (default: the model's configuration, `predictor.postprocess`); ho
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -34,8 +33,6 @@ from .acceleration import autocast_for, maybe_compile
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, decoding_order, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
 from ..config.runtime import InferenceSettings, fast_settings
-
-ENCODER_MULTIPLE = 16  # the bundled encoders' coarsest stride: a trimmed input's side divides by it
 
 
 class Predictor(Pipeline):
@@ -62,7 +59,7 @@ class Predictor(Pipeline):
         head = getattr(self.model, "size_head", None)
         if head is None or not head.is_trained:
             return None
-        encoder = self.model.sam.image_encoder
+        encoder = self.model.image_encoder
         fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
         crops = estimation_crops(image, fixed)
         images, valid_hw = crop_inputs(crops, padded_side(crops, fixed))
@@ -73,13 +70,9 @@ class Predictor(Pipeline):
     @property
     def trimmable(self) -> Optional[int]:
         """What the side of a trimmed input must divide by, or None when the encoder must read whole
-        inputs: a fixed-size encoder (a ViT), `fit` scaling (every image fills the input), or a
-        decoder that reads the embeddings (see `Encoded`)."""
-        encoder = self.model.sam.image_encoder
-        if (self.scale.mode == "fit" or getattr(encoder, "pos_embed", None) is not None
-                or self.model.decoder.views is None or getattr(self.model, "detector", None) is None):
-            return None
-        return math.lcm(ENCODER_MULTIPLE, *self.model.neck.strides)
+        inputs: `fit` scaling (every image fills the input), or what the model says
+        (`DESSAM.trim_multiple`: a fixed-size encoder, a decoder that reads the embeddings, no detector)."""
+        return None if self.scale.mode == "fit" else self.model.trim_multiple
 
     @property
     def trim_multiple(self) -> Optional[int]:
@@ -96,7 +89,7 @@ class Predictor(Pipeline):
         batch = torch.from_numpy(np.stack([item.normalised for item in inputs])).to(self.device)
         side = trimmed_side([item.resized_hw for item in inputs], self.image_size, self.trim_multiple)
         read = batch if side is None else batch[:, :, :side, :side]
-        encoder = maybe_compile(self.model.sam.image_encoder, self.settings, self.device, n_images)
+        encoder = maybe_compile(self.model.image_encoder, self.settings, self.device, n_images)
         pieces = []
         with autocast_for(self.settings, self.device):
             for start in range(0, len(read), self.settings.batch_size):
@@ -113,10 +106,8 @@ class Predictor(Pipeline):
         lose pixels in bf16): scores above the threshold, NMS, at most `max_detections`."""
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        boxes, scores = self.model.detector.detect(
-            self.model.neck(encoded.detector_embeddings()), [item.resized_hw for item in encoded.inputs],
-            encoded.side or self.image_size, threshold, postprocess.max_detections,
-        )
+        boxes, scores = self.model.detect(encoded.detector_embeddings(), [item.resized_hw for item in encoded.inputs],
+                                          encoded.side or self.image_size, threshold, postprocess.max_detections)
         return [((b / torch.from_numpy(item.scale).to(b.device)).cpu().numpy().astype(np.float32),
                  s.cpu().numpy().astype(np.float64)) for item, b, s in zip(encoded.inputs, boxes, scores)]
 
@@ -149,10 +140,9 @@ def decode(predictor, encoded, boxes: list, use_token: bool = True, n_images: Op
     chunks = []
     for start in range(0, len(prompts), settings.decoder_chunk):
         chosen = order[start:start + settings.decoder_chunk].to(device)
-        origins, size = model.decoder.windows(prompts[chosen], margin)
         with autocast_for(settings, device, "decoder"):
-            decoded = decoder(encoded.embeddings, prompts[chosen], owner[chosen], use_token=use_token,
-                              origins=origins, size=size, images=encoded.images)
+            decoded = model.decode(encoded.embeddings, prompts[chosen], owner[chosen], use_token, margin,
+                                   encoded.images, decoder)
         decoded.logits = decoded.logits.float()
         chunks.append((chosen.tolist(), owner[chosen].tolist(), decoded))
     return chunks

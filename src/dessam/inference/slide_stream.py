@@ -35,7 +35,6 @@ from ..geometry.mapping import crop_to_source
 from ..geometry.tiling import Piece, unique_pieces
 from ..geometry.plan import WindowPlan
 from . import windowed
-from .instances import clean_crop
 from .pipeline import STUDENT, student_masks
 
 PART_FORMAT = "dessam-slide-part"
@@ -103,20 +102,15 @@ def _decide(pool: list, frontier: float, plan: WindowPlan, postprocess: Postproc
     """(nuclei decided, pool left, next id): the merge over every undecided candidate, kept for the
     candidates no later window can reach (those ending above `frontier`)."""
     kept = set(unique_pieces(pool))
-    decided, left = [], []
+    ready, left = [], []
     for index, piece in enumerate(pool):
         if piece.bottom > frontier:
             left.append(piece)
-            continue
-        if index not in kept:
-            continue
-        if postprocess.score_threshold is not None and piece.score < postprocess.score_threshold:
-            continue
-        crop, y0, x0 = clean_crop(piece.crop, *piece.origin, plan.shape, postprocess)
-        if not crop.size or not crop.any():
-            continue
-        box, mask = crop_to_source(crop, (y0, x0), plan.downsample, plan.offset)
-        decided.append((piece.score, box, mask))
+        elif index in kept:
+            ready.append(piece)
+    cleaned = windowed.pieces_to_instances(ready, plan.shape).postprocessed(postprocess)
+    decided = [(float(score), *crop_to_source(crop, (int(origin[0]), int(origin[1])), plan.downsample, plan.offset))
+               for score, crop, origin in zip(cleaned.scores, cleaned.crops, cleaned.origins)]
     decided.sort(key=lambda item: -item[0])  # within a row: ids from the highest score
     nuclei = [Nucleus(next_id + k, box, mask, score) for k, (score, box, mask) in enumerate(decided)]
     return nuclei, left, next_id + len(nuclei)

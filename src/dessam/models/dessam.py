@@ -8,6 +8,9 @@ never on pixels, except for the edge-aware loss which needs the image colours.
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
@@ -17,11 +20,13 @@ from .losses import distillation_losses, edge_aware_losses, valid_region
 from .detector import BoxDetector
 from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid
+from .promptable_sam import SegmentsBoxes
 from .prompted_decoder import PromptedMaskDecoder, decoding_margin
 from .size_head import NucleusSizeHead
 
 TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.", "size_head.")
 OWN_STAGE_PREFIXES = ("size_head.",)  # trained on its own (`dessam.training.size_head`), not with the detector
+ENCODER_MULTIPLE = 16  # the bundled encoders' coarsest stride: a trimmed input's side divides by it
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
 
 
@@ -40,7 +45,7 @@ def positive_proposals(rois, max_prompts: int) -> tuple:
     return torch.cat(proposals).detach(), torch.cat(matched), torch.cat(matched_index), torch.cat(image_index)
 
 
-class DESSAM(nn.Module):
+class DESSAM(SegmentsBoxes, nn.Module):
     def __init__(self, sam: Sam, config: Config):
         super().__init__()
         self.config = config
@@ -86,6 +91,24 @@ class DESSAM(nn.Module):
     def encode(self, images_normalised: torch.Tensor) -> torch.Tensor:
         """SAM's image embedding of padded, normalised images (B, 3, S, S)."""
         return self.sam.image_encoder(images_normalised)
+
+    # ----- inference -------------------------------------------------------------------------
+    @property
+    def trim_multiple(self) -> Optional[int]:
+        """What the side of an input encoded without its zero padding must divide by (every stride
+        of the encoder and the pyramid), or None: a fixed-size encoder (a ViT) or a decoder that
+        reads the embeddings, not per-box views (see `dessam.inference.pipeline.Encoded`)."""
+        if getattr(self.image_encoder, "pos_embed", None) is not None or self.decoder.views is None:
+            return None
+        return math.lcm(ENCODER_MULTIPLE, *self.neck.strides)
+
+    @torch.no_grad()
+    def detect(self, embeddings: torch.Tensor, image_sizes: list, input_side: int, score_threshold: float,
+               max_detections: int) -> tuple:
+        """Per image, boxes (input frame) and scores of the nuclei found in `embeddings` of inputs
+        whose top-left `input_side` square was encoded (images of `image_sizes` inside it): scores
+        above `score_threshold`, NMS, the `max_detections` best."""
+        return self.detector.detect(self.neck(embeddings), image_sizes, input_side, score_threshold, max_detections)
 
     # ----- training --------------------------------------------------------------------------
     def forward(self, embeddings, images_rgb, images_normalised, gt_boxes, image_sizes, gt_masks=None):

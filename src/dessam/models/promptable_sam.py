@@ -1,20 +1,51 @@
-"""The frozen SAM prompted with boxes, without a detector: DES-SAM's teacher on its own.
+"""The frozen SAM prompted with boxes, without a detector: DES-SAM's teacher on its own; and
+`SegmentsBoxes`, what the inference pipeline asks of any model that segments boxes.
 
 What the inference pipeline (`dessam.inference.predictor.Predictor`) needs to segment given boxes
 is an image encoder and a box-prompted decoder; `DESSAM` adds a detector and a learned token to
-those. This module is the two without the rest, so that boxes can be segmented by SAM itself
+those. `PromptableSam` is the two without the rest, so that boxes can be segmented by SAM itself
 (`dessam label` without a trained model). It has nothing to train.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
 from .prompted_decoder import PromptedMaskDecoder
 
 
-class PromptableSam(nn.Module):
+class SegmentsBoxes:
+    """The calls of a model that segments boxes (mixed into `PromptableSam` and `DESSAM`), so that
+    the Predictor runs a model without reaching into its parts: `image_encoder`, `decode`, and
+    `trim_multiple`. A model with a detector adds `detect`."""
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.sam.image_encoder
+
+    @property
+    def trim_multiple(self) -> Optional[int]:
+        """What the side of an input encoded without its zero padding must divide by, or None when
+        the encoder must read whole inputs (see `dessam.inference.pipeline.Encoded`)."""
+        return None
+
+    @torch.no_grad()
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, use_token: bool = True,
+               margin: Optional[int] = None, images: Optional[torch.Tensor] = None, decoder=None):
+        """SAM's decoder prompted with `boxes` (N, 4, input frame) of the images `owner` names, each
+        on the window `self.decoder.windows` gives it (`margin` tokens around it; None: the whole
+        embedding): `DecodedMasks`. `decoder`: what runs `self.decoder` (a compiled wrapper of it,
+        `dessam.inference.acceleration.maybe_compile`); default the module itself."""
+        origins, size = self.decoder.windows(boxes, margin)
+        return (decoder or self.decoder)(embeddings, boxes, owner, use_token=use_token, origins=origins, size=size,
+                                         images=images)
+
+
+class PromptableSam(SegmentsBoxes, nn.Module):
     def __init__(self, sam: Sam):
         super().__init__()
         self.sam = sam

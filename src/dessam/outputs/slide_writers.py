@@ -21,7 +21,7 @@ import gzip
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..data.coco import ImageRecord, segmentation_to_mask
+from ..data.coco import segmentation_to_mask
 from ..errors import DessamError
 from ..geometry.mapping import tight
 from ..models.frame_masks import FrameMasks, rasterise
