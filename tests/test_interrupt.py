@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from scenes import tiny_config
@@ -24,13 +25,14 @@ def _rows(log_path) -> int:
         return 0
 
 
-def _kill_mid_epoch(argv, env, run, per_epoch):
-    """Start `argv`; SIGKILL it once epoch 1 is checkpointed and two more iterations are logged."""
+def _kill_mid_epoch(argv, env, run, per_epoch, after=2):
+    """Start `argv`; SIGKILL it once epoch 1 is checkpointed and `after` more iterations are logged
+    (0: as soon as its epoch checkpoint is there, which is written after the last one)."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            if (run / "checkpoints" / "epoch_001.pt").is_file() and _rows(run / "log.csv") >= per_epoch + 2:
+            if (run / "checkpoints" / "epoch_001.pt").is_file() and _rows(run / "log.csv") >= per_epoch + after:
                 os.kill(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.005)
@@ -45,7 +47,8 @@ def _kill_mid_epoch(argv, env, run, per_epoch):
     return rows
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(box_dataset, tmp_path):
+@pytest.mark.parametrize("after", [2, 0], ids=["two-iterations-into-epoch-2", "at-epoch-1-checkpoint"])
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(box_dataset, tmp_path, after):
     boxes_json, _, images = box_dataset
     per_epoch = 6
     reference = train(tiny_config(epochs=EPOCHS), boxes_json, images, tmp_path / "reference", progress=False)
@@ -56,8 +59,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(box_dataset,
     argv = [sys.executable, "-m", "dessam", "train", "--train", str(boxes_json), "--images", str(images),
             "--config", str(config), "--sam", "tiny", "--out", str(run), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    rows_at_kill = _kill_mid_epoch(argv, env, run, per_epoch)
-    assert per_epoch < rows_at_kill < EPOCHS * per_epoch
+    rows_at_kill = _kill_mid_epoch(argv, env, run, per_epoch, after)
+    assert per_epoch <= rows_at_kill < EPOCHS * per_epoch
 
     # what a kill at a worse moment leaves: a half-written checkpoint and a half-written log row
     (run / "checkpoints" / ".last.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")

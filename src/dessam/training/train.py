@@ -319,12 +319,13 @@ class Trainer:
             self.stopped = bool(self.on_iteration(self.iteration, self.total, total_loss.item()))
 
     def end_epoch(self) -> None:
-        """The next epoch's position; the epoch's checkpoint, the last checkpoint and model.pt."""
+        """The next epoch's position; the last checkpoint, the epoch's checkpoint and model.pt (the
+        last one first: a run killed between the two still resumes from this epoch)."""
         self.epoch, self.start_batch = self.epoch + 1, 0
         if self.dist.is_main:
             state_now = self.model.trainable_state_dict()
-            self.write_checkpoint(self.last_path.parent / f"epoch_{self.epoch:03d}.pt", state_now)
             self.write_checkpoint(self.last_path, state_now)
+            self.write_checkpoint(self.last_path.parent / f"epoch_{self.epoch:03d}.pt", state_now)
             save_model_file(self.out_dir / "model.pt", state_now, self.config, self.identity, self.epoch, self.iteration,
                             self.scale, self.terms.to_dict())
 
