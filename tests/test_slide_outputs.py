@@ -3,6 +3,8 @@
 import csv
 import gzip
 import json
+import re
+import uuid
 
 import numpy as np
 import pytest
@@ -52,6 +54,23 @@ def test_label_pyramid_level0_equals_the_map_fed_tile_by_tile(tmp_path):
         np.testing.assert_array_equal(series.levels[0].asarray(), labels)
         np.testing.assert_array_equal(series.levels[1].asarray(), labels[::4, ::4])  # nearest: ids stay exact
         assert tiff_pixel_size_um(tif) == pytest.approx((0.25, 0.25))
+
+
+def test_the_same_nuclei_write_the_same_label_file_byte_for_byte(tmp_path):
+    """The OME-XML's UUID follows from the nuclei, so a re-run gives an identical file; other
+    nuclei give another UUID."""
+    labels = _label_map(300, 400, 40, seed=2)
+    written = []
+    for name, chosen in (("a", labels), ("b", labels), ("c", _label_map(300, 400, 40, seed=3))):
+        path = tmp_path / f"{name}.ome.tif"
+        with LabelPyramidWriter(path, 400, 300, pixel_size_um=0.5, tile=128) as writer:
+            for nucleus in _tiles(chosen, 128):
+                writer.add(nucleus)
+        written.append(path.read_bytes())
+    assert written[0] == written[1] and written[0] != written[2]
+    with tifffile.TiffFile(tmp_path / "a.ome.tif") as first, tifffile.TiffFile(tmp_path / "c.ome.tif") as other:
+        uuids = [re.search(r'UUID="urn:uuid:([0-9a-f-]+)"', tif.ome_metadata).group(1) for tif in (first, other)]
+    assert uuids[0] != uuids[1] and all(uuid.UUID(u).version == 5 for u in uuids)
 
 
 def test_label_pyramid_clips_nuclei_at_the_slide_edge_and_later_ones_paint_over(tmp_path):

@@ -11,9 +11,11 @@ entry per nucleus; the temporary file holds about an eighth of a byte per mask p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
+import uuid
 from array import array
 from pathlib import Path
 from typing import Iterator, Optional
@@ -94,10 +96,21 @@ class LabelPyramidWriter:
         """Write the label image and free the temporary file."""
         try:
             write_pyramid_tiff(self.path, self._bands_iter(), self.width, self.height, channels=1, dtype=np.uint32,
-                               labels=True, tile=self.tile, layout="ome", pixel_size_um=self.pixel_size_um)
+                               labels=True, tile=self.tile, layout="ome", pixel_size_um=self.pixel_size_um,
+                               uuid=self.content_uuid())
         finally:
             self.discard()
         return self.path
+
+    def content_uuid(self) -> str:
+        """A UUID that follows from what the file will hold (size, pixel size, tile, overlap rule and
+        every nucleus added, in order), so that the same nuclei write the same file byte for byte."""
+        digest = hashlib.sha256(repr((self.width, self.height, self.pixel_size_um, self.tile,
+                                      self.overlap_winner, self.count)).encode())
+        self._spill.seek(0)
+        for chunk in iter(lambda: self._spill.read(1 << 20), b""):
+            digest.update(chunk)
+        return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
 
     def discard(self) -> None:
         """Forget the nuclei without writing anything."""

@@ -148,8 +148,11 @@ def write_pyramid_tiff(
     layout: str = "ome",
     pixel_size_um: Optional[float] = None,
     quality: int = 90,
+    uuid: Optional[str] = None,
 ) -> Path:
-    """Write the image whose level-0 bands `bands` yields (see the module docstring)."""
+    """Write the image whose level-0 bands `bands` yields (see the module docstring). `uuid`: the
+    OME-XML's UUID (default: a new one each time, as tifffile makes it); the same content given the
+    same UUID writes the same bytes."""
     _check_arguments(channels, labels, tile, layout, pixel_size_um)
     path = Path(path)
     shapes = level_shapes(height, width, tile)
@@ -170,7 +173,7 @@ def write_pyramid_tiff(
             first = {"shape": pyramid.shape(0), "dtype": dtype, **common, **resolution}
             level1 = {"shape": pyramid.shape(1), "dtype": dtype, **common} if len(shapes) > 1 else None
             if layout == "ome":
-                _write_ome(tif, pyramid, bands, first, level1, common, channels, pixel_size_um)
+                _write_ome(tif, pyramid, bands, first, level1, common, channels, pixel_size_um, uuid)
             else:
                 description = _aperio_description(width, height, tile, quality, pixel_size_um)
                 _write_aperio(tif, pyramid, bands, first, level1, common, description, quality)
@@ -191,9 +194,11 @@ def _check_arguments(channels: int, labels: bool, tile: int, layout: str, pixel_
 
 
 def _write_ome(tif, pyramid: "_Pyramid", bands, first: dict, level1: Optional[dict], common: dict, channels: int,
-               pixel_size_um: Optional[float]) -> None:
+               pixel_size_um: Optional[float], uuid: Optional[str] = None) -> None:
     """Level 0 with its smaller levels as SubIFDs, the OME-XML metadata in the first page."""
     metadata = {"axes": "YXS" if channels > 1 else "YX"}
+    if uuid:
+        metadata["UUID"] = f"urn:uuid:{uuid}"
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
