@@ -29,8 +29,9 @@ def test_quick_demo_writes_the_report_curves_and_overlays(tmp_path):
 def test_the_demo_holds_the_math_libraries_to_one_instruction_set_unless_told_otherwise(monkeypatch):
     from dessam.workflows.demo import CPU_MATH, pin_cpu_math
 
-    for key in CPU_MATH:
-        monkeypatch.delenv(key, raising=False)
+    for key in CPU_MATH:  # set first, so that monkeypatch restores the environment as it found it
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("MKL_CBWR", "AUTO")   # a value already set wins: runs can be compared
     pin_cpu_math()
     import os
