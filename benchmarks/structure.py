@@ -8,7 +8,9 @@ SRC: the `src` folder of the checkout to measure (default: this one's). For `des
 modules whose functions are called and the climbs back up: calls from a module of a lower layer
 (ARCHITECTURE.md, as declared in tests/test_architecture.py) into a module of a higher one, each
 pair of modules counted once. A callback counts from the dessam function that passed it; frames of
-other libraries (torch calling `forward`) are skipped to the nearest dessam caller.
+other libraries (torch calling `forward`) are skipped to the nearest dessam caller. The runs use an
+empty DESSAM_HOME of their own, and `dessam predict` is run once before the traced run, in a process of
+its own, so that the count never includes a first use's export of the model's graphs into the cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -109,6 +112,8 @@ def main() -> None:
     src = Path(args.src).resolve()
     sys.path.insert(0, str(src))
     os.environ.setdefault("TQDM_DISABLE", "1")
+    home = tempfile.TemporaryDirectory()
+    os.environ["DESSAM_HOME"] = home.name  # an empty cache, so that every run counts the same
     import torch
 
     torch.set_num_threads(1)
@@ -133,6 +138,10 @@ def main() -> None:
             if argv is None:
                 model = args.model or str(work / "run" / "model.pt")
                 argv = ["predict", str(image), "--model", model, "--out", str(work / "pred"), "--quiet"]
+                # once before, in a process of its own: a first run may export the model's graphs
+                # into the cache (the ONNX engine's first use); the count is of a run after it
+                subprocess.run([sys.executable, "-m", "dessam", *argv[:-3], "--out", str(work / "warm"), "--quiet"],
+                               check=True, env=dict(os.environ, PYTHONPATH=str(src)))
             called, climbs = trace(argv)
             print(f"dessam {name}: {len(called)} modules, {len(climbs)} climbs back up")
             for caller, callee in climbs:
