@@ -41,8 +41,8 @@ class SegmentsBoxes:
         embedding): `DecodedMasks`. `decoder`: what runs `self.decoder` (a compiled wrapper of it,
         `dessam.inference.acceleration.maybe_compile`); default the module itself."""
         origins, size = self.decoder.windows(boxes, margin)
-        return (decoder or self.decoder)(embeddings, boxes, owner, use_token=use_token, origins=origins, size=size,
-                                         images=images)
+        run = self.decoder if decoder is None else decoder
+        return run(embeddings, boxes, owner, use_token=use_token, origins=origins, size=size, images=images)
 
 
 class PromptableSam(SegmentsBoxes, nn.Module):
