@@ -88,6 +88,8 @@ def test_ome_layout_same_seed_same_slide(tmp_path):
     assert a.with_name("a_boxes.csv").read_text().replace("a.ome.tif", "") == \
         b.with_name("b_boxes.csv").read_text().replace("b.ome.tif", "")
     np.testing.assert_array_equal(tifffile.imread(a), tifffile.imread(b))
+    assert a.read_bytes() == b.read_bytes()  # the OME UUID follows from the settings too
+    assert a.with_name("a_labels.ome.tif").read_bytes() == b.with_name("b_labels.ome.tif").read_bytes()
 
 
 def test_tile_grid_and_roi():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -195,7 +196,10 @@ def write_synthetic_slide(
     look = _look(rng, shift=False)
     groups = _place_groups(rng, width, height, cell_fraction)
     bands = _Bands(seed, width, height, tile, groups, look, on_nucleus)
-    write_pyramid_tiff(path, bands, width, height, tile=tile, layout=layout, pixel_size_um=pixel_size_um)
+    # an OME UUID that follows from what is drawn: the same settings write the same file
+    drawn = repr(("dessam synthetic slide", width, height, pixel_size_um, cell_fraction, seed, tile))
+    write_pyramid_tiff(path, bands, width, height, tile=tile, layout=layout, pixel_size_um=pixel_size_um,
+                       uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, drawn)))
     covered = sum(math.pi * g.radius**2 for g in groups) / (width * height)
     return SyntheticSlide(Path(path), width, height, pixel_size_um, len(groups), bands.nuclei, covered)
 
