@@ -191,3 +191,40 @@ def test_an_instance_hidden_under_two_same_window_neighbours_is_not_kept_twice()
             shared = (flat[i] & flat[j]).sum()
             assert shared <= 0.5 * min(flat[i].sum(), flat[j].sum()), (i, j)
     assert len(masks) == 3
+
+
+def test_run_windows_walks_the_chosen_windows_batch_by_batch():
+    """The one loop over a plan's windows: the chosen windows in batches, each read once, one result
+    per window in window order, progress after each batch, and a stop raised from it ends the walk."""
+    from dessam.geometry.plan import WindowPlan
+    from dessam.geometry.scale import ModelScale
+    from dessam.inference.windowed import run_windows, window_reader
+
+    image = np.arange(300 * 500, dtype=np.float32).reshape(300, 500)
+    plan = WindowPlan.for_image(image.shape, 128, ModelScale("fixed"), tile=True, overlap=16)
+    assert len(plan.windows) > 6
+    chosen = [0, 2, 3, 5, 6]
+    batches, progress = [], []
+
+    def work(batch, images):
+        batches.append(list(batch))
+        for index, window_image in zip(batch, images):
+            window = plan.windows[index]
+            np.testing.assert_array_equal(window_image, image[window.rows, window.cols])
+        return [f"result {index}" for index in batch]
+
+    out = run_windows(plan, 2, window_reader(plan, image), work, chosen, on_window=lambda done, total: progress.append((done, total)))
+    assert batches == [[0, 2], [3, 5], [6]]
+    assert out == [(index, f"result {index}") for index in chosen]
+    assert progress == [(2, 5), (4, 5), (5, 5)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done, total):
+        raise Stop
+
+    batches.clear()
+    with pytest.raises(Stop):
+        run_windows(plan, 2, window_reader(plan, image), work, chosen, on_window=stop_after_first)
+    assert batches == [[0, 2]]

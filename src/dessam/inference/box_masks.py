@@ -28,6 +28,7 @@ from ..geometry.inputs import as_rgb
 from ..geometry.scale import median_box_side
 from .instances import Instances, clean_crop, rescale_instances
 from .masks import instance_crop
+from .windowed import run_windows, window_reader
 
 STABILITY_OFFSET = 1.0  # SAM's stability_score_offset
 
@@ -59,18 +60,18 @@ def box_masks(predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool =
     working = plan.working(image)  # when fitted, the image itself: fitted to the input by `encode`
     scaled = plan.to_working(boxes)
     owner = plan.owners(scaled)
-    crops, origins = [np.zeros((0, 0), bool)] * len(boxes), np.zeros((len(boxes), 2), np.int64)
-    iou, stability = np.zeros(len(boxes)), np.zeros(len(boxes))
     threshold = predictor.config.model.postprocess.mask_threshold
     used = [index for index in range(len(plan.windows)) if (owner == index).any()]
-    done = 0
-    for chosen in plan.batches(predictor.settings.batch_size, used):
+
+    def batch_masks(chosen: list, images: list) -> list:
+        """Per window of the batch, (box index, crop, origin in the working image, IoU, stability) of its boxes."""
         batch = [plan.windows[index] for index in chosen]
         members = [np.flatnonzero(owner == index) for index in chosen]
-        encoded = predictor.encode([working[window.rows, window.cols] for window in batch])
+        encoded = predictor.encode(images)
         prompts = [np.clip(scaled[m] - [w.x0, w.y0, w.x0, w.y0], 0, [w.x1 - w.x0, w.y1 - w.y0] * 2)
                    for w, m in zip(batch, members)]
         flat = np.concatenate(members)
+        per_window = [[] for _ in chosen]
         for decoded in predictor.decode(encoded, prompts, use_token):
             for position, (index, number) in enumerate(zip(decoded.indices, decoded.owners)):
                 logits, origin = decoded.logits[position, 0], tuple(decoded.origins[position].tolist())
@@ -78,13 +79,16 @@ def box_masks(predictor, image: np.ndarray, boxes: np.ndarray, use_token: bool =
                 crop, y0, x0 = instance_crop(logits, origin, decoded.frame, item, threshold)
                 strict, loose = (instance_crop(logits, origin, decoded.frame, item, limit)[0].sum()
                                  for limit in (threshold + STABILITY_OFFSET, threshold - STABILITY_OFFSET))
-                box = flat[index]
-                crops[box], origins[box] = crop, (y0 + batch[number].y0, x0 + batch[number].x0)
-                iou[box] = float(decoded.iou[position, 0])
-                stability[box] = strict / loose if loose else 0.0
-        done += len(chosen)
-        if on_window is not None:
-            on_window(done, len(used))
+                per_window[number].append((flat[index], crop, (y0 + batch[number].y0, x0 + batch[number].x0),
+                                           float(decoded.iou[position, 0]), strict / loose if loose else 0.0))
+        return per_window
+
+    crops, origins = [np.zeros((0, 0), bool)] * len(boxes), np.zeros((len(boxes), 2), np.int64)
+    iou, stability = np.zeros(len(boxes)), np.zeros(len(boxes))
+    for _, results in run_windows(plan, predictor.settings.batch_size, window_reader(plan, working),
+                                  batch_masks, used, on_window):
+        for box, crop, origin, box_iou, box_stability in results:
+            crops[box], origins[box], iou[box], stability[box] = crop, origin, box_iou, box_stability
     found = Instances(scaled, iou, crops, origins, plan.shape)
     if plan.shape != (height, width):
         found = rescale_instances(found, (height, width))

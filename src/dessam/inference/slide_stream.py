@@ -127,15 +127,20 @@ def stream_slide(model, slide, plan: WindowPlan, run: np.ndarray, parts: Path, p
     bar = tqdm(total=total, desc=desc, unit="window", disable=not progress)
     found = next_id - 1
     sources = {STUDENT: windowed.MaskSource(student_masks)}
+
+    def read(index: int) -> np.ndarray:
+        window = plan.windows[index]
+        return slide.read_scaled(plan.source_rect(index)[:2], (window.x1 - window.x0, window.y1 - window.y0),
+                                 plan.downsample)
+
+    def batch_instances(batch: list, images: list) -> list:
+        return windowed.window_instances(model, images, postprocess, sources)
+
     for row_index in range(first_row, len(rows)):
         indices = [i for i in rows[row_index] if run[i]]
-        for batch in plan.batches(model.settings.batch_size, indices):
-            images = [slide.read_scaled(plan.source_rect(i)[:2], (plan.windows[i].x1 - plan.windows[i].x0,
-                                                                  plan.windows[i].y1 - plan.windows[i].y0),
-                                        plan.downsample) for i in batch]
-            for index, result in zip(batch, windowed.window_instances(model, images, postprocess, sources)):
-                pool += windowed.pieces(plan.windows[index], result[STUDENT], index)
-            bar.update(len(batch))
+        for index, result in windowed.run_windows(plan, model.settings.batch_size, read, batch_instances, indices,
+                                                  bar=bar):
+            pool += windowed.pieces(plan.windows[index], result[STUDENT], index)
         frontier = plan.windows[rows[row_index + 1][0]].y0 if row_index + 1 < len(rows) else math.inf
         nuclei, pool, next_id = _decide(pool, frontier, plan, postprocess, next_id)
         found += len(nuclei)

@@ -4,6 +4,11 @@
 resampled and cut into windows), runs the windows through `window_instances` in batches, merges the
 nuclei the windows share (`dessam.geometry.tiling`) and maps them back to the image's own pixels.
 
+`run_windows` is the one loop over a plan's windows, batch by batch, for every caller: an image's
+windows here, the windows that hold given boxes (`dessam.inference.box_masks`) and a slide's rows of
+windows read from its pyramid (`dessam.inference.slide_stream`); each gives how a window is read and
+what a batch of them gives.
+
 Several mask sources can be read from one encoding and one detection per window: a `MaskSource`
 gives the masks of a batch of windows prompted with boxes, either the detector's or, with
 `given_boxes`, boxes given with the image (each prompted in the window where it lies farthest from
@@ -94,6 +99,29 @@ def _fill(results: list, sources: Mapping[str, MaskSource], predictor, encoded, 
             result[name] = instances
 
 
+def run_windows(plan: WindowPlan, batch_size: int, read: Callable[[int], np.ndarray],
+                work: Callable[[list, list], list], indices: Optional[list] = None,
+                on_window: Optional[Callable[[int, int], None]] = None, bar=None) -> list:
+    """The windows `indices` of `plan` (default: all) in batches of `batch_size`: each batch's images,
+    `read(index)` for each window, go to `work(batch, images)`, which gives one result per window.
+    Returns (index, result) pairs in window order. After each batch `bar` (a tqdm) moves on and
+    on_window(done, total) is called; an exception it raises stops the work there."""
+    indices = list(range(len(plan.windows))) if indices is None else list(indices)
+    out = []
+    for batch in plan.batches(batch_size, indices):
+        out += zip(batch, work(batch, [read(index) for index in batch]))
+        if bar is not None:
+            bar.update(len(batch))
+        if on_window is not None:
+            on_window(len(out), len(indices))
+    return out
+
+
+def window_reader(plan: WindowPlan, working: np.ndarray) -> Callable[[int], np.ndarray]:
+    """Window `index` of `plan` cut from the working image (the image at the model's scale)."""
+    return lambda index: working[plan.windows[index].rows, plan.windows[index].cols]
+
+
 def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSource],
                     postprocess: Optional[Postprocess] = None, given_boxes: Optional[np.ndarray] = None,
                     tile: Optional[bool] = None, overlap: int = 64, pixel_size_um: Optional[float] = None,
@@ -120,20 +148,15 @@ def image_instances(predictor, image: np.ndarray, sources: Mapping[str, MaskSour
     working = plan.working(image)
     scaled = None if given_boxes is None else plan.to_working(given_boxes)
     owner = None if scaled is None else plan.owners(scaled)
-    found = []
-    bar = tqdm(total=len(plan.windows), desc="tiles", unit="tile", disable=not progress or len(plan.windows) == 1)
-    try:
-        for batch in plan.batches(predictor.settings.batch_size):
-            windows = [plan.windows[index] for index in batch]
-            given = None if scaled is None else [window_boxes(scaled, owner == index, plan.windows[index])
-                                                 for index in batch]
-            found += window_instances(predictor, [working[w.rows, w.cols] for w in windows], postprocess, sources,
-                                      given, n_images=len(plan.windows), read_if=read_if, size_threshold=size_threshold)
-            bar.update(len(batch))
-            if on_window is not None:
-                on_window(len(found), len(plan.windows))
-    finally:
-        bar.close()
+
+    def batch_instances(batch: list, images: list) -> list:
+        given = None if scaled is None else [window_boxes(scaled, owner == index, plan.windows[index]) for index in batch]
+        return window_instances(predictor, images, postprocess, sources, given, n_images=len(plan.windows),
+                                read_if=read_if, size_threshold=size_threshold)
+
+    with tqdm(total=len(plan.windows), desc="tiles", unit="tile", disable=not progress or len(plan.windows) == 1) as bar:
+        found = [result for _, result in run_windows(plan, predictor.settings.batch_size, window_reader(plan, working),
+                                                     batch_instances, on_window=on_window, bar=bar)]
     out = {}
     for name, source in ((n, s) for n, s in sources.items() if all(n in result for result in found)):
         pairs = [(window, result[name]) for window, result in zip(plan.windows, found)]
