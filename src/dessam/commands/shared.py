@@ -114,15 +114,22 @@ def check_scale_options(args) -> None:
     check_nucleus_size(getattr(args, "nucleus_size", None))
 
 
+READOUT_FLAGS = {"score_threshold": "--score-threshold", "max_detections": "--max-detections", "min_size": "--min-size"}
+
+
 def check_readout_options(args) -> None:
-    """--score-threshold, --max-detections and --min-size refused up front, each naming its flag."""
-    threshold, limit, size = (getattr(args, name, None) for name in ("score_threshold", "max_detections", "min_size"))
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise DessamError(f"--score-threshold {threshold}: use a value between 0 and 1 (0 keeps every detection)")
-    if limit is not None and limit < 1:
-        raise DessamError(f"--max-detections {limit}: keep at least 1 detection per image")
-    if size is not None and size < 0:
-        raise DessamError(f"--min-size {size}: use 0 or a positive number of pixels")
+    """--score-threshold, --max-detections and --min-size refused up front by the read-out's own
+    checks (`Postprocess`), each in one line naming its flag."""
+    from ..config import Postprocess
+
+    for name, flag in READOUT_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            Postprocess(**{name: value})
+        except DessamError as error:
+            raise DessamError(f"{flag} {value}: {str(error).split(': ', 1)[1]}") from None
 
 
 def scale_note(model, args) -> None:
