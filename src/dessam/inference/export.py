@@ -42,6 +42,7 @@ from ..geometry.inputs import PIXEL_MEAN, PIXEL_STD, as_rgb, prepare_image
 from ..geometry.scale import SIZE_RANGE, estimate_crop
 from ..models.graphs import DecoderGraph, DetectorGraph, EncoderGraph, SizeGraph
 from ..models.prompted_decoder import UPSCALE
+from ..models.size_head import fixed_input_side
 from .nucleus_size import MAX_CROPS, crop_inputs, estimation_crops, nucleus_side, padded_side
 from .predictor import Predictor, local_margin
 
@@ -163,7 +164,7 @@ def _detector_graph() -> dict:
 
 def _size_graph(predictor: Predictor) -> dict:
     encoder = predictor.model.sam.image_encoder
-    fixed_side = int(encoder.img_size) if getattr(encoder, "pos_embed", None) is not None else 0
+    fixed_side = fixed_input_side(encoder)
     return {
         "file": "size.onnx",
         "inputs": {"images": "float32 (B, 3, P, P): crops of the image at its own resolution, normalised as the "
@@ -256,7 +257,7 @@ def _export_size(model, path: Path, generator: torch.Generator) -> bool:
     if head is None or not head.is_trained:
         return False
     encoder = model.sam.image_encoder
-    fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
+    fixed = fixed_input_side(encoder)
     side = fixed or estimate_crop()
     spatial = {} if fixed else {2: "height", 3: "width"}
     _export(SizeGraph(encoder, head), (torch.randn(2, 3, side, side, generator=generator),

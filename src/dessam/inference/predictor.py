@@ -29,6 +29,7 @@ from ..geometry.inputs import as_rgb, prepare_image, trimmed_side
 from ..geometry.scale import ModelScale
 from ..models.graphs import SizeGraph
 from ..models.prompted_decoder import decoding_margin
+from ..models.size_head import fixed_input_side
 from .acceleration import autocast_for, maybe_compile
 from .nucleus_size import crop_inputs, estimation_crops, nucleus_side, padded_side
 from .pipeline import STUDENT, DecodedChunk, Encoded, Pipeline, decoding_order, student_masks  # noqa: F401 (STUDENT, student_masks: their old home)
@@ -60,7 +61,7 @@ class Predictor(Pipeline):
         if head is None or not head.is_trained:
             return None
         encoder = self.model.image_encoder
-        fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
+        fixed = fixed_input_side(encoder)
         crops = estimation_crops(image, fixed)
         images, valid_hw = crop_inputs(crops, padded_side(crops, fixed))
         log_sides = SizeGraph(encoder, head)(torch.from_numpy(images).to(self.device),

@@ -22,7 +22,7 @@ from .frame_masks import distillation_targets
 from .neck import SimpleFeaturePyramid
 from .promptable_sam import SegmentsBoxes
 from .prompted_decoder import PromptedMaskDecoder, decoding_margin
-from .size_head import NucleusSizeHead
+from .size_head import NucleusSizeHead, fixed_input_side
 
 TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.", "size_head.")
 OWN_STAGE_PREFIXES = ("size_head.",)  # trained on its own (`dessam.training.size_head`), not with the detector
@@ -98,7 +98,7 @@ class DESSAM(SegmentsBoxes, nn.Module):
         """What the side of an input encoded without its zero padding must divide by (every stride
         of the encoder and the pyramid), or None: a fixed-size encoder (a ViT) or a decoder that
         reads the embeddings, not per-box views (see `dessam.inference.pipeline.Encoded`)."""
-        if getattr(self.image_encoder, "pos_embed", None) is not None or self.decoder.views is None:
+        if fixed_input_side(self.image_encoder) or self.decoder.views is None:
             return None
         return math.lcm(ENCODER_MULTIPLE, *self.neck.strides)
 

@@ -21,13 +21,16 @@ from torch import nn
 from ..geometry.scale import SIZE_RANGE
 
 
+def fixed_input_side(encoder) -> int:
+    """The input side `encoder`'s position table fixes (a ViT's own input size), or 0 for a fully
+    convolutional encoder (the default teacher's U-Net), which takes any size."""
+    return int(encoder.img_size) if getattr(encoder, "pos_embed", None) is not None else 0
+
+
 def encoder_input_side(encoder, side: int) -> int:
     """The side a crop of `side` pixels is padded to for `encoder`: the next multiple of 16 for a fully
-    convolutional one (the default teacher's U-Net), the encoder's own input size for a ViT, whose
-    position table fixes it."""
-    if getattr(encoder, "pos_embed", None) is not None:
-        return int(encoder.img_size)
-    return -(-int(side) // 16) * 16
+    convolutional one, the encoder's own input size for a ViT (`fixed_input_side`)."""
+    return fixed_input_side(encoder) or -(-int(side) // 16) * 16
 
 
 class NucleusSizeHead(nn.Module):

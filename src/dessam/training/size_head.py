@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data.augment import recolour, resampled_crop
 from ..geometry.inputs import prepare_image
 from ..geometry.scale import SIZE_RANGE, estimate_crop
-from ..models.size_head import encoder_input_side
+from ..models.size_head import encoder_input_side, fixed_input_side
 from .batches import return_freed_memory
 
 P_RECOLOUR = 0.8
@@ -80,8 +80,7 @@ def fit_size_head(model, sources: list, steps: int = 1500, batch: int = 8, lr: f
     """Train `model.size_head` (the rest of `model` frozen) on crops of `sources`; returns the loss of
     each step (mean absolute error of log size)."""
     head, encoder = model.size_head, model.sam.image_encoder
-    fixed = encoder.img_size if getattr(encoder, "pos_embed", None) is not None else 0
-    crop = estimate_crop(fixed)
+    crop = estimate_crop(fixed_input_side(encoder))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     weights = np.array([source.weight for source in sources], float)
