@@ -137,11 +137,12 @@ def main() -> None:
         for name, argv in (("train", train), ("predict", None)):
             if argv is None:
                 model = args.model or str(work / "run" / "model.pt")
-                argv = ["predict", str(image), "--model", model, "--out", str(work / "pred"), "--quiet"]
+                predict = ["predict", str(image), "--model", model, "--quiet"]
                 # once before, in a process of its own: a first run may export the model's graphs
                 # into the cache (the ONNX engine's first use); the count is of a run after it
-                subprocess.run([sys.executable, "-m", "dessam", *argv[:-3], "--out", str(work / "warm"), "--quiet"],
+                subprocess.run([sys.executable, "-m", "dessam", *predict, "--out", str(work / "warm")],
                                check=True, env=dict(os.environ, PYTHONPATH=str(src)))
+                argv = predict + ["--out", str(work / "pred")]
             called, climbs = trace(argv)
             print(f"dessam {name}: {len(called)} modules, {len(climbs)} climbs back up")
             for caller, callee in climbs:
