@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     import torch
 
     from dessam.data.corpus import LoadedDataset, load_dataset, read_manifest
+    from dessam.config.runtime import Runtime
     from dessam.evaluation.evaluate import evaluate_model_file
     from dessam.models.bundled import resolve_model
     from dessam.pretrain.model import SUMMARY_METRICS, write_corpus_coco
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     for dataset in held_out:
         name = dataset.spec.name
         report = evaluate_model_file(resolve_model(args.model), val_files[name], images_dir, out / "val" / name,
-                                     device="cpu", score_threshold=args.score_threshold, progress=False)
+                                     runtime=Runtime(engine="torch", device="cpu"),
+                                     score_threshold=args.score_threshold, progress=False)
         metrics = report["methods"]["des-sam"]
         rows.append(f"| {name} | {len(dataset.val)} | "
                     + " | ".join(f"{metrics.get(key, float('nan')):.3f}" for key, _ in SUMMARY_METRICS) + " |")

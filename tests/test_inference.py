@@ -1,5 +1,6 @@
 """The inference pipeline: settings, acceleration, batching, local decoding and masks as crops."""
 
+import argparse
 import warnings
 from dataclasses import replace
 
@@ -17,7 +18,7 @@ from dessam.inference.acceleration import autocast_for, maybe_compile
 from dessam.inference.instances import mask_ious
 from dessam.inference.masks import instance_crop
 from dessam.inference.predictor import STUDENT, Predictor, student_masks
-from dessam.config.runtime import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, fast_settings, reference_settings
+from dessam.config.runtime import AUTO_COMPILE_MIN_IMAGES, InferenceSettings, Runtime, fast_settings, reference_settings
 from dessam.inference.windowed import MaskSource, window_instances
 from dessam.models.default_teacher import DEFAULT_TEACHER_PATH
 from dessam.training.train import build_model
@@ -92,6 +93,34 @@ def test_settings_are_checked():
         InferenceSettings(decoder_chunk=0)
     with pytest.raises(DessamError, match="proposal"):
         InferenceSettings(test_proposals=0)
+
+
+def test_the_runtime_flags_compose_into_one_runtime():
+    args = argparse.Namespace(engine="torch", device="cpu", precision="auto", threads=None, compile=True)
+    runtime = Runtime.from_args(args)
+    assert runtime == Runtime(engine="torch", device="cpu", compile=True)
+    assert Runtime.from_args(argparse.Namespace(engine="onnx", device="auto")) == Runtime(engine="onnx")  # flags a command lacks
+    settings = runtime.torch_settings()
+    assert settings.compile is True and settings.batch_size == fast_settings("cpu").batch_size
+    assert Runtime(device="cpu").torch_settings().compile is False  # the device's fast path decides
+    with pytest.raises(DessamError, match="--precision int8 is the ONNX engine's"):
+        Runtime(precision="int8").torch_settings()
+    for bad, match in (({"engine": "tensorrt"}, "--engine tensorrt"), ({"precision": "fp8"}, "--precision fp8"),
+                       ({"threads": 0}, "--threads 0")):
+        with pytest.raises(DessamError, match=match):
+            Runtime(**bad)
+
+
+def test_threads_given_to_the_pytorch_engine_are_used(monkeypatch):
+    from dessam.inference import engines
+
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    monkeypatch.setattr("dessam.inference.loading.load_model", lambda model, **kwargs: kwargs)
+    loaded = engines.load_predictor("model.pt", Runtime(engine="torch", device="cpu", threads=3, precision="fp32"))
+    assert asked == [3] and loaded["device"] == "cpu" and loaded["settings"].precision == "fp32"
+    engines.load_predictor("model.pt", Runtime(engine="torch", device="cpu"))
+    assert asked == [3]  # none given: torch's own
 
 
 def test_reference_and_fast_settings():

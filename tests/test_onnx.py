@@ -23,7 +23,7 @@ from dessam.inference.export import check_export, export_model
 from dessam.inference.instances import mask_ious
 from dessam.inference.loading import load_model, load_teacher
 from dessam.inference.predictor import Predictor
-from dessam.config.runtime import fast_settings
+from dessam.config.runtime import Runtime, fast_settings
 from dessam.models.default_teacher import build_default_architecture
 from dessam.models.dessam import DESSAM
 from test_box_views import TINY_VIEWS
@@ -167,7 +167,8 @@ def test_the_engine_is_onnx_on_a_cpu_only_with_the_extra(monkeypatch):
     with pytest.raises(DessamError, match=r'pip install "dessam\[onnx\]"'):
         engines.choose_engine("onnx", "cpu")
     with pytest.raises(DessamError, match="ONNX engine runs fp32 or int8"):
-        engines.onnx_precision("bf16")
+        Runtime(precision="bf16").onnx_precision()
+    assert Runtime().onnx_precision() == "fp32" and Runtime(precision="int8").onnx_precision() == "int8"
 
 
 def test_int8_graphs_are_made_once_and_run(tmp_path):
@@ -181,8 +182,11 @@ def test_int8_graphs_are_made_once_and_run(tmp_path):
 
 
 def test_a_trained_model_runs_on_the_onnx_engine_as_on_pytorch(trained_tiny):
-    torch_engine = load_model(trained_tiny)
-    onnx_engine = engines.onnx_model(trained_tiny, threads=1, progress=False)
+    import dessam
+
+    torch_engine = dessam.load_model(trained_tiny, runtime=dessam.Runtime(engine="torch", device="cpu"))
+    onnx_engine = dessam.load_model(trained_tiny, runtime=dessam.Runtime(engine="onnx", threads=1))
+    assert isinstance(torch_engine, Predictor) and isinstance(onnx_engine, OnnxPredictor)
     _agree(torch_engine, onnx_engine, [_scene(128, 7)], replace(torch_engine.postprocess, **KEEP_ALL))
 
 

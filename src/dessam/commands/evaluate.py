@@ -6,24 +6,22 @@ from pathlib import Path
 
 from .help_texts import model_default
 from .shared import (NUCLEUS_SIZE_HELP, add_model_options, add_quiet, check_readout_options, check_scale_options,
-                     model_path, say_reference_terms, scale_note, torch_settings)
+                     model_path, say_reference_terms, scale_note)
 
 NAME = "eval"
 
 
 def run(args) -> int:
+    from ..config.runtime import Runtime
     from ..evaluation.evaluate import evaluate_model_file
-    from ..inference.engines import choose_engine
 
     check_scale_options(args)
     check_readout_options(args)
     model = model_path(args)
     if args.baselines and args.model:
         say_reference_terms(model)
-    engine = choose_engine(args.engine, args.device)
     evaluate_model_file(model, args.data, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
-                        device=args.device, settings=torch_settings(args) if engine == "torch" else None,
-                        engine=engine, precision=args.precision, threads=args.threads, baselines=args.baselines,
+                        runtime=Runtime.from_args(args), baselines=args.baselines,
                         score_threshold=args.score_threshold, pixel_size_um=args.pixel_size,
                         remove_small=not args.no_small_removal, min_size=args.min_size, progress=not args.quiet,
                         nucleus_size=args.nucleus_size, on_model=lambda model: scale_note(model, args))

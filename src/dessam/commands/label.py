@@ -10,7 +10,8 @@ NAME = "label"
 
 
 def run(args) -> int:
-    from ..inference.engines import choose_engine, load_predictor, onnx_precision, onnx_teacher
+    from ..config.runtime import Runtime
+    from ..inference.engines import load_predictor, load_teacher_predictor
     from ..labeling.label import label_dataset
 
     model_or_sam(args, f"{args.data}: give --model RUN/model.pt (the trained student) or --sam NAME (the frozen "
@@ -23,21 +24,15 @@ def run(args) -> int:
     path = model_path(args) if args.model is not None else None
     check_tiling(args.image_size or (input_size(path) if path else sam_input_size(args.sam, args.sam_checkpoint)),
                  args.overlap)  # before anything is loaded or exported
-    engine = choose_engine(args.engine, args.device)
+    runtime = Runtime.from_args(args)
     if args.model is not None:
-        model = load_predictor(path, engine, args.device, args.sam_checkpoint, args.image_size,
-                               input_scale=args.input_scale, progress=not args.quiet)
-    elif engine == "onnx":
-        say_teacher_terms(args.sam, args.sam_checkpoint)
-        model = onnx_teacher(args.sam, args.sam_checkpoint, args.image_size, precision=onnx_precision("auto"),
-                             cuda=str(args.device).startswith("cuda"),
-                             input_scale=1.0 if args.input_scale is None else args.input_scale, progress=not args.quiet)
+        model = load_predictor(path, runtime, args.sam_checkpoint, args.image_size, input_scale=args.input_scale,
+                               progress=not args.quiet)
     else:
-        from ..inference.loading import load_teacher
-
         say_teacher_terms(args.sam, args.sam_checkpoint)
-        model = load_teacher(args.sam, args.sam_checkpoint, device=args.device, image_size=args.image_size,
-                             input_scale=1.0 if args.input_scale is None else args.input_scale)
+        model = load_teacher_predictor(args.sam, runtime, args.sam_checkpoint, args.image_size,
+                                       input_scale=1.0 if args.input_scale is None else args.input_scale,
+                                       progress=not args.quiet)
     options = {key: value for key, value in (("outside_margin", args.outside_margin),
                                              ("outside_limit", args.outside_fraction),
                                              ("review_count", args.review_count)) if value is not None}

@@ -21,19 +21,6 @@ NUCLEUS_SIZE_HELP = ("the images' typical nucleus diameter in pixels: models tha
                      "plays no part")
 
 
-def torch_settings(args):
-    """Inference settings from --precision / --compile on top of the device's fast path."""
-    from dataclasses import replace
-
-    from ..devices import resolve_device
-    from ..config.runtime import fast_settings
-
-    if args.precision == "int8":
-        raise DessamError("--precision int8 is the ONNX engine's; use --engine onnx, or fp32 / bf16 / fp16")
-    base = fast_settings(resolve_device(args.device))
-    return replace(base, precision=args.precision, compile=base.compile if args.compile is None else args.compile)
-
-
 def model_path(args) -> str:
     """--model, or the bundled pretrained model (said in one line on stderr, with its licence); a
     model whose weights are non-commercial is named so in one line."""
@@ -95,15 +82,12 @@ def say_teacher_terms(name: str, checkpoint) -> None:
 
 
 def load(args, path: Optional[str] = None):
-    """The model of --model (`path` when `model_path` gave it already) on the engine of --engine
-    (PyTorch's settings only when it runs)."""
-    from ..inference.engines import choose_engine, load_predictor
+    """The model of --model (`path` when `model_path` gave it already) where the runtime flags say."""
+    from ..config.runtime import Runtime
+    from ..inference.engines import load_predictor
 
-    engine = choose_engine(args.engine, args.device)
-    settings = torch_settings(args) if engine == "torch" else None
-    return load_predictor(path or model_path(args), engine, args.device, args.sam_checkpoint,
-                          getattr(args, "image_size", None), settings, precision=args.precision, threads=args.threads,
-                          progress=not args.quiet)
+    return load_predictor(path or model_path(args), Runtime.from_args(args), args.sam_checkpoint,
+                          getattr(args, "image_size", None), progress=not args.quiet)
 
 
 def check_scale_options(args) -> None:
@@ -157,7 +141,7 @@ def add_model_options(parser):
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
                         help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path; "
                              "int8: the ONNX engine's dynamically quantised graphs")
-    parser.add_argument("--threads", type=int, help="CPU threads of the ONNX engine (default: one per core)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the encoder and decoder (default: on for large CUDA jobs)")
 

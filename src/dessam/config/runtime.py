@@ -1,5 +1,7 @@
-"""How inference runs: precision, batching, prompt chunks, local decoding, proposals, compilation,
-trimmed inputs.
+"""Where and how inference runs. `Runtime`: the engine, the device, the precision, CPU threads and
+compilation, what the `--engine`, `--device`, `--precision`, `--threads` and `--compile` flags of
+every command that runs a model say, composed once. `InferenceSettings`: how the PyTorch engine runs
+within that: precision, batching, prompt chunks, local decoding, proposals, compilation, trimmed inputs.
 
 None of these change what the model is; they change how it is run. `reference_settings()`
 reproduces how the authors run inference (fp32, one image at a time, 50 prompts per decoder call
@@ -9,12 +11,14 @@ and compare their masks in the same run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from ..errors import DessamError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "onnx")
+RUNTIME_PRECISIONS = PRECISIONS + ("int8",)  # int8: the ONNX engine's dynamically quantised graphs
 # The authors' test code (StandardRoIMaskHead._mask_pred) splits the box prompts of an image into
 # groups of 50 per decoder call; training uses 40.
 REFERENCE_DECODER_CHUNK = 50
@@ -127,3 +131,57 @@ def fast_settings(device="cpu") -> InferenceSettings:
         return InferenceSettings(precision="auto", decoder_chunk=256, compile="auto", batch_size=8)
     return InferenceSettings(precision="fp32", decoder_precision="fp32", decoder_chunk=256, compile=False,
                              batch_size=4)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a model runs: none of this changes what the model is.
+
+    engine: "torch" (PyTorch), "onnx" (the exported graphs run by ONNX Runtime) or "auto" (ONNX
+        Runtime on a CPU when the ONNX extra is installed, else PyTorch: `dessam.inference.engines`).
+    device: "cpu", "cuda" or "auto".
+    precision: "auto", "fp32", "bf16" or "fp16" (PyTorch, see `InferenceSettings`), or "int8" (ONNX).
+    threads: CPU threads (None: one per core).
+    compile: torch.compile on the PyTorch engine (None: as its fast path decides for the device).
+    """
+
+    engine: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    threads: Optional[int] = None
+    compile: Optional[Union[bool, str]] = None
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise DessamError(f"--engine {self.engine}: use {', '.join(ENGINES)}")
+        if self.precision not in RUNTIME_PRECISIONS:
+            raise DessamError(f"--precision {self.precision}: use one of {', '.join(RUNTIME_PRECISIONS)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise DessamError(f"--threads {self.threads}: use 1 or more")
+
+    @classmethod
+    def from_args(cls, args) -> "Runtime":
+        """The runtime a command's flags ask for; a command without one of them gets its default."""
+        return cls(**{name: getattr(args, name) for name in ("engine", "device", "precision", "threads", "compile")
+                      if getattr(args, name, None) is not None})
+
+    @property
+    def cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def torch_settings(self) -> InferenceSettings:
+        """The PyTorch engine's settings: the device's fast path (`fast_settings`) with this precision
+        and compilation."""
+        from ..devices import resolve_device
+
+        if self.precision == "int8":
+            raise DessamError("--precision int8 is the ONNX engine's; use --engine onnx, or fp32 / bf16 / fp16")
+        base = fast_settings(resolve_device(self.device))
+        return replace(base, precision=self.precision, compile=base.compile if self.compile is None else self.compile)
+
+    def onnx_precision(self) -> str:
+        """The ONNX engine's graphs: "fp32" or "int8"."""
+        if self.precision in ("auto", "fp32", "int8"):
+            return "int8" if self.precision == "int8" else "fp32"
+        raise DessamError(f"--precision {self.precision}: the ONNX engine runs fp32 or int8; "
+                          f"use --engine torch for {self.precision}")

@@ -50,6 +50,7 @@ from ..data.coco import dataset_has_masks, load_coco, read_record_image, record_
 from ..errors import DessamError
 from ..geometry.plan import WindowPlan
 from ..geometry.scale import check_pixel_size, median_box_side
+from ..config.runtime import Runtime
 from ..inference.engines import load_predictor
 from ..inference.prediction import Prediction
 from ..inference.pipeline import STUDENT
@@ -275,16 +276,17 @@ def _size_agreement(sizes: list) -> dict:
             "within_25_percent": float(np.mean(np.abs(np.log(ratios)) <= np.log(1.25)))}
 
 
-def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None, device: str = "auto",
-                        settings=None, engine: str = "torch", precision: str = "auto", threads=None,
-                        on_model: Optional[Callable] = None, **options) -> dict:
-    """`dessam eval`: load RUN/model.pt (and its SAM weights) on `engine` (`dessam.inference.engines`)
-    and run `evaluate` with `options`; with baselines, the bundled pretrained model gets a row too
-    (unless it is the model evaluated). on_model(predictor): called with the loaded model before any
-    work (the command line's notes)."""
+def evaluate_model_file(model_path, data_json, images_dir, out_dir, sam_checkpoint=None,
+                        runtime: Optional[Runtime] = None, on_model: Optional[Callable] = None, **options) -> dict:
+    """`dessam eval`: load RUN/model.pt (and its SAM weights) where `runtime` says (default: PyTorch
+    on the best device) and run `evaluate` with `options`; with baselines, the bundled pretrained model
+    gets a row too (unless it is the model evaluated). on_model(predictor): called with the loaded
+    model before any work (the command line's notes)."""
+    runtime = runtime or Runtime(engine="torch")
+
     def load(path):
-        return load_predictor(path, engine, device, sam_checkpoint if path == model_path else None, settings=settings,
-                              precision=precision, threads=threads, progress=options.get("progress", True))
+        return load_predictor(path, runtime, sam_checkpoint if path == model_path else None,
+                              progress=options.get("progress", True))
 
     model = load(model_path)
     if on_model is not None:

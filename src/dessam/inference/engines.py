@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+from ..config.runtime import ENGINES, Runtime
 from ..digests import file_sha256
 from ..errors import DessamError
 from ..home import dessam_home
 from .onnx_predictor import INSTALL_HINT, MANIFEST_NAME, OnnxPredictor
 
-ENGINES = ("auto", "torch", "onnx")
 EXPORT_VERSION = 3  # bump when the graphs or the manifest change (2: a nucleus-size graph, 3: trimmed inputs); older exports are made again
 
 
@@ -150,23 +150,41 @@ def model_input_size(path) -> int:
     return int(read_model_file(path).config.model.image_size)
 
 
-def load_predictor(model, engine: str = "auto", device: str = "auto", sam_checkpoint=None,
-                   image_size: Optional[int] = None, settings=None, input_scale: Optional[float] = None,
-                   precision: str = "auto", threads: Optional[int] = None, progress: bool = True):
-    """`load_model` (PyTorch) or `onnx_model`, as `choose_engine` says; `settings`: the PyTorch
-    engine's (None: its fast path); `precision`: "auto", "fp32", "int8" (ONNX) or "bf16", "fp16"."""
-    if choose_engine(engine, device) == "onnx":
-        return onnx_model(model, sam_checkpoint, image_size, threads, onnx_precision(precision),
-                          cuda=str(device).startswith("cuda"), input_scale=input_scale, progress=progress)
+def load_predictor(model, runtime: Optional[Runtime] = None, sam_checkpoint=None, image_size: Optional[int] = None,
+                   input_scale: Optional[float] = None, progress: bool = True, settings=None):
+    """A model file (or a bundled model's name) on the engine `runtime` asks for (default: `Runtime()`):
+    `onnx_model`, or `load_model` (PyTorch) with `settings` (default: `runtime.torch_settings()`)."""
+    runtime = runtime or Runtime()
+    if choose_engine(runtime.engine, runtime.device) == "onnx":
+        return onnx_model(model, sam_checkpoint, image_size, runtime.threads, runtime.onnx_precision(),
+                          cuda=runtime.cuda, input_scale=input_scale, progress=progress)
     from .loading import load_model
 
-    return load_model(model, device=device, sam_checkpoint=sam_checkpoint, image_size=image_size, settings=settings,
-                      input_scale=input_scale)
+    settings = settings or runtime.torch_settings()
+    use_threads(runtime)
+    return load_model(model, device=runtime.device, sam_checkpoint=sam_checkpoint, image_size=image_size,
+                      settings=settings, input_scale=input_scale)
 
 
-def onnx_precision(precision: str) -> str:
-    if precision in ("auto", "fp32"):
-        return "fp32"
-    if precision == "int8":
-        return "int8"
-    raise DessamError(f"--precision {precision}: the ONNX engine runs fp32 or int8; use --engine torch for {precision}")
+def load_teacher_predictor(sam_name: str, runtime: Optional[Runtime] = None, sam_checkpoint=None,
+                           image_size: Optional[int] = None, input_scale: float = 1.0, progress: bool = True):
+    """SAM `sam_name` alone (to segment given boxes) on the engine `runtime` asks for:
+    `onnx_teacher`, or `load_teacher` (PyTorch)."""
+    runtime = runtime or Runtime()
+    if choose_engine(runtime.engine, runtime.device) == "onnx":
+        return onnx_teacher(sam_name, sam_checkpoint, image_size, runtime.threads, runtime.onnx_precision(),
+                            cuda=runtime.cuda, input_scale=input_scale, progress=progress)
+    from .loading import load_teacher
+
+    settings = runtime.torch_settings()
+    use_threads(runtime)
+    return load_teacher(sam_name, sam_checkpoint, device=runtime.device, image_size=image_size, settings=settings,
+                        input_scale=input_scale)
+
+
+def use_threads(runtime: Runtime) -> None:
+    """PyTorch's CPU threads as `runtime.threads` says (None: left as they are, one per core)."""
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(int(runtime.threads))

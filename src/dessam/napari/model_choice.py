@@ -110,8 +110,8 @@ def load(spec: ModelSpec, engine: str = "auto"):
     """The predictor of `spec` on `engine` (`dessam.inference.engines`: by default ONNX Runtime on a
     CPU when the ONNX extra is installed, else PyTorch), kept for the next run; a model file is
     loaded again when it has changed on disk."""
-    from ..inference.engines import choose_engine, load_predictor, onnx_teacher
-    from ..inference.loading import load_teacher
+    from ..config.runtime import Runtime
+    from ..inference.engines import choose_engine, load_predictor, load_teacher_predictor
 
     stamp = None
     if spec.kind == "model":
@@ -122,10 +122,8 @@ def load(spec: ModelSpec, engine: str = "auto"):
     with _lock:
         if key not in _loaded:
             _loaded.clear()  # one model in memory at a time
-            if spec.kind == "model":
-                _loaded[key] = load_predictor(spec.name, engine, progress=False)
-            else:
-                _loaded[key] = (onnx_teacher(spec.name, progress=False) if engine == "onnx"
-                                else load_teacher(spec.name, device="auto"))
+            runtime = Runtime(engine=engine)
+            load_chosen = load_predictor if spec.kind == "model" else load_teacher_predictor
+            _loaded[key] = load_chosen(spec.name, runtime, progress=False)
         return _loaded[key]
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text_atomic
 from ..config import Config
+from ..config.runtime import Runtime
 from ..data.coco import label_map_to_annotations, write_coco
 from ..data.corpus import load_dataset, read_manifest, synthetic_scene
 from ..data.images import write_png
@@ -127,7 +128,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     validation = {}
     for name, val_json in val_files.items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
-                                     sam_checkpoint=teacher, device="cpu", progress=progress)
+                                     sam_checkpoint=teacher, runtime=Runtime(engine="torch", device="cpu"),
+                                     progress=progress)
         validation[name] = {**report["methods"]["des-sam"], "nucleus_size": report["settings"].get("nucleus_size")}
     card = model_card(corpus, datasets, validation, result, config, teacher, command, synthetic_images)
     card_path = out_dir / "model.md"
