@@ -134,6 +134,12 @@ def test_pretrain_model_trains_from_boxes_only_and_writes_its_card(tmp_path, cor
     model = load_model(result.model_path, sam_checkpoint=teacher)
     assert model.config.model.neck_finest_stride == 4 and model.config.train.init == "scratch"
 
+    # without its size head's training, the held-out sets are not scored at a scale nobody would use
+    unsized = pretrain_model(corpus, teacher, tmp_path / "unsized", max_iters=1, synthetic_images=2, progress=False,
+                             size_steps=0)
+    assert unsized.validation == {} and "size head is untrained" in unsized.unscored
+    assert "Not scored: the model brings every image to a nucleus size" in unsized.card_path.read_text()
+
     # the size head trained further: a new file in which the head alone changed, with the corpus's terms
     further = tmp_path / "further" / "model.pt"
     assert main(["train-size-head", str(result.model_path), "--corpus", str(corpus), "--out", str(further),

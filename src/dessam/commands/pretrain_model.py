@@ -19,7 +19,8 @@ def run(args) -> int:
                             config_file=args.config, overrides=parse_set(args.set),
                             size_steps=SIZE_STEPS if args.size_steps is None else args.size_steps)
     scores = "; ".join(f"{name}: AJI {m['aji']:.3f}, detection F1 {m['f1']:.3f}" for name, m in result.validation.items())
-    print(f"model written to {result.model_path}; held-out sets: {scores or 'none'}; model card: {result.card_path}")
+    print(f"model written to {result.model_path}; held-out sets: {scores or result.unscored or 'none'}; "
+          f"model card: {result.card_path}")
     return 0
 
 

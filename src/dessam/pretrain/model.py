@@ -47,6 +47,7 @@ class PretrainedModel:
     model_path: Path
     card_path: Path
     validation: dict   # dataset name -> metrics of the held-out set
+    unscored: Optional[str] = None   # why the held-out sets were not scored, when they were not
 
 
 def write_corpus_coco(datasets: list, folder: Path, synthetic_images: int, progress: bool = True) -> tuple:
@@ -125,16 +126,30 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
     data_terms = from_data({d.spec.name: d.spec.licence for d in datasets}, f"the corpus {corpus.path.name}")
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress, data_terms=data_terms)
     train_size_head(result.model_path, datasets, size_steps, seed, progress, teacher)
+    unscored = UNSIZED if size_head_untrained(result.model_path) else None
     validation = {}
-    for name, val_json in val_files.items():
+    for name, val_json in ({} if unscored else val_files).items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
                                      sam_checkpoint=teacher, runtime=Runtime(engine="torch", device="cpu"),
                                      progress=progress)
         validation[name] = {**report["methods"]["des-sam"], "nucleus_size": report["settings"].get("nucleus_size")}
-    card = model_card(corpus, datasets, validation, result, config, teacher, command, synthetic_images)
+    card = model_card(corpus, datasets, validation, result, config, teacher, command, synthetic_images, unscored)
     card_path = out_dir / "model.md"
     write_text_atomic(card_path, card)
-    return PretrainedModel(result.model_path, card_path, validation)
+    return PretrainedModel(result.model_path, card_path, validation, unscored)
+
+
+UNSIZED = ("not scored: the model brings every image to a nucleus size, and its size head is untrained "
+           "(--size-steps 0), so it would run at one fixed scale, as nobody would use it; train the head with "
+           "`dessam train-size-head`, then score it with `dessam eval`")
+
+
+def size_head_untrained(model_path: Path) -> bool:
+    """Whether the model file brings images to a nucleus size (`nucleus` scaling) by a head that was never
+    trained."""
+    model = read_model_file(model_path)
+    trained = model.state_dict.get("size_head.trained")
+    return model.config.model.input_scaling == "nucleus" and (trained is None or float(trained) <= 0)
 
 
 def scaling_sentence(config: Config) -> str:
@@ -150,7 +165,7 @@ def scaling_sentence(config: Config) -> str:
 
 
 def model_card(corpus, datasets, validation: dict, result, config: Config, teacher: Path, command: str,
-               synthetic_images: int) -> str:
+               synthetic_images: int, unscored: Optional[str] = None) -> str:
     nucleus = config.model.input_scaling == "nucleus"
     rows = ["| held-out set | images | " + " | ".join(title for _, title in SUMMARY_METRICS)
             + (" | nucleus size estimate / truth (median) |" if nucleus else " |"),
@@ -180,7 +195,7 @@ Synthetic datasets: {synthetic_images} scenes each. {result.iterations} iteratio
 
 ## Held-out sets (`dessam eval`, the model's own post-processing)
 
-{chr(10).join(rows)}
+{f"{unscored[0].upper()}{unscored[1:]}." if unscored else chr(10).join(rows)}
 
 {settings_section(read_model_file(result.model_path).config)}
 Command: `{command or '(from the Python API)'}`
