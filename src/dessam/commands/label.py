@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import DessamError
 from .help_texts import constant_default
-from .shared import add_quiet, input_size, model_or_sam, model_path, say_teacher_terms
+from .shared import add_engine_options, add_quiet, input_size, model_or_sam, model_path, say_teacher_terms
 
 NAME = "label"
 
@@ -61,14 +61,12 @@ def add_parser(sub) -> None:
                    help="resize images by this factor; larger ones are cut into windows of the input size "
                         "(default: the model's training scale; the teacher: 1)")
     p.add_argument("--overlap", type=int, default=64, help="window overlap in pixels (default %(default)s)")
-    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
-                   help="torch or onnx (ONNX Runtime); auto: onnx on a CPU when the ONNX extra is installed")
+    add_engine_options(p)
     p.add_argument("--outside-fraction", type=float,
                    help=constant_default("flag masks with more than this share of their pixels outside the grown box "
                                          "(default {default})", "labeling.label", "OUTSIDE_FRACTION"))
     p.add_argument("--outside-margin", type=float,
                    help=constant_default("the box grows by this fraction of its width and height on each side "
                                          "(default {default})", "labeling.label", "OUTSIDE_MARGIN"))
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     add_quiet(p)
     p.set_defaults(func=run)

@@ -131,14 +131,23 @@ def model_or_sam(args, missing: str) -> None:
         raise DessamError(f"{args.model}: give --model or --sam, not both (the model names its own SAM)")
 
 
-def add_model_options(parser):
-    parser.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model")
-    parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
+def add_engine_options(parser):
+    """--device and --engine: where a model runs (`Runtime`), for every command that runs one."""
+    from ..config.runtime import ENGINES
+
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="torch, or onnx: the model's graphs run by ONNX Runtime (exported on first use into the "
                              "user's cache); auto (default): onnx on a CPU when the ONNX extra is installed, else torch")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+
+
+def add_model_options(parser):
+    from ..config.runtime import RUNTIME_PRECISIONS
+
+    parser.add_argument("--model", help="a trained model (RUN/model.pt); default: the bundled pretrained model")
+    parser.add_argument("--sam-checkpoint", help="the SAM checkpoint the model was trained with, if not found")
+    add_engine_options(parser)
+    parser.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="auto",
                         help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path; "
                              "int8: the ONNX engine's dynamically quantised graphs")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
