@@ -271,6 +271,14 @@ def predict_no_detection_allowed(w, tmp):
     return _predict(w, tmp) + ["--max-detections", "0"], ["--max-detections 0", "at least 1"]
 
 
+def predict_no_threads(w, tmp):
+    return _predict(w, tmp) + ["--threads", "0"], ["--threads 0", "1 or more"]
+
+
+def train_no_threads(w, tmp):
+    return _train(w, tmp, None, None, "--threads", "0"), ["--threads 0", "1 or more"]
+
+
 def label_overlap_larger_than_the_window(w, tmp):
     argv = ["label", "--model", str(w.model), "--sam-checkpoint", str(w.sam), "--data", str(w.boxes_json),
             "--images", str(w.images), "--out", str(tmp / "masks.json"), "--overlap", "5000", "--quiet"]
@@ -351,6 +359,8 @@ ERROR_CASES: dict[str, Callable] = {
     "pretrain-teacher --lr -0.001": pretrain_negative_lr,
     "pretrain-teacher without its corpus": pretrain_missing_corpus,
     "pretrain-model without its teacher": pretrain_model_missing_teacher,
+    "predict --threads 0": predict_no_threads,
+    "train --threads 0": train_no_threads,
 }
 
 TABLE: dict = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .help_texts import FromConfig, constant_default, preset_setting
-from .shared import add_quiet, command_line
+from .shared import add_quiet, add_threads, command_line, use_threads_flag
 
 NAME = "pretrain-model"
 
@@ -13,6 +13,7 @@ def run(args) -> int:
     from ..pretrain.model import pretrain_model
     from ..pretrain.size_head import SIZE_STEPS
 
+    use_threads_flag(args)
     result = pretrain_model(args.corpus, args.teacher, args.out, max_iters=args.max_iters, epochs=args.epochs,
                             synthetic_images=args.synthetic_images, seed=args.seed, resume=args.resume,
                             command=command_line(), progress=not args.quiet, init=args.init,
@@ -44,5 +45,6 @@ def add_parser(sub) -> None:
         "steps of the nucleus-size head's training, none when zero (nucleus scaling; default {default})", "pretrain.size_head",
         "SIZE_STEPS"))
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
+    add_threads(p)
     add_quiet(p)
     p.set_defaults(func=run)

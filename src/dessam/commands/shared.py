@@ -150,9 +150,24 @@ def add_model_options(parser):
     parser.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="auto",
                         help="auto: bf16 encoder / fp16 decoder on CUDA, fp32 on CPU; fp32 = the reference path; "
                              "int8: the ONNX engine's dynamically quantised graphs")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    add_threads(parser)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the encoder and decoder (default: on for large CUDA jobs)")
+
+
+THREADS_HELP = "CPU threads (default: one per core)"
+
+
+def add_threads(parser) -> None:
+    parser.add_argument("--threads", type=int, help=THREADS_HELP)
+
+
+def use_threads_flag(args) -> None:
+    """--threads of a command that trains: PyTorch's CPU threads, refused below 1 before any work."""
+    from ..config.runtime import Runtime
+    from ..inference.engines import use_threads
+
+    use_threads(Runtime(threads=args.threads))
 
 
 def add_quiet(parser) -> None:

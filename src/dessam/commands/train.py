@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .help_texts import preset_default
 from ..config.presets import REGISTRY
-from .shared import PERMISSIVE_SAM, add_quiet, command_line, say_teacher_terms
+from .shared import PERMISSIVE_SAM, add_quiet, add_threads, command_line, say_teacher_terms, use_threads_flag
 
 NAME = "train"
 
@@ -21,6 +21,7 @@ def run(args) -> int:
     from ..config.presets import implied_preset
     from ..training.train import train
 
+    use_threads_flag(args)
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS if getattr(args, flag) not in (None, "")}
     if args.no_edge_loss:
         overrides["loss.edge_aware"] = False
@@ -94,6 +95,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-prompt-token", action="store_true", help="ablation: no learnable prompt token")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     p.add_argument("--device", help="cpu, cuda or auto")
+    add_threads(p)
     p.add_argument("--skip-validation", action="store_true", help="do not check the dataset before training")
     add_quiet(p)
     p.set_defaults(func=run)
