@@ -125,8 +125,8 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
         config = config.replace({"train.epochs": int(epochs), "train.lr_steps": (epochs * 5 / 6,)})
     data_terms = from_data({d.spec.name: d.spec.licence for d in datasets}, f"the corpus {corpus.path.name}")
     result = train(config, train_json, images_dir, out_dir, resume=resume, progress=progress, data_terms=data_terms)
-    train_size_head(result.model_path, datasets, size_steps, seed, progress, teacher)
-    unscored = UNSIZED if size_head_untrained(result.model_path) else None
+    sized = train_size_head(result.model_path, datasets, size_steps, seed, progress, teacher)
+    unscored = UNSIZED if config.model.input_scaling == "nucleus" and not sized else None
     validation = {}
     for name, val_json in ({} if unscored else val_files).items():
         report = evaluate_model_file(result.model_path, val_json, images_dir, out_dir / "val" / name,
@@ -142,14 +142,6 @@ def pretrain_model(corpus_path, teacher, out_dir, max_iters: Optional[int] = Non
 UNSIZED = ("not scored: the model brings every image to a nucleus size, and its size head is untrained "
            "(--size-steps 0), so it would run at one fixed scale, as nobody would use it; train the head with "
            "`dessam train-size-head`, then score it with `dessam eval`")
-
-
-def size_head_untrained(model_path: Path) -> bool:
-    """Whether the model file brings images to a nucleus size (`nucleus` scaling) by a head that was never
-    trained."""
-    model = read_model_file(model_path)
-    trained = model.state_dict.get("size_head.trained")
-    return model.config.model.input_scaling == "nucleus" and (trained is None or float(trained) <= 0)
 
 
 def scaling_sentence(config: Config) -> str:

@@ -71,16 +71,18 @@ def fit_and_write(predictor, model_path: Path, out_path: Path, datasets: list, s
 
 def train_size_head(model_path: Path, datasets: list, steps: int, seed: int, progress: bool,
                     teacher: Optional[Path] = None) -> bool:
-    """Fit the nucleus-size head of the model file at `model_path` and write the file again; False when the
-    model has no head (not `nucleus` scaling) or it was trained already."""
+    """Fit the nucleus-size head of the model file at `model_path`, unless it was trained already or `steps`
+    is 0, and write the file again when fitted. Returns whether the model then has a trained head (False:
+    none, as without `nucleus` scaling, or one left untrained)."""
     from ..inference.loading import load_model
 
     predictor = load_model(model_path, device="cpu", sam_checkpoint=teacher)
     head = predictor.model.size_head
-    if head is None or head.is_trained or steps <= 0:
+    if head is None:
         return False
-    fit_and_write(predictor, model_path, model_path, datasets, steps, SIZE_LR, seed, progress)
-    return True
+    if not head.is_trained and steps > 0:
+        fit_and_write(predictor, model_path, model_path, datasets, steps, SIZE_LR, seed, progress)
+    return head.is_trained
 
 
 def train_size_head_further(model, corpus_path, out_path, steps: int, lr: Optional[float] = None, seed: int = 1,
