@@ -160,12 +160,12 @@ def test_predict_exports_once_into_the_cache_and_starts_without_torch(trained_ti
 
 def test_the_engine_is_onnx_on_a_cpu_only_with_the_extra(monkeypatch):
     monkeypatch.setattr(engines, "cuda_visible", lambda: False)
-    assert engines.choose_engine("auto", "auto") == "onnx" and engines.choose_engine("auto", "cuda") == "torch"
-    assert engines.choose_engine("torch", "cpu") == "torch"
+    assert engines.choose_engine(Runtime()) == "onnx" and engines.choose_engine(Runtime(device="cuda")) == "torch"
+    assert engines.choose_engine(Runtime(engine="torch", device="cpu")) == "torch"
     monkeypatch.setattr(engines, "onnx_installed", lambda: False)
-    assert engines.choose_engine("auto", "cpu") == "torch"
+    assert engines.choose_engine(Runtime(device="cpu")) == "torch"
     with pytest.raises(DessamError, match=r'pip install "dessam\[onnx\]"'):
-        engines.choose_engine("onnx", "cpu")
+        engines.choose_engine(Runtime(engine="onnx", device="cpu"))
     with pytest.raises(DessamError, match="ONNX engine runs fp32 or int8"):
         Runtime(precision="bf16").onnx_precision()
     assert Runtime().onnx_precision() == "fp32" and Runtime(precision="int8").onnx_precision() == "int8"

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..config.runtime import ENGINES, Runtime
+from ..config.runtime import Runtime
 from ..digests import file_sha256
 from ..errors import DessamError
 from ..home import dessam_home
@@ -39,15 +39,14 @@ def cuda_visible() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
 
-def choose_engine(engine: str, device: str = "auto") -> str:
-    """"torch" or "onnx" for `--engine` and `--device` (see the module docstring)."""
-    if engine not in ENGINES:
-        raise DessamError(f"--engine {engine}: use {', '.join(ENGINES)}")
+def choose_engine(runtime: Runtime) -> str:
+    """"torch" or "onnx" for the runtime's engine and device (see the module docstring)."""
+    engine, device = runtime.engine, str(runtime.device)
     if engine == "onnx" and not onnx_installed():
         raise DessamError(f"--engine onnx needs ONNX Runtime: {INSTALL_HINT}")
     if engine != "auto":
         return engine
-    on_cpu = str(device) == "cpu" or (str(device) == "auto" and not cuda_visible())
+    on_cpu = device == "cpu" or (device == "auto" and not cuda_visible())
     return "onnx" if on_cpu and onnx_installed() else "torch"
 
 
@@ -155,7 +154,7 @@ def load_predictor(model, runtime: Optional[Runtime] = None, sam_checkpoint=None
     """A model file (or a bundled model's name) on the engine `runtime` asks for (default: `Runtime()`):
     `onnx_model`, or `load_model` (PyTorch) with `settings` (default: `runtime.torch_settings()`)."""
     runtime = runtime or Runtime()
-    if choose_engine(runtime.engine, runtime.device) == "onnx":
+    if choose_engine(runtime) == "onnx":
         return onnx_model(model, sam_checkpoint, image_size, runtime.threads, runtime.onnx_precision(),
                           cuda=runtime.cuda, input_scale=input_scale, progress=progress)
     from .loading import load_model
@@ -171,7 +170,7 @@ def load_teacher_predictor(sam_name: str, runtime: Optional[Runtime] = None, sam
     """SAM `sam_name` alone (to segment given boxes) on the engine `runtime` asks for:
     `onnx_teacher`, or `load_teacher` (PyTorch)."""
     runtime = runtime or Runtime()
-    if choose_engine(runtime.engine, runtime.device) == "onnx":
+    if choose_engine(runtime) == "onnx":
         return onnx_teacher(sam_name, sam_checkpoint, image_size, runtime.threads, runtime.onnx_precision(),
                             cuda=runtime.cuda, input_scale=input_scale, progress=progress)
     from .loading import load_teacher

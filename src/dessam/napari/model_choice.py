@@ -117,12 +117,11 @@ def load(spec: ModelSpec, engine: str = "auto"):
     if spec.kind == "model":
         stat = Path(spec.name).stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
-    engine = choose_engine(engine)
-    key = (spec, stamp, engine)
+    runtime = Runtime(engine=choose_engine(Runtime(engine=engine)))  # the engine decided once, part of the key
+    key = (spec, stamp, runtime.engine)
     with _lock:
         if key not in _loaded:
             _loaded.clear()  # one model in memory at a time
-            runtime = Runtime(engine=engine)
             load_chosen = load_predictor if spec.kind == "model" else load_teacher_predictor
             _loaded[key] = load_chosen(spec.name, runtime, progress=False)
         return _loaded[key]
