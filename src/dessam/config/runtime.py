@@ -181,7 +181,9 @@ class Runtime:
 
     def onnx_precision(self) -> str:
         """The ONNX engine's graphs: "fp32" or "int8"."""
-        if self.precision in ("auto", "fp32", "int8"):
-            return "int8" if self.precision == "int8" else "fp32"
+        if self.precision in ("auto", "fp32"):
+            return "fp32"
+        if self.precision == "int8":
+            return "int8"
         raise DessamError(f"--precision {self.precision}: the ONNX engine runs fp32 or int8; "
                           f"use --engine torch for {self.precision}")
