@@ -1,7 +1,7 @@
 """How the code is laid out, in numbers: modules, the longest functions, and how far one command
 travels through the layers.
 
-    python benchmarks/structure.py [--src SRC] [--model MODEL.pt] [--data DIR]
+    python benchmarks/structure.py [--src SRC] [--model MODEL.pt] [--data DIR] [--list]
 
 SRC: the `src` folder of the checkout to measure (default: this one's). For `dessam predict` and
 `dessam train` (a tiny model on a few synthetic fields, run in this process), it counts the dessam
@@ -85,6 +85,8 @@ def trace(argv: list) -> tuple:
     def profile(frame, event, arg):
         if event != "call" or not frame.f_code.co_flags & 0x1:  # functions only: not module or class bodies
             return
+        if frame.f_code.co_name == "__create_fn__":  # dataclasses building a class at import: not a call of it
+            return
         name = frame.f_globals.get("__name__", "")
         if not (name == "dessam" or name.startswith("dessam.")):
             return
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--src", default=str(HERE.parent / "src"))
     parser.add_argument("--model", help="a model.pt to predict with (default: one trained here)")
     parser.add_argument("--data", help="a folder of `dessam synth` output (default: made here)")
+    parser.add_argument("--list", action="store_true", help="also name the modules each command enters")
     args = parser.parse_args()
     src = Path(args.src).resolve()
     sys.path.insert(0, str(src))
@@ -145,6 +148,8 @@ def main() -> None:
                 argv = predict + ["--out", str(work / "pred")]
             called, climbs = trace(argv)
             print(f"dessam {name}: {len(called)} modules, {len(climbs)} climbs back up")
+            if args.list:
+                print("  entered: " + ", ".join(sorted(called)))
             for caller, callee in climbs:
                 print(f"  {caller} ({LAYERS[layer(caller)][0]}) -> {callee} ({LAYERS[layer(callee)][0]})")
 
