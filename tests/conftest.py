@@ -57,7 +57,9 @@ def finding_model(box_dataset, tmp_path_factory):
                                               "model.roi_batch_per_image": 64, "loss.distill_max_prompts": 8,
                                               "model.postprocess.mask_threshold": 0.5, "train.min_iters": None,  # as the files tests expect
                                               # the scenes at their own scale, as the tests that read this model expect
-                                              "model.input_scaling": "fixed", "train.copies": 1})
+                                              "model.input_scaling": "fixed", "train.copies": 1,
+                                              # the detector on the teacher's embedding, as these tests were written for
+                                              "model.detector_encoder": "teacher"})
     return train(config, boxes_json, images, tmp_path_factory.mktemp("finding_run"), progress=False).model_path
 
 

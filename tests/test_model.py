@@ -12,9 +12,9 @@ from dessam.models.dessam import DESSAM
 from dessam.models.sam import build_sam
 
 
-def _model(prompt_token=True):
+def _model(prompt_token=True, detector_encoder="teacher"):
     config = tiny_config()
-    config = config.replace({"model.prompt_token": prompt_token})
+    config = config.replace({"model.prompt_token": prompt_token, "model.detector_encoder": detector_encoder})
     torch.manual_seed(0)
     return DESSAM(build_sam("tiny", image_size=config.model.image_size), config)
 
@@ -73,6 +73,30 @@ def test_all_losses_are_finite_and_only_trainable_parts_get_gradients():
     assert model.decoder.prompt_token.weight.grad is not None
     assert model.decoder.prompt_token.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.sam.parameters())
+
+
+def test_a_detector_with_an_encoder_of_its_own_trains_it_and_leaves_sam_frozen():
+    """`model.detector_encoder: own`: the detector reads the image through a trainable copy of SAM's
+    encoder, which starts as SAM's (so the detector first reads what it would read from SAM) and learns
+    from the detector's losses alone; SAM, the teacher, stays as it is."""
+    model = _model(detector_encoder="own").train()
+    embedding, rgb, normalised, boxes, sizes = _batch(model)
+    own = model.detector_encoder
+    assert own is not model.sam.image_encoder
+    assert torch.equal(model.detector_input(embedding, normalised), embedding)  # the copy starts as SAM's encoder
+    assert all(p.requires_grad for p in own.parameters())
+    assert {k for k in model.trainable_state_dict() if k.startswith("detector_encoder.")} == \
+        {f"detector_encoder.{k}" for k in own.state_dict()}
+    sam_before = {k: v.clone() for k, v in model.sam.state_dict().items()}
+    optimiser = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    losses = model(embedding, rgb, normalised, boxes, sizes)
+    model.weighted_total(losses).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in own.parameters())
+    assert all(p.grad is None for p in model.sam.parameters())
+    optimiser.step()
+    assert all(torch.equal(v, sam_before[k]) for k, v in model.sam.state_dict().items())
+    assert not torch.equal(model.detector_input(embedding, normalised), embedding)  # it has learned
+    assert _model().detector_encoder is None  # the authors' way: the detector reads SAM's embedding
 
 
 def test_edge_loss_switch_turns_it_off():

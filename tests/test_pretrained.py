@@ -9,6 +9,7 @@ from scenes import tiny_config
 import dessam.models.bundled as bundled
 from dessam.commands import main
 from dessam.errors import DessamError
+from dessam.inference.loading import load_model
 from dessam.models.model_file import read_model_file
 from dessam.training.train import train
 
@@ -34,6 +35,22 @@ def test_training_starts_from_the_model_it_is_told(box_dataset, trained_tiny, tm
     config = config.replace({"train.init": "scratch"})
     scratch = train(config, boxes_json, images, tmp_path / "scratch", progress=False)
     assert not _same_weights(scratch.model_path, trained_tiny) and "random weights" in scratch.start
+
+
+def test_a_detector_with_its_own_encoder_starts_from_a_model_whose_detector_read_the_teacher(box_dataset, trained_tiny,
+                                                                                           tmp_path):
+    """`model.detector_encoder: own` started from a model whose detector read SAM's embedding: neck,
+    detector and token come from that model, the detector's encoder starts as SAM's, so the model starts
+    out detecting exactly what the other one detects."""
+    boxes_json, _, images = box_dataset
+    config = tiny_config(max_iters=0).replace({"train.init": str(trained_tiny), "model.detector_encoder": "own"})
+    result = train(config, boxes_json, images, tmp_path / "own", progress=False)
+    assert "the detector's own image encoder from the teacher's" in result.start
+    started, source = read_model_file(result.model_path).state_dict, read_model_file(trained_tiny).state_dict
+    assert all(torch.equal(started[k], v) for k, v in source.items())
+    model = load_model(result.model_path).model
+    own, sam = model.detector_encoder.state_dict(), model.sam.image_encoder.state_dict()
+    assert own and own.keys() == sam.keys() and all(torch.equal(own[k], sam[k]) for k in own)
 
 
 def test_auto_starts_from_the_bundled_model_only_when_it_fits(box_dataset, as_bundled, tmp_path):

@@ -109,6 +109,9 @@ register(Preset("cpu", "--sam default's own (applied when no preset or config is
                         "nucleus_px": 24.0,
                         "neck_finest_stride": 4,
                         "neck_convs": 2,           # room to tell nuclei from look-alikes (official: none)
+                        # the detector reads the image through an encoder of its own, started as the teacher's
+                        # (official: SAM's frozen embedding): docs/detection.md "An encoder of the detector's own"
+                        "detector_encoder": "own",
                         "detector": {
                             # anchors of 11 to 128 px, two per octave: a nucleus of 8 px at 24 px scaling matches one
                             "anchor_scale": 2.83, "anchor_octave_scales": (1.0, 1.41),

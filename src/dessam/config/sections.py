@@ -113,6 +113,7 @@ class ModelConfig:
     neck_channels: int = 256
     neck_finest_stride: Optional[int] = None  # stride of the finest pyramid level (null: the embedding's / 4, ViTDet's)
     neck_convs: int = 0                # extra 3x3 conv layers on every pyramid level (official: 0)
+    detector_encoder: Literal["teacher", "own"] = "teacher"  # what the detector reads: the frozen SAM's embedding (official) | an image encoder of its own, started as a copy of SAM's and trained with the detector
     prompt_token: bool = True          # False drops the learnable token (ablation)
     prompt_token_init: Literal["not-a-point", "normal"] = "not-a-point"  # not-a-point (SAM's padding token; dessam: measured far better on the demo) | normal (official N(0, 1))
     local_decoding: bool = False       # decode each box on a window of the embedding around it (training and prediction)

@@ -126,7 +126,7 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
                                    "the batch's images (T: their longest side rounded up to trim_multiple, at most S), "
                                    "pad the embeddings with zeros to (h, w) and give the detector their top-left "
                                    "T/stride square"},
-            "detector": _detector_graph() if has_detector else None,
+            "detector": _detector_graph(predictor.model.detector_encoder is not None) if has_detector else None,
             "size": _size_graph(predictor) if has_size else None,
             "decoder": _decoder_graph(views is not None),
         },
@@ -154,10 +154,15 @@ def manifest_of(predictor: Predictor, embedding: tuple, model_path: Optional[Pat
     }
 
 
-def _detector_graph() -> dict:
+def _detector_graph(reads_images: bool) -> dict:
+    source = ({"images": "float32 (1, 3, T, T): the encoder's input image (its top-left T square when trimmed); the "
+                         "detector encodes it with an encoder of its own"} if reads_images
+              else {"embedding": "float32 (1, C, h, w): the encoder's embedding (its top-left T/stride square when "
+                                 "trimmed)"})
     return {
         "file": "detector.onnx",
-        "inputs": {"embedding": "float32 (1, C, h, w)", "valid_hw": "float32 (2,): the image's height and width "
+        "reads": "images" if reads_images else "embeddings",
+        "inputs": {**source, "valid_hw": "float32 (2,): the image's height and width "
                    "inside the S x S input", "score_threshold": "float32 ()", "max_detections": "int64 ()"},
         "outputs": {"boxes": "float32 (N, 4) x1 y1 x2 y2 in input pixels", "scores": "float32 (N,)"}}
 
@@ -209,12 +214,14 @@ def export_model(predictor: Predictor, out_dir, model_path=None) -> Path:
                     ["images"], ["embeddings"], {"images": {0: "batch", **trims}, "embeddings": {0: "batch"}})
             generator = torch.Generator().manual_seed(0)
             if has_detector:
-                sample = torch.randn((1,) + embedding, generator=generator)
-                _export(DetectorGraph(model.neck, model.detector, size, embedding),
+                own = model.detector_encoder is not None  # the detector reads the images through its own encoder
+                sample = torch.randn((1, 3, size, size) if own else (1,) + embedding, generator=generator)
+                name, axes = ("images", trims) if own else ("embedding", {2: "grid", 3: "grid"})
+                _export(DetectorGraph(model.neck, model.detector, size, embedding, model.detector_encoder),
                         (sample, torch.tensor([size, size], dtype=torch.float32), torch.tensor(0.0),
                          torch.tensor(5, dtype=torch.int64)), work / "detector.onnx",
-                        ["embedding", "valid_hw", "score_threshold", "max_detections"], ["boxes", "scores"],
-                        {"embedding": {2: "grid", 3: "grid"}, "boxes": {0: "detections"}, "scores": {0: "detections"}})
+                        [name, "valid_hw", "score_threshold", "max_detections"], ["boxes", "scores"],
+                        {name: axes, "boxes": {0: "detections"}, "scores": {0: "detections"}})
             views = model.decoder.views is not None
             source = (torch.randn(1, 3, size, size, generator=generator) if views
                       else torch.randn((1,) + embedding, generator=generator))
@@ -267,8 +274,8 @@ def _export_size(model, path: Path, generator: torch.Generator) -> bool:
     return True
 
 
-def _check_detector(predictor: Predictor, folder: Path, embedding, item, threads, rows: list) -> np.ndarray:
-    """The detector graph against PyTorch on the same embedding (rows appended); returns PyTorch's
+def _check_detector(predictor: Predictor, folder: Path, images, embedding, item, threads, rows: list) -> np.ndarray:
+    """The detector graph against PyTorch on the same embedding or images (rows appended); returns PyTorch's
     boxes, or two fixed boxes when the model has no detector, to prompt the decoder with."""
     from .onnx_predictor import open_session
 
@@ -276,11 +283,13 @@ def _check_detector(predictor: Predictor, folder: Path, embedding, item, threads
         return np.float32([[10, 12, 40, 44], [100, 90, 130, 140]])
     model, post, size = predictor.model, predictor.postprocess, predictor.image_size
     threshold = post.score_threshold if post.score_threshold is not None else 0.0
-    boxes, scores = model.detect(embedding, [item.resized_hw], size, threshold, post.max_detections)
+    boxes, scores = model.detect(model.detector_input(embedding, images), [item.resized_hw], size, threshold,
+                                 post.max_detections)
     boxes, scores = boxes[0].numpy(), scores[0].numpy()
     detector = open_session(folder / "detector.onnx", threads)
+    source = {"images": images.numpy()} if model.detector_encoder is not None else {"embedding": embedding.numpy()}
     got_boxes, got_scores = detector.run(None, {
-        "embedding": embedding.numpy(), "valid_hw": np.float32(item.resized_hw),
+        **source, "valid_hw": np.float32(item.resized_hw),
         "score_threshold": np.array(threshold, np.float32), "max_detections": np.array(post.max_detections, np.int64)})
     note = f"{len(got_boxes)} boxes (PyTorch {len(boxes)})"
     if len(got_boxes) == len(boxes):
@@ -331,7 +340,7 @@ def check_export(predictor: Predictor, folder, image: np.ndarray, threads: Optio
         encoder = open_session(folder / "encoder.onnx", threads)
         got = encoder.run(None, {"images": images.numpy()})[0]
         rows.append(("encoder", f"embedding {tuple(got.shape)}", float(np.abs(got - embedding.numpy()).max()), ""))
-        boxes = _check_detector(predictor, folder, embedding, item, threads, rows)
+        boxes = _check_detector(predictor, folder, images, embedding, item, threads, rows)
         _check_decoder(predictor, folder, images, embedding, boxes, threads, rows)
         if (folder / "size.onnx").is_file():
             want = predictor.estimate_nucleus_size(tile)

@@ -103,7 +103,7 @@ class OnnxPredictor(Pipeline):
         graphs = self.manifest["graphs"]
 
         def session(name: str):
-            if not graphs.get(name):
+            if not graphs.get(name) or (name == "encoder" and not self.reads_embeddings):
                 return None
             graph = folder / graphs[name]["file"]
             if precision == "int8":
@@ -121,6 +121,14 @@ class OnnxPredictor(Pipeline):
     def image_size(self) -> int:
         return int(self.manifest["image_size"])
 
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether a graph reads the encoder's embeddings: not when the detector (if any) and the decoder
+        both read the images."""
+        detector = self.manifest["graphs"]["detector"]
+        return (self.manifest["graphs"]["decoder"]["reads"] != "images"
+                or (detector is not None and detector.get("reads") != "images"))
+
     def estimate_nucleus_size(self, image: np.ndarray) -> Optional[float]:
         """The typical nucleus side (pixels) of `image` that the exported size graph reads
         (`dessam.inference.nucleus_size`), or None when the export has none."""
@@ -137,12 +145,16 @@ class OnnxPredictor(Pipeline):
         batch = np.stack([item.normalised for item in inputs])
         multiple = self.manifest["graphs"]["encoder"].get("trim_multiple") if self.settings.trim_inputs else None
         side = trimmed_side([item.resized_hw for item in inputs], self.image_size, multiple)
+        grid = int(self.manifest["embedding"]["grid"])
+        if not self.reads_embeddings:  # zeros of their shape: the detector and the decoder read the images
+            channels = int(self.manifest["embedding"]["channels"])
+            return Encoded(inputs, np.broadcast_to(np.zeros((1, channels, grid, grid), np.float32),
+                                                   (len(inputs), channels, grid, grid)), batch, side)
         read = batch if side is None else np.ascontiguousarray(batch[:, :, :side, :side])
         pieces = [self.encoder.run(None, {"images": read[start:start + self.settings.batch_size]})[0]
                   for start in range(0, len(read), self.settings.batch_size)]
         embeddings = np.concatenate(pieces)
         if side is not None:
-            grid = int(self.manifest["embedding"]["grid"])
             embeddings = np.pad(embeddings, ((0, 0), (0, 0), (0, grid - embeddings.shape[-2]), (0, grid - embeddings.shape[-1])))
         return Encoded(inputs, embeddings, batch, side)
 
@@ -151,11 +163,14 @@ class OnnxPredictor(Pipeline):
             raise DessamError(f"{self.folder}: this export holds a SAM without a detector; it segments given boxes only")
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        embedded = encoded.detector_embeddings()
+        if self.manifest["graphs"]["detector"].get("reads") == "images":  # an image encoder of its own
+            name, source = "images", encoded.read_images()
+        else:
+            name, source = "embedding", encoded.detector_embeddings()
         out = []
         for index, item in enumerate(encoded.inputs):
             boxes, scores = self.detector.run(None, {
-                "embedding": np.ascontiguousarray(embedded[index:index + 1]), "valid_hw": np.float32(item.resized_hw),
+                name: np.ascontiguousarray(source[index:index + 1]), "valid_hw": np.float32(item.resized_hw),
                 "score_threshold": np.array(threshold, np.float32), "max_detections": np.array(postprocess.max_detections, np.int64)})
             out.append(((boxes / item.scale).astype(np.float32), scores.astype(np.float64)))
         return out

@@ -59,6 +59,11 @@ class Encoded:
         grid = self.side * self.embeddings.shape[-1] // self.images.shape[-1]
         return self.embeddings[:, :, :grid, :grid]
 
+    def read_images(self):
+        """The normalised images of the square the encoder read: what a detector with an image encoder
+        of its own reads."""
+        return self.images if self.side is None else self.images[:, :, :self.side, :self.side]
+
 
 @dataclass
 class DecodedChunk:

@@ -84,11 +84,14 @@ class Predictor(Pipeline):
     def encode(self, images: list, n_images: Optional[int] = None) -> Encoded:
         """`images` (each fitting one input at the model's scale) prepared as SAM takes them and
         encoded, `settings.batch_size` images per encoder call (only the square that holds them
-        where `trim_multiple` allows, zeros beyond it)."""
+        where `trim_multiple` allows, zeros beyond it). A model that reads nothing of SAM's embeddings
+        (`reads_embeddings`) gets zeros of their shape: its detector and decoder read the images."""
         fit = self.scale.mode == "fit"
         inputs = [prepare_image(as_rgb(image), self.image_size, fit=fit) for image in images]
         batch = torch.from_numpy(np.stack([item.normalised for item in inputs])).to(self.device)
         side = trimmed_side([item.resized_hw for item in inputs], self.image_size, self.trim_multiple)
+        if not self.model.reads_embeddings:
+            return Encoded(inputs, self.model.unread_embeddings(len(inputs), self.device), batch, side)
         read = batch if side is None else batch[:, :, :side, :side]
         encoder = maybe_compile(self.model.image_encoder, self.settings, self.device, n_images)
         pieces = []
@@ -107,7 +110,8 @@ class Predictor(Pipeline):
         lose pixels in bf16): scores above the threshold, NMS, at most `max_detections`."""
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        boxes, scores = self.model.detect(encoded.detector_embeddings(), [item.resized_hw for item in encoded.inputs],
+        source = self.model.detector_input(encoded.detector_embeddings(), encoded.read_images())
+        boxes, scores = self.model.detect(source, [item.resized_hw for item in encoded.inputs],
                                           encoded.side or self.image_size, threshold, postprocess.max_detections)
         return [((b / torch.from_numpy(item.scale).to(b.device)).cpu().numpy().astype(np.float32),
                  s.cpu().numpy().astype(np.float64)) for item, b, s in zip(encoded.inputs, boxes, scores)]

@@ -1,13 +1,17 @@
 """The DES-SAM model: frozen SAM + trained detector + self-distilled prompt token.
 
 Trainable: the feature-pyramid neck, the RPN, the RoI box head and the one prompt token; with
-`nucleus` scaling also a nucleus-size head (`dessam.models.size_head`), trained on its own stage and
-left out of the detector's optimiser. Everything of SAM stays frozen. Training works on image embeddings (which can be cached),
-never on pixels, except for the edge-aware loss which needs the image colours.
+`model.detector_encoder: own` also the detector's own image encoder (a copy of SAM's, which the detector
+then reads instead of SAM's embedding); with `nucleus` scaling also a nucleus-size head
+(`dessam.models.size_head`), trained on its own stage and left out of the detector's optimiser.
+Everything of SAM stays frozen. Training works on SAM's image embeddings (which can be cached), never
+on pixels, except for the edge-aware loss, which needs the image colours, and the detector's own
+encoder.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
@@ -24,7 +28,7 @@ from .promptable_sam import SegmentsBoxes
 from .prompted_decoder import PromptedMaskDecoder, decoding_margin
 from .size_head import NucleusSizeHead, fixed_input_side
 
-TRAINABLE_PREFIXES = ("neck.", "detector.", "decoder.prompt_token.", "size_head.")
+TRAINABLE_PREFIXES = ("detector_encoder.", "neck.", "detector.", "decoder.prompt_token.", "size_head.")
 OWN_STAGE_PREFIXES = ("size_head.",)  # trained on its own (`dessam.training.size_head`), not with the detector
 ENCODER_MULTIPLE = 16  # the bundled encoders' coarsest stride: a trimmed input's side divides by it
 LOSS_NAMES = ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "distill_bce", "distill_dice", "edge_local", "edge_global")
@@ -45,6 +49,15 @@ def positive_proposals(rois, max_prompts: int) -> tuple:
     return torch.cat(proposals).detach(), torch.cat(matched), torch.cat(matched_index), torch.cat(image_index)
 
 
+def own_encoder(image_encoder: nn.Module) -> nn.Module:
+    """A trainable copy of SAM's `image_encoder` for the detector (`model.detector_encoder: own`): it starts
+    from the teacher's weights, so the detector starts from features that already know nuclei."""
+    encoder = copy.deepcopy(image_encoder)
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(True)
+    return encoder
+
+
 class DESSAM(SegmentsBoxes, nn.Module):
     def __init__(self, sam: Sam, config: Config):
         super().__init__()
@@ -58,6 +71,7 @@ class DESSAM(SegmentsBoxes, nn.Module):
         self.embedding_stride = self.image_size // grid
         channels = int(sam.prompt_encoder.embed_dim)
         model = config.model
+        self.detector_encoder = own_encoder(sam.image_encoder) if model.detector_encoder == "own" else None
         self.neck = SimpleFeaturePyramid(channels, model.neck_channels, self.embedding_stride, model.neck_finest_stride,
                                          model.neck_convs)
         self.detector = BoxDetector(model.detector, model.neck_channels, self.neck.strides)
@@ -102,12 +116,23 @@ class DESSAM(SegmentsBoxes, nn.Module):
             return None
         return math.lcm(ENCODER_MULTIPLE, *self.neck.strides)
 
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether anything reads SAM's whole-image embeddings at prediction: the detector, unless it has an
+        encoder of its own, or a decoder that is not of per-box views."""
+        return self.detector_encoder is None or super().reads_embeddings
+
+    def detector_input(self, embeddings: torch.Tensor, images_normalised: torch.Tensor) -> torch.Tensor:
+        """What the detector's pyramid reads: SAM's `embeddings`, or with an encoder of its own its
+        encoding of the same (normalised) images."""
+        return embeddings if self.detector_encoder is None else self.detector_encoder(images_normalised)
+
     @torch.no_grad()
     def detect(self, embeddings: torch.Tensor, image_sizes: list, input_side: int, score_threshold: float,
                max_detections: int) -> tuple:
-        """Per image, boxes (input frame) and scores of the nuclei found in `embeddings` of inputs
-        whose top-left `input_side` square was encoded (images of `image_sizes` inside it): scores
-        above `score_threshold`, NMS, the `max_detections` best."""
+        """Per image, boxes (input frame) and scores of the nuclei found in `embeddings` (what
+        `detector_input` gives) of inputs whose top-left `input_side` square was encoded (images of
+        `image_sizes` inside it): scores above `score_threshold`, NMS, the `max_detections` best."""
         return self.detector.detect(self.neck(embeddings), image_sizes, input_side, score_threshold, max_detections)
 
     # ----- training --------------------------------------------------------------------------
@@ -118,7 +143,7 @@ class DESSAM(SegmentsBoxes, nn.Module):
         only): the proposals matched to a masked annotation learn its mask, not the teacher's.
         """
         loss_config = self.config.loss
-        features = self.neck(embeddings)
+        features = self.neck(self.detector_input(embeddings, images_normalised))
         losses, rois = self.detector.forward_train(features, image_sizes, self.image_size, gt_boxes)
 
         proposals, matched, matched_index, image_index = positive_proposals(rois, loss_config.distill_max_prompts)

@@ -5,10 +5,11 @@ inputs and outputs that are plain tensors and no Python control flow that depend
 that tracing records what runs for every input:
 
 - `EncoderGraph`: normalised images (B, 3, S, S) -> SAM embeddings (B, C, h, w).
-- `DetectorGraph`: one embedding (1, C, h, w), the valid (unpadded) height and width of its image
-  in the input, a score threshold and a detection limit -> the detector's boxes (N, 4, x1y1x2y2 in
-  the input frame) and scores (N,). Everything `BoxDetector.detect` does is in the graph: the
-  neck, the RPN head, its anchors (constants of the full input, of which the embedding of a
+- `DetectorGraph`: one embedding (1, C, h, w), or for a detector with an image encoder of its own
+  (`model.detector_encoder: own`) one normalised image (1, 3, s, s) and that encoder, the valid
+  (unpadded) height and width of its image in the input, a score threshold and a detection limit ->
+  the detector's boxes (N, 4, x1y1x2y2 in the input frame) and scores (N,). Everything
+  `BoxDetector.detect` does is in the graph: the neck, the RPN head, its anchors (constants of the full input, of which the embedding of a
   trimmed input, `dessam.inference.pipeline.Encoded`, takes the top left), box decoding, the best
   proposals of each level, NMS per level, the RoI level of each proposal, RoIAlign, the box head,
   the final boxes, the score threshold and NMS. What differs from the PyTorch engine is float
@@ -62,8 +63,10 @@ def _not_small(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
 class DetectorGraph(nn.Module):
     """`BoxDetector.detect` of one image (see the module docstring)."""
 
-    def __init__(self, neck: nn.Module, detector: nn.Module, image_size: int, embedding_shape: tuple):
+    def __init__(self, neck: nn.Module, detector: nn.Module, image_size: int, embedding_shape: tuple,
+                 encoder: Optional[nn.Module] = None):
         super().__init__()
+        self.encoder = encoder
         self.neck = neck
         self.detector = detector
         rpn = detector.rpn
@@ -81,9 +84,10 @@ class DetectorGraph(nn.Module):
         self.pre_nms = int(rpn._pre_nms_top_n["testing"])
         self.post_nms = int(rpn._post_nms_top_n["testing"])
 
-    def forward(self, embedding: torch.Tensor, valid_hw: torch.Tensor, score_threshold: torch.Tensor,
+    def forward(self, source: torch.Tensor, valid_hw: torch.Tensor, score_threshold: torch.Tensor,
                 max_detections: torch.Tensor) -> tuple:
         rpn, heads = self.detector.rpn, self.detector.roi_heads
+        embedding = source if self.encoder is None else self.encoder(source)
         features = list(self.neck(embedding).values())
         objectness, deltas = rpn.head(features)
         boxes, scores = [], []

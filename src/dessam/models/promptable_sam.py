@@ -33,6 +33,18 @@ class SegmentsBoxes:
         the encoder must read whole inputs (see `dessam.inference.pipeline.Encoded`)."""
         return None
 
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether anything of the model reads SAM's whole-image embeddings: not a decoder that encodes
+        each box on a view of its own (`dessam.models.box_views`), which reads the images."""
+        return self.decoder.views is None
+
+    def unread_embeddings(self, batch: int, device) -> torch.Tensor:
+        """Zeros of the embeddings' shape (no memory of their own), in their place when nothing reads them."""
+        grid = tuple(int(v) for v in self.sam.prompt_encoder.image_embedding_size)
+        channels = int(self.sam.prompt_encoder.embed_dim)
+        return torch.zeros((1, channels) + grid, device=device).expand(batch, -1, -1, -1)
+
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, use_token: bool = True,
                margin: Optional[int] = None, images: Optional[torch.Tensor] = None, decoder=None):

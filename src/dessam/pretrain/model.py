@@ -35,7 +35,7 @@ from ..data.images import write_png
 from ..errors import DessamError
 from ..licences import from_data
 from ..models.model_file import read_model_file
-from ..training.model_card import corpus_table, licence_text, settings_section
+from ..training.model_card import corpus_table, detector_sentence, licence_text, settings_section
 from .size_head import SIZE_STEPS, train_size_head
 
 SYNTHETIC_TRAIN_STREAM = 5_113_877  # seeds of the synthetic training scenes, apart from every other use
@@ -174,7 +174,7 @@ def model_card(corpus, datasets, validation: dict, result, config: Config, teach
 DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen default teacher,
 `{teacher.name}`) trained from the **boxes only** of a public corpus: the masks come from the teacher, as in
 every dessam model. It is what `dessam predict` uses without `--model`, and where `dessam train --sam default`
-starts (`--init scratch` starts from random weights).
+starts (`--init scratch` starts from random weights). {detector_sentence(config)}
 
 **Licence of these weights:** {licence_text(result.terms)}.
 

@@ -81,15 +81,27 @@ def starting_weights(model, identity: dict, init: str) -> Start:
         raise DessamError(f"{path}: --init {init}: {label} was trained on other SAM weights "
                           f"({source.identity.get('checkpoint') or source.identity['name']}); train with those, "
                           "or use --init scratch")
+    state, encoder_note = with_own_encoder(model, source.state_dict)
     try:
-        model.load_trainable_state_dict(source.state_dict)
+        model.load_trainable_state_dict(state)
     except (KeyError, RuntimeError):
         if init == "auto":
             return Start(None, "started from random weights (this configuration's detector differs from the bundled "
                                "pretrained model's)")
         raise DessamError(f"{path}: --init {init}: {label} has another detector shape than this configuration; "
                           "train with its settings (the cpu preset for the bundled model), or use --init scratch") from None
-    return Start(path, f"started from {label} ({path}); --init scratch starts from random weights", model_terms(source))
+    return Start(path, f"started from {label} ({path}){encoder_note}; --init scratch starts from random weights",
+                 model_terms(source))
+
+
+def with_own_encoder(model, state: dict) -> tuple:
+    """`state` (a model file's trained weights) for `model`, and a note: when `model`'s detector has an image
+    encoder of its own (`model.detector_encoder: own`) and the file's detector read the teacher's embedding,
+    that encoder starts as the teacher's (as it would from scratch) and the rest comes from the file."""
+    if model.detector_encoder is None or any(key.startswith("detector_encoder.") for key in state):
+        return state, ""
+    own = {key: value for key, value in model.trainable_state_dict().items() if key.startswith("detector_encoder.")}
+    return {**state, **own}, ", the detector's own image encoder from the teacher's"
 
 
 def views_base_digest(config) -> Optional[str]:

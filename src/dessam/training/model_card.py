@@ -64,6 +64,14 @@ def stated_settings(card: str) -> dict:
     return {key: None if value == "none" else float(value) for key, value in _STATED_ROW.findall(card)}
 
 
+def detector_sentence(config: Config) -> str:
+    """What the card says the detector reads (`model.detector_encoder`)."""
+    if config.model.detector_encoder == "own":
+        return ("The detector reads each image through an image encoder of its own (`model.detector_encoder: own`), "
+                "started as a copy of SAM's and trained with the detector; SAM itself stays frozen.")
+    return "The detector reads the frozen SAM's image embedding (`model.detector_encoder: teacher`)."
+
+
 def trained_model_card(model_file, result, train_json, command: str = "") -> str:
     """The model card `dessam train` writes beside RUN/model.pt (`model_file`: the read model file)."""
     terms = Terms.from_dict(model_file.licence) if model_file.licence else None
@@ -77,7 +85,7 @@ DES-SAM (a Faster R-CNN detector and one learned prompt token on the frozen SAM 
 sha256 {identity['sha256'][:12]}) trained by `dessam train` on the boxes of `{Path(train_json).name}`:
 {result.box_annotations} annotations supervised by their boxes, {result.mask_annotations} by their masks.
 {result.iterations} iterations ({result.epochs_done} epochs) of the `{model_file.config.preset or 'custom'}`
-configuration; {result.start}.
+configuration; {result.start}. {detector_sentence(model_file.config)}
 
 **Licence of these weights:** {licence}.
 
