@@ -27,6 +27,8 @@ def test_non_commercial_terms_pass_on_and_permissive_ones_leave_apache():
     assert inherited(mixed, permissive).licence == "CC-BY-NC-SA-4.0"
     assert inherited(permissive, permissive).licence == PERMISSIVE
     assert Terms.from_dict(mixed.to_dict()) == mixed
+    assert inherited(mixed, mixed, permissive).sources == mixed.sources  # a source named by two parts is listed once
+    assert inherited(permissive, permissive).sources == permissive.sources
     unstated = from_data({"consep": "LicenseRef-unstated-NC"}, "the model")
     assert unstated.non_commercial and unstated.words == "non-commercial (unstated terms)"
 

@@ -85,9 +85,10 @@ def from_data(datasets: Mapping[str, str], what: str) -> Terms:
 
 def inherited(*parts: Terms) -> Terms:
     """The terms of weights made from all of `parts`: the non-commercial ones' if any, with what
-    they come from; else Apache-2.0."""
+    they come from (each source once: a model started from one on the same teacher and corpus names
+    them twice); else Apache-2.0."""
     restricted = [part for part in parts if part.non_commercial]
     if not restricted:
-        return Terms(PERMISSIVE, tuple(source for part in parts for source in part.sources))
+        return Terms(PERMISSIVE, tuple(dict.fromkeys(source for part in parts for source in part.sources)))
     licences = sorted({licence for part in restricted for licence in part.licence.split(" AND ")})
-    return Terms(" AND ".join(licences), tuple(source for part in restricted for source in part.sources))
+    return Terms(" AND ".join(licences), tuple(dict.fromkeys(source for part in restricted for source in part.sources)))
