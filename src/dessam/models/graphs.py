@@ -9,11 +9,11 @@ that tracing records what runs for every input:
   (`model.detector_encoder: own`) one normalised image (1, 3, s, s) and that encoder, the valid
   (unpadded) height and width of its image in the input, a score threshold and a detection limit ->
   the detector's boxes (N, 4, x1y1x2y2 in the input frame) and scores (N,). Everything
-  `BoxDetector.detect` does is in the graph: the neck, the RPN head, its anchors (constants of the full input, of which the embedding of a
-  trimmed input, `dessam.inference.pipeline.Encoded`, takes the top left), box decoding, the best
-  proposals of each level, NMS per level, the RoI level of each proposal, RoIAlign, the box head,
-  the final boxes, the score threshold and NMS. What differs from the PyTorch engine is float
-  rounding and the order of exact ties.
+  `BoxDetector.detect` does is in the graph: the neck, the RPN head, its anchors (constants of the
+  full input, of which the embedding of a trimmed input, `dessam.inference.pipeline.Encoded`, takes
+  the top left), box decoding, the best proposals of each level, NMS per level, the RoI level of
+  each proposal, RoIAlign, the box head, the final boxes, the score threshold and NMS. What differs
+  from the PyTorch engine is float rounding and the order of exact ties.
 - `SizeGraph`: crops of an image at its own resolution and their valid height and width -> the log
   of their typical nucleus side (`dessam.models.size_head`), for models with `nucleus` scaling.
 - `DecoderGraph`: the mask decoder prompted with boxes (N, 4, input frame) of the images they

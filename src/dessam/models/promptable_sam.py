@@ -20,8 +20,9 @@ from .prompted_decoder import PromptedMaskDecoder
 
 class SegmentsBoxes:
     """The calls of a model that segments boxes (mixed into `PromptableSam` and `DESSAM`), so that
-    the Predictor runs a model without reaching into its parts: `image_encoder`, `decode`, and
-    `trim_multiple`. A model with a detector adds `detect`."""
+    the Predictor runs a model without reaching into its parts: `image_encoder`, `decode`,
+    `trim_multiple` and `reads_embeddings` (with `unread_embeddings` in their place when nothing reads
+    them). A model with a detector adds `detect`."""
 
     @property
     def image_encoder(self) -> nn.Module:
