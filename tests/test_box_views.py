@@ -148,6 +148,14 @@ def test_a_model_on_the_base_teacher_lends_its_detector_to_the_view_teacher(tmp_
                             init=str(first.model_path))
     assert "started the detector from" in second.card_path.read_text()
     assert read_model_file(second.model_path).identity["sha256"] != read_model_file(first.model_path).identity["sha256"]
+    # a detector that read the base teacher's embedding lends itself to one with an encoder of its own
+    on_embedding = pretrain_model(corpus, base, tmp_path / "on-embedding", max_iters=1, synthetic_images=1,
+                                  progress=False, size_steps=0, overrides={"model.detector_encoder": "teacher"})
+    own = pretrain_model(corpus, views, tmp_path / "own", max_iters=0, synthetic_images=1, progress=False, size_steps=0,
+                         init=str(on_embedding.model_path))
+    lent, started = read_model_file(on_embedding.model_path).state_dict, read_model_file(own.model_path).state_dict
+    assert any(key.startswith("detector_encoder.") for key in started)
+    assert all(torch.equal(started[key], value) for key, value in lent.items() if key.startswith(("neck.", "detector.")))
     with pytest.raises(DessamError, match="trained on other SAM weights"):
         pretrain_model(corpus, other, tmp_path / "third", max_iters=1, synthetic_images=1, progress=False, size_steps=2,
                        init=str(first.model_path))

@@ -8,7 +8,8 @@
 - ``pretrained``: that bundled model, or a one-line error saying why it cannot be;
 - ``scratch``: freshly initialised detector and token (the authors' way);
 - a path to a `model.pt`, or a bundled model's name: that model's detector and token (to fine-tune).
-Only what training changes is loaded (neck, detector, token); SAM is never touched.
+Only what training changes is loaded (neck, detector, token, and the detector's own image encoder where
+both have one); SAM is never touched.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def starting_weights(model, identity: dict, init: str) -> Start:
         source = read_model_file(path)
     label = f"the bundled pretrained model {path.name}" if bundled or path in bundled_models().values() else str(path)
     if source.identity["sha256"] != identity["sha256"] and source.identity["sha256"] == views_base_digest(model.config):
-        load_detector(model, source.state_dict, path)
+        load_detector(model, with_own_encoder(model, source.state_dict)[0], path)
         where = label if label == str(path) else f"{label} ({path})"
         return Start(path, f"started the detector from {where}, trained on the teacher this one was built on "
                            "(the same image encoder); the prompt token starts anew", model_terms(source))
