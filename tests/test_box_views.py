@@ -128,6 +128,34 @@ def test_des_sam_distils_through_views_and_trains_only_its_token(monkeypatch):
     assert all(p.grad is None for p in sam.parameters())
 
 
+def test_a_model_that_reads_no_sam_embedding_trains_on_zeros_of_its_shape_with_the_same_losses(tmp_path):
+    """A detector with an encoder of its own on a teacher of per-box views reads nothing of SAM's
+    embedding: training gives it zeros of the embedding's shape (`view_embedding`), runs no SAM encoder,
+    caches nothing, and its losses are those it gets on the real embedding."""
+    from dessam.geometry.inputs import prepare_image
+    from dessam.training.batches import embedding_shape, view_embedding
+    from dessam.training.cache import EmbeddingCache
+
+    model = DESSAM(_view_teacher(), Config.compose("cpu").replace({"model.image_size": 128}))
+    assert model.detector_encoder is not None and not model.reads_embeddings
+    inputs = prepare_image(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8), 128)
+    cache = EmbeddingCache(tmp_path / "cache", encoder_key="test")
+    encoded = []
+    hook = model.sam.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(1))
+    zeros = view_embedding(model, cache, cache.key(inputs.resized), inputs, "cpu", embedding_shape(model))
+    hook.remove()
+    assert not encoded and cache.misses == 0 and not any((tmp_path / "cache").rglob("*.npy"))
+    assert zeros.shape == embedding_shape(model) and not zeros.any()
+    normalised = torch.from_numpy(inputs.normalised[None])
+    boxes = [torch.tensor([[10.0, 12, 30, 28], [60.0, 70, 84, 90], [40.0, 40, 56, 60]])]
+    rgb = torch.from_numpy(inputs.rgb[None])
+    losses = []
+    for embeddings in (zeros[None].float(), model.encode(normalised)):
+        torch.manual_seed(0)  # the detector's samplers draw at random
+        losses.append(model(embeddings, rgb, normalised, boxes, [(128, 128)]))
+    assert {k: float(v.detach()) for k, v in losses[0].items()} == {k: float(v.detach()) for k, v in losses[1].items()}
+
+
 def _recipe(**changes):
     return pt.Recipe(**{"steps": 3, "batch_size": 2, "crop": 32, "max_prompts": 3, "warmup": 2, "arch": "tiny",
                         "eval_every": 3, "val_limit": 2, **changes})

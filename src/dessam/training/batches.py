@@ -2,8 +2,10 @@
 
 The encoder is frozen and there is no photometric augmentation, so each view's embedding (the whole
 image fitted to the input, or a window of it: `dessam.training.views`) is computed once
-(`encode_training_set`) and read back from the cache for every batch. Given masks travel with their
-view as crops of the low-resolution frame (`dessam.training.mask_targets`).
+(`encode_training_set`) and read back from the cache for every batch. A model that reads nothing of
+SAM's embeddings (`DESSAM.reads_embeddings`: a detector with an encoder of its own and a decoder of
+per-box views) is given zeros of their shape instead: SAM's encoder never runs and nothing is cached.
+Given masks travel with their view as crops of the low-resolution frame (`dessam.training.mask_targets`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ def _malloc_trim():
         return None
 
 
+def view_embedding(model: DESSAM, cache: EmbeddingCache, key: str, inputs, device, shape: tuple) -> torch.Tensor:
+    """A view's SAM embedding: verified from the cache, computed once (a damaged or removed entry is
+    recomputed, never trusted); zeros of its shape for a model that reads none."""
+    if not model.reads_embeddings:
+        return model.unread_embeddings(1, device)[0]
+    return cache.get_or_compute(key, lambda: model.encode(torch.from_numpy(inputs.normalised[None]).to(device))[0],
+                                shape)
+
+
 def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, device, progress=True,
                         factor: Optional[float] = None, given_masks: bool = False) -> list:
     """Every view of every record (see `training_views`; `factor` None: fitted), its embedding cached
@@ -76,7 +87,7 @@ def encode_training_set(model: DESSAM, records: list, cache: EmbeddingCache, dev
             image = read_record_image(record) if image is None else image
             inputs = view.inputs(image, model.image_size)
             key = cache.key(inputs.resized)
-            cache.get_or_compute(key, lambda: model.encode(torch.from_numpy(inputs.normalised[None]).to(device))[0], shape)
+            view_embedding(model, cache, key, inputs, device, shape)
             masks = view_frame_masks(view, model.image_size, UPSCALE * shape[1]) if given_masks else None
             items.append(TrainingImage(view, key, torch.from_numpy(view.boxes).float(), inputs.resized_hw, masks))
         return_freed_memory()
@@ -90,11 +101,7 @@ def batch_tensors(model: DESSAM, items: list, cache: EmbeddingCache, device):
     embeddings, rgb, normalised = [], [], []
     for item in items:
         inputs = item.view.inputs(read_image(item.record.path), model.image_size)
-        # verified cached embedding; a damaged or removed entry is recomputed, never trusted
-        embedding = cache.get_or_compute(
-            item.cache_key, lambda: model.encode(torch.from_numpy(inputs.normalised[None]).to(device))[0], shape
-        )
-        embeddings.append(embedding.float())
+        embeddings.append(view_embedding(model, cache, item.cache_key, inputs, device, shape).float())
         rgb.append(torch.from_numpy(inputs.rgb))
         normalised.append(torch.from_numpy(inputs.normalised))
     return (
