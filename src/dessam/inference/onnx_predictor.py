@@ -121,13 +121,17 @@ class OnnxPredictor(Pipeline):
     def image_size(self) -> int:
         return int(self.manifest["image_size"])
 
+    def reads(self, graph: str) -> Optional[str]:
+        """What the graph named reads: "images" or "embeddings" (also an export's detector from before the
+        manifest said; None: the export has no such graph)."""
+        found = self.manifest["graphs"].get(graph)
+        return None if not found else found.get("reads", "embeddings")
+
     @property
     def reads_embeddings(self) -> bool:
         """Whether a graph reads the encoder's embeddings: not when the detector (if any) and the decoder
         both read the images."""
-        detector = self.manifest["graphs"]["detector"]
-        return (self.manifest["graphs"]["decoder"]["reads"] != "images"
-                or (detector is not None and detector.get("reads") != "images"))
+        return "embeddings" in (self.reads("decoder"), self.reads("detector"))
 
     def estimate_nucleus_size(self, image: np.ndarray) -> Optional[float]:
         """The typical nucleus side (pixels) of `image` that the exported size graph reads
@@ -163,7 +167,7 @@ class OnnxPredictor(Pipeline):
             raise DessamError(f"{self.folder}: this export holds a SAM without a detector; it segments given boxes only")
         postprocess = postprocess or self.postprocess
         threshold = postprocess.score_threshold if postprocess.score_threshold is not None else 0.0
-        if self.manifest["graphs"]["detector"].get("reads") == "images":  # an image encoder of its own
+        if self.reads("detector") == "images":  # an image encoder of its own
             name, source = "images", encoded.read_images()
         else:
             name, source = "embedding", encoded.detector_embeddings()
@@ -181,7 +185,7 @@ class OnnxPredictor(Pipeline):
         owner = np.concatenate([np.full(len(b), i, np.int64) for i, b in enumerate(boxes)]) if boxes else np.zeros(0, np.int64)
         manifest = self.manifest
         order = decoding_order(prompts, manifest["views"], int(manifest["embedding"]["stride"]), manifest["decoding_margin"])
-        source = encoded.images if manifest["graphs"]["decoder"]["reads"] == "images" else encoded.embeddings
+        source = encoded.images if self.reads("decoder") == "images" else encoded.embeddings
         frame = (int(manifest["frame"]), int(manifest["frame"]))
         chunks = []
         for start in range(0, len(prompts), self.settings.decoder_chunk):
